@@ -1,0 +1,1 @@
+//! Criterion benchmarks for virtkit live in `benches/`.

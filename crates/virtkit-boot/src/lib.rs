@@ -1,0 +1,2 @@
+//! virtkit-boot (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! virtkit-cgroups (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! virtkit-lab (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! virtkit-memory (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! virtkit-namespaces (work in progress).
+#![deny(missing_docs)]

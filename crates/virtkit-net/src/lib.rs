@@ -1,0 +1,2 @@
+//! virtkit-net (work in progress).
+#![deny(missing_docs)]

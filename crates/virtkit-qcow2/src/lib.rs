@@ -1,0 +1,2 @@
+//! virtkit-qcow2 (work in progress).
+#![deny(missing_docs)]

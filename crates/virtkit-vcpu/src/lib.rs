@@ -1,0 +1,2 @@
+//! virtkit-vcpu (work in progress).
+#![deny(missing_docs)]

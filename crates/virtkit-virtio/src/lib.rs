@@ -1,0 +1,2 @@
+//! virtkit-virtio (work in progress).
+#![deny(missing_docs)]
