@@ -20,6 +20,9 @@ use std::fmt::Debug;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
+pub mod raw;
+
+pub use raw::{HostFile, RawBackend, RawError, RawOptions};
 
 /// Errors returned by block backends.
 #[derive(Debug, thiserror::Error)]
