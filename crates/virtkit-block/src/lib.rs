@@ -15,6 +15,7 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::fmt::Debug;
 
