@@ -1,0 +1,296 @@
+//! Building guest RAM.
+
+use std::io;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestMemoryMmap, GuestRegionMmap};
+
+use crate::layout::{self, LayoutError, RamRegion};
+use crate::{MIB, PAGE_SIZE};
+
+/// Errors from building guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The size breaks the layout's rules.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The size is above the host's RAM.
+    #[error("guest memory of {size_mib} MiB is more than the host's {host_mib} MiB of RAM")]
+    ExceedsHostRam {
+        /// The size asked for, in MiB.
+        size_mib: u64,
+        /// The host's RAM, in MiB.
+        host_mib: u64,
+    },
+    /// The host's RAM size could not be read.
+    #[error("cannot read the host's RAM size from /proc/meminfo: {0}")]
+    HostRam(io::Error),
+    /// mmap failed.
+    #[error("cannot map {size:#x} bytes of guest memory: {source}")]
+    Mmap {
+        /// The region's size.
+        size: u64,
+        /// The mmap error.
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// madvise failed.
+    #[error("madvise on guest memory failed: {0}")]
+    Madvise(io::Error),
+    /// vm-memory refused the region list.
+    #[error("cannot assemble guest memory: {0}")]
+    Collection(#[from] vm_memory::GuestRegionCollectionError),
+}
+
+/// Huge page use for guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// Normal 4 KiB pages.
+    #[default]
+    None,
+    /// Transparent huge pages: `madvise(MADV_HUGEPAGE)` on the mapping.
+    Transparent,
+    /// hugetlbfs pages (`MAP_HUGETLB`, 2 MiB); the size must be a multiple of 2 MiB and the host
+    /// must have enough pages reserved.
+    Hugetlbfs,
+}
+
+/// Guest RAM laid out for x86_64.
+#[derive(Debug, Clone)]
+pub struct GuestRam {
+    memory: GuestMemoryMmap,
+    regions: Vec<RamRegion>,
+    track_dirty: bool,
+    huge_pages: HugePages,
+}
+
+impl GuestRam {
+    /// The guest memory, for loaders and devices.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The RAM regions, in address order.
+    pub fn regions(&self) -> &[RamRegion] {
+        &self.regions
+    }
+
+    /// The total RAM size in bytes.
+    pub fn size(&self) -> u64 {
+        self.regions.iter().map(|r| r.size).sum()
+    }
+
+    /// Whether dirty-page tracking was asked for (VMMs then register the slots with KVM's
+    /// dirty logging on).
+    pub fn track_dirty_pages(&self) -> bool {
+        self.track_dirty
+    }
+
+    /// The huge page mode the RAM was built with.
+    pub fn huge_pages(&self) -> HugePages {
+        self.huge_pages
+    }
+
+    /// Host virtual address and guest region of each mapping, for memory slot registration.
+    pub fn host_mappings(&self) -> Vec<(RamRegion, u64)> {
+        use vm_memory::GuestMemoryBackend;
+        self.regions
+            .iter()
+            .filter_map(|r| {
+                let reg = self.memory.find_region(r.start)?;
+                // The region starts at r.start, so its host address is the mapping's base.
+                Some((*r, reg.as_ptr() as u64))
+            })
+            .collect()
+    }
+}
+
+/// Builds [`GuestRam`] from a size.
+#[derive(Debug, Clone)]
+pub struct GuestMemoryBuilder {
+    size: u64,
+    huge_pages: HugePages,
+    track_dirty: bool,
+    check_host_ram: bool,
+}
+
+impl GuestMemoryBuilder {
+    /// RAM of `size` bytes (a multiple of 4 KiB).
+    pub fn new(size: u64) -> Self {
+        GuestMemoryBuilder {
+            size,
+            huge_pages: HugePages::None,
+            track_dirty: false,
+            check_host_ram: true,
+        }
+    }
+
+    /// RAM of `mib` MiB.
+    pub fn from_mib(mib: u64) -> Self {
+        Self::new(mib.saturating_mul(MIB))
+    }
+
+    /// Huge page use (default: none).
+    pub fn huge_pages(mut self, huge_pages: HugePages) -> Self {
+        self.huge_pages = huge_pages;
+        self
+    }
+
+    /// Marks the RAM for dirty-page tracking.
+    pub fn track_dirty_pages(mut self, on: bool) -> Self {
+        self.track_dirty = on;
+        self
+    }
+
+    /// Whether to refuse sizes above the host's RAM (default: yes).
+    pub fn check_host_ram(mut self, on: bool) -> Self {
+        self.check_host_ram = on;
+        self
+    }
+
+    /// Maps the RAM.
+    pub fn build(self) -> Result<GuestRam, MemoryError> {
+        let align = match self.huge_pages {
+            HugePages::Hugetlbfs => 2 * MIB,
+            _ => PAGE_SIZE,
+        };
+        layout::check_size(self.size, align)?;
+        if self.check_host_ram {
+            let host = host_ram_bytes().map_err(MemoryError::HostRam)?;
+            if self.size > host {
+                return Err(MemoryError::ExceedsHostRam {
+                    size_mib: self.size / MIB,
+                    host_mib: host / MIB,
+                });
+            }
+        }
+        let regions = layout::ram_regions(self.size)?;
+        let mut mapped = Vec::with_capacity(regions.len());
+        for r in &regions {
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+            if self.huge_pages == HugePages::Hugetlbfs {
+                flags |= libc::MAP_HUGETLB;
+            }
+            let len = usize::try_from(r.size).map_err(|_| LayoutError::TooLarge {
+                size: r.size,
+                max: layout::MAX_RAM_SIZE,
+            })?;
+            let region = MmapRegionBuilder::new(len)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(flags)
+                .with_hugetlbfs(self.huge_pages == HugePages::Hugetlbfs)
+                .build()
+                .map_err(|source| MemoryError::Mmap {
+                    size: r.size,
+                    source,
+                })?;
+            if self.huge_pages == HugePages::Transparent {
+                madvise_hugepage(region.as_ptr(), len)?;
+            }
+            let region = GuestRegionMmap::new(region, r.start).ok_or(LayoutError::TooLarge {
+                size: r.size,
+                max: layout::MAX_RAM_SIZE,
+            })?;
+            mapped.push(region);
+        }
+        Ok(GuestRam {
+            memory: GuestMemoryMmap::from_regions(mapped)?,
+            regions,
+            track_dirty: self.track_dirty,
+            huge_pages: self.huge_pages,
+        })
+    }
+}
+
+fn madvise_hugepage(ptr: *mut u8, len: usize) -> Result<(), MemoryError> {
+    // SAFETY: `ptr..ptr+len` is a mapping we own; MADV_HUGEPAGE only changes the kernel's
+    // page-size policy for it and touches no memory.
+    let rc = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) };
+    if rc != 0 {
+        return Err(MemoryError::Madvise(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The host's total RAM (`MemTotal` in /proc/meminfo), in bytes.
+pub fn host_ram_bytes() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no MemTotal line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GuestAddress, GIB};
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn builds_and_is_usable() {
+        let ram = GuestMemoryBuilder::from_mib(16)
+            .huge_pages(HugePages::Transparent)
+            .track_dirty_pages(true)
+            .build()
+            .unwrap();
+        assert_eq!(ram.size(), 16 * MIB);
+        assert!(ram.track_dirty_pages());
+        assert_eq!(ram.memory().num_regions(), 1);
+        ram.memory()
+            .write_obj(7u64, GuestAddress(16 * MIB - 8))
+            .unwrap();
+        assert!(ram
+            .memory()
+            .write_obj(7u64, GuestAddress(16 * MIB))
+            .is_err());
+        let maps = ram.host_mappings();
+        assert_eq!(maps.len(), 1);
+        assert_ne!(maps[0].1, 0);
+    }
+
+    #[test]
+    fn above_gap_region_is_mapped() {
+        // NORESERVE mappings cost nothing until touched.
+        let ram = GuestMemoryBuilder::new(3 * GIB + 64 * MIB)
+            .check_host_ram(false)
+            .build()
+            .unwrap();
+        assert_eq!(ram.regions().len(), 2);
+        ram.memory()
+            .write_obj(1u8, GuestAddress(layout::MMIO_GAP_END))
+            .unwrap();
+        assert!(ram
+            .memory()
+            .write_obj(1u8, GuestAddress(layout::MMIO_GAP_START))
+            .is_err());
+    }
+
+    #[test]
+    fn bad_sizes() {
+        assert!(matches!(
+            GuestMemoryBuilder::new(0).build(),
+            Err(MemoryError::Layout(LayoutError::ZeroSize))
+        ));
+        assert!(matches!(
+            GuestMemoryBuilder::new(4097).build(),
+            Err(MemoryError::Layout(LayoutError::Unaligned { .. }))
+        ));
+        assert!(matches!(
+            GuestMemoryBuilder::new(3 * MIB)
+                .huge_pages(HugePages::Hugetlbfs)
+                .build(),
+            Err(MemoryError::Layout(LayoutError::Unaligned { .. }))
+        ));
+        let host = host_ram_bytes().unwrap();
+        let too_big = (host / MIB + 1) * MIB;
+        assert!(matches!(
+            GuestMemoryBuilder::new(too_big).build(),
+            Err(MemoryError::ExceedsHostRam { .. })
+        ));
+        assert!(matches!(
+            GuestMemoryBuilder::from_mib(u64::MAX).build(),
+            Err(MemoryError::Layout(LayoutError::TooLarge { .. }))
+        ));
+    }
+}
