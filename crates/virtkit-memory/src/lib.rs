@@ -23,6 +23,7 @@
 //! assert_eq!(irq.0, 5);
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod allocator;
 pub mod dirty;
