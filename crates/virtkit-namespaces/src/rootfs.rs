@@ -1,0 +1,499 @@
+//! Setting up a container's root filesystem in a new mount namespace.
+//!
+//! [`prepare_rootfs`] sets propagation, binds the rootfs onto itself, mounts everything
+//! the config lists (each target resolved inside the rootfs) and creates `/dev` nodes;
+//! [`pivot`] switches root and detaches the old one; [`finalize_rootfs`] applies masked
+//! and read-only paths. [`setup_rootfs`] does all three.
+
+use std::path::{Path, PathBuf};
+
+use crate::syscalls::{SyscallError, Syscalls, TargetKind};
+
+/// Errors from rootfs setup. Each names the mount or path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// The rootfs directory does not exist or is not a directory.
+    #[error("rootfs {0} is not a directory")]
+    NoRootfs(PathBuf),
+    /// A mount destination that is not absolute.
+    #[error("mount destination {0} is not absolute")]
+    RelativeDestination(PathBuf),
+    /// Unknown propagation name.
+    #[error("unknown mount propagation {0:?}")]
+    BadPropagation(String),
+    /// A mount failed.
+    #[error("mount {destination}: {source}")]
+    Mount {
+        /// The mount's destination inside the container.
+        destination: PathBuf,
+        /// The failing call.
+        #[source]
+        source: SyscallError,
+    },
+    /// A device node could not be created.
+    #[error("device {path}: {source}")]
+    Device {
+        /// The device path inside the container.
+        path: PathBuf,
+        /// The failing call.
+        #[source]
+        source: SyscallError,
+    },
+    /// Switching the root failed.
+    #[error("pivot_root: {0}")]
+    Pivot(#[source] SyscallError),
+    /// Masking or making a path read-only failed.
+    #[error("path {path}: {source}")]
+    Path {
+        /// The path inside the container.
+        path: PathBuf,
+        /// The failing call.
+        #[source]
+        source: SyscallError,
+    },
+}
+
+/// One mount, as the OCI config describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Source (a host path for binds; a device or fs name otherwise).
+    pub source: Option<PathBuf>,
+    /// Absolute destination inside the container.
+    pub destination: PathBuf,
+    /// Filesystem type ("proc", "tmpfs", "bind", ...).
+    pub fstype: Option<String>,
+    /// fstab-style options ("nosuid", "ro", "rbind", "mode=755", ...).
+    pub options: Vec<String>,
+}
+
+/// Mount options parsed into flags and data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    /// `MS_*` flags for the mount itself.
+    pub flags: u64,
+    /// Propagation changes applied after mounting (`MS_PRIVATE`, `MS_SLAVE`, ... with
+    /// `MS_REC` where recursive).
+    pub propagation: Vec<u64>,
+    /// The comma-joined data string for the filesystem.
+    pub data: String,
+    /// "rro": make the whole tree read-only.
+    pub recursive_readonly: bool,
+}
+
+/// Parses fstab-style options as runc does; unknown options go to the data string.
+pub fn parse_mount_options(options: &[String]) -> MountOptions {
+    let mut o = MountOptions::default();
+    let mut data: Vec<&str> = Vec::new();
+    for opt in options {
+        let (set, clear): (u64, u64) = match opt.as_str() {
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "bind" => (libc::MS_BIND, 0),
+            "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            "remount" => (libc::MS_REMOUNT, 0),
+            "mand" => (libc::MS_MANDLOCK, 0),
+            "nomand" => (0, libc::MS_MANDLOCK),
+            "atime" => (0, libc::MS_NOATIME),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "norelatime" => (0, libc::MS_RELATIME),
+            "strictatime" => (libc::MS_STRICTATIME, 0),
+            "nostrictatime" => (0, libc::MS_STRICTATIME),
+            "rro" => {
+                o.recursive_readonly = true;
+                (libc::MS_RDONLY, 0)
+            }
+            "defaults" | "" => (0, 0),
+            other => {
+                if let Ok(p) = propagation_flags(other) {
+                    o.propagation.push(p);
+                } else {
+                    data.push(other);
+                }
+                (0, 0)
+            }
+        };
+        o.flags = (o.flags | set) & !clear;
+    }
+    o.data = data.join(",");
+    o
+}
+
+/// Maps a propagation name ("rprivate", "slave", ...) to mount flags.
+pub fn propagation_flags(name: &str) -> Result<u64, RootfsError> {
+    Ok(match name {
+        "private" => libc::MS_PRIVATE,
+        "rprivate" => libc::MS_PRIVATE | libc::MS_REC,
+        "slave" => libc::MS_SLAVE,
+        "rslave" => libc::MS_SLAVE | libc::MS_REC,
+        "shared" => libc::MS_SHARED,
+        "rshared" => libc::MS_SHARED | libc::MS_REC,
+        "unbindable" => libc::MS_UNBINDABLE,
+        "runbindable" => libc::MS_UNBINDABLE | libc::MS_REC,
+        other => return Err(RootfsError::BadPropagation(other.to_string())),
+    })
+}
+
+/// A device node to create under the container's `/dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Absolute path inside the container (e.g. `/dev/null`).
+    pub path: PathBuf,
+    /// 'c' (char), 'b' (block) or 'p' (fifo).
+    pub kind: char,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl DeviceNode {
+    /// A character device with mode 0666.
+    pub fn char(path: &str, major: u32, minor: u32) -> Self {
+        Self {
+            path: PathBuf::from(path),
+            kind: 'c',
+            major,
+            minor,
+            mode: 0o666,
+        }
+    }
+}
+
+/// The standard device nodes every container gets: null, zero, full, random, urandom, tty.
+pub fn default_devices() -> Vec<DeviceNode> {
+    vec![
+        DeviceNode::char("/dev/null", 1, 3),
+        DeviceNode::char("/dev/zero", 1, 5),
+        DeviceNode::char("/dev/full", 1, 7),
+        DeviceNode::char("/dev/random", 1, 8),
+        DeviceNode::char("/dev/urandom", 1, 9),
+        DeviceNode::char("/dev/tty", 5, 0),
+    ]
+}
+
+/// The standard `/dev` symlinks: fd, stdin, stdout, stderr, ptmx.
+pub const DEFAULT_SYMLINKS: [(&str, &str); 5] = [
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
+];
+
+/// Everything the rootfs setup needs.
+#[derive(Debug, Clone)]
+pub struct RootfsConfig {
+    /// The rootfs directory on the host (absolute).
+    pub rootfs: PathBuf,
+    /// Propagation applied to `/` before anything else (default `MS_SLAVE | MS_REC`).
+    pub propagation: u64,
+    /// Mounts, in order.
+    pub mounts: Vec<MountSpec>,
+    /// Device nodes to create (usually [`default_devices`] plus the config's).
+    pub devices: Vec<DeviceNode>,
+    /// Create the `/dev` symlinks in [`DEFAULT_SYMLINKS`].
+    pub dev_symlinks: bool,
+    /// Bind-mount host devices instead of `mknod` (needed in a user namespace).
+    pub bind_devices: bool,
+    /// Paths hidden from the container.
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths made read-only.
+    pub readonly_paths: Vec<PathBuf>,
+    /// Make `/` read-only at the end.
+    pub readonly_root: bool,
+    /// Use `MS_MOVE` + `chroot` instead of `pivot_root`.
+    pub no_pivot: bool,
+}
+
+impl RootfsConfig {
+    /// A config for `rootfs` with no mounts, standard devices and default propagation.
+    pub fn new(rootfs: impl Into<PathBuf>) -> Self {
+        Self {
+            rootfs: rootfs.into(),
+            propagation: libc::MS_SLAVE | libc::MS_REC,
+            mounts: Vec::new(),
+            devices: default_devices(),
+            dev_symlinks: true,
+            bind_devices: false,
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            readonly_root: false,
+            no_pivot: false,
+        }
+    }
+}
+
+fn mount_err(dest: &Path) -> impl FnOnce(SyscallError) -> RootfsError + '_ {
+    move |source| RootfsError::Mount {
+        destination: dest.to_path_buf(),
+        source,
+    }
+}
+
+/// Mounts one [`MountSpec`] with its target resolved inside `root`.
+pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<(), RootfsError> {
+    let dest = &m.destination;
+    if !dest.is_absolute() {
+        return Err(RootfsError::RelativeDestination(dest.clone()));
+    }
+    let opts = parse_mount_options(&m.options);
+    let fstype = m.fstype.as_deref().unwrap_or("none");
+    let is_bind = opts.flags & libc::MS_BIND != 0 || fstype == "bind";
+    let err = mount_err(dest);
+    if fstype == "cgroup" || fstype == "cgroup2" {
+        // The host's cgroup tree, read-only unless asked otherwise.
+        let t = sys
+            .resolve_in_root(root, dest, TargetKind::Dir)
+            .map_err(mount_err(dest))?;
+        let host = Path::new("/sys/fs/cgroup");
+        sys.mount(
+            Some(host),
+            t.path(),
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .map_err(mount_err(dest))?;
+        if opts.flags & libc::MS_RDONLY != 0 {
+            sys.make_readonly(t.path(), true).map_err(mount_err(dest))?;
+        }
+        return Ok(());
+    }
+    let kind = if is_bind {
+        match m.source.as_deref().and_then(|s| sys.is_dir(s)) {
+            Some(false) => TargetKind::File,
+            _ => TargetKind::Dir,
+        }
+    } else {
+        TargetKind::Dir
+    };
+    let target = sys
+        .resolve_in_root(root, dest, kind)
+        .map_err(mount_err(dest))?;
+    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+    if is_bind {
+        let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
+        sys.mount(m.source.as_deref(), target.path(), None, bind_flags, None)
+            .map_err(mount_err(dest))?;
+        let extra = opts.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
+        if opts.recursive_readonly {
+            sys.make_readonly(target.path(), true)
+                .map_err(mount_err(dest))?;
+        } else if extra != 0 {
+            sys.mount(
+                None,
+                target.path(),
+                None,
+                libc::MS_REMOUNT | libc::MS_BIND | extra,
+                None,
+            )
+            .map_err(mount_err(dest))?;
+        }
+    } else {
+        let src = m.source.as_deref().or(Some(Path::new(fstype)));
+        let r = sys.mount(src, target.path(), Some(fstype), opts.flags, data);
+        match r {
+            Err(e) if fstype == "sysfs" && e.errno() == Some(libc::EPERM) => {
+                // Not owner of the network namespace: bind the host's /sys instead.
+                sys.mount(
+                    Some(Path::new("/sys")),
+                    target.path(),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )
+                .map_err(mount_err(dest))?;
+                sys.make_readonly(target.path(), true).map_err(err)?;
+            }
+            Err(e) if fstype == "mqueue" && e.errno() == Some(libc::EPERM) => {
+                sys.mount(
+                    Some(Path::new("/dev/mqueue")),
+                    target.path(),
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )
+                .map_err(err)?;
+            }
+            other => other.map_err(err)?,
+        }
+    }
+    for p in &opts.propagation {
+        sys.mount(None, target.path(), None, *p, None)
+            .map_err(mount_err(dest))?;
+    }
+    Ok(())
+}
+
+fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    for d in &cfg.devices {
+        let derr = |source| RootfsError::Device {
+            path: d.path.clone(),
+            source,
+        };
+        if cfg.bind_devices {
+            let t = sys
+                .resolve_in_root(&cfg.rootfs, &d.path, TargetKind::File)
+                .map_err(derr)?;
+            sys.mount(Some(&d.path), t.path(), None, libc::MS_BIND, None)
+                .map_err(derr)?;
+            continue;
+        }
+        let parent = d.path.parent().unwrap_or(Path::new("/"));
+        let name = d.path.file_name().unwrap_or_default();
+        let dir = sys
+            .resolve_in_root(&cfg.rootfs, parent, TargetKind::Dir)
+            .map_err(derr)?;
+        let fmt = match d.kind {
+            'b' => libc::S_IFBLK,
+            'p' => libc::S_IFIFO,
+            _ => libc::S_IFCHR,
+        };
+        let path = dir.path().join(name);
+        match sys.mknod(
+            &path,
+            fmt | (d.mode & 0o7777),
+            libc::makedev(d.major, d.minor),
+        ) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            r => r.map_err(derr)?,
+        }
+    }
+    if cfg.dev_symlinks {
+        let dir = sys
+            .resolve_in_root(&cfg.rootfs, Path::new("/dev"), TargetKind::Dir)
+            .map_err(|source| RootfsError::Device {
+                path: PathBuf::from("/dev"),
+                source,
+            })?;
+        for (target, link) in DEFAULT_SYMLINKS {
+            let name = Path::new(link).file_name().unwrap_or_default();
+            match sys.symlink(Path::new(target), &dir.path().join(name)) {
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                r => r.map_err(|source| RootfsError::Device {
+                    path: PathBuf::from(link),
+                    source,
+                })?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Before `pivot_root`: propagation of `/`, bind of the rootfs onto itself, the config's
+/// mounts (targets resolved in the rootfs) and device nodes.
+pub fn prepare_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    if sys.is_dir(&cfg.rootfs) != Some(true) {
+        return Err(RootfsError::NoRootfs(cfg.rootfs.clone()));
+    }
+    let root = Path::new("/");
+    sys.mount(None, root, None, cfg.propagation, None)
+        .map_err(mount_err(root))?;
+    sys.mount(
+        Some(&cfg.rootfs),
+        &cfg.rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(mount_err(&cfg.rootfs))?;
+    for m in &cfg.mounts {
+        mount_in_root(sys, &cfg.rootfs, m)?;
+    }
+    create_devices(sys, cfg)
+}
+
+/// Makes the rootfs the new `/`: `pivot_root(".", ".")` then detaches the old root (or,
+/// with `no_pivot`, moves the mount over `/` and `chroot`s).
+pub fn pivot(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    let dot = Path::new(".");
+    sys.chdir(&cfg.rootfs).map_err(RootfsError::Pivot)?;
+    if cfg.no_pivot {
+        sys.mount(Some(dot), Path::new("/"), None, libc::MS_MOVE, None)
+            .map_err(RootfsError::Pivot)?;
+        sys.chroot(dot).map_err(RootfsError::Pivot)?;
+    } else {
+        sys.pivot_root(dot, dot).map_err(RootfsError::Pivot)?;
+        // The old root is now stacked under "."; keep its unmount from propagating.
+        sys.mount(None, dot, None, libc::MS_SLAVE | libc::MS_REC, None)
+            .map_err(RootfsError::Pivot)?;
+        sys.umount2(dot, libc::MNT_DETACH)
+            .map_err(RootfsError::Pivot)?;
+    }
+    sys.chdir(Path::new("/")).map_err(RootfsError::Pivot)
+}
+
+/// After the pivot: read-only paths, masked paths (`/dev/null` over files, a read-only
+/// tmpfs over directories; missing paths are skipped), then a read-only `/` if asked.
+pub fn finalize_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    for p in &cfg.readonly_paths {
+        let perr = |source| RootfsError::Path {
+            path: p.clone(),
+            source,
+        };
+        if sys.is_dir(p).is_none() {
+            continue;
+        }
+        sys.mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(perr)?;
+        sys.make_readonly(p, true).map_err(perr)?;
+    }
+    for p in &cfg.masked_paths {
+        let perr = |source| RootfsError::Path {
+            path: p.clone(),
+            source,
+        };
+        match sys.is_dir(p) {
+            None => continue,
+            Some(true) => sys
+                .mount(
+                    Some(Path::new("tmpfs")),
+                    p,
+                    Some("tmpfs"),
+                    libc::MS_RDONLY,
+                    None,
+                )
+                .map_err(perr)?,
+            Some(false) => sys
+                .mount(Some(Path::new("/dev/null")), p, None, libc::MS_BIND, None)
+                .map_err(perr)?,
+        }
+    }
+    if cfg.readonly_root {
+        let root = Path::new("/");
+        sys.mount(
+            None,
+            root,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            None,
+        )
+        .map_err(|source| RootfsError::Path {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// [`prepare_rootfs`], [`pivot`] and [`finalize_rootfs`] in order. Must run in a new mount
+/// namespace (and, for `/proc`, in the container's PID namespace).
+pub fn setup_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    prepare_rootfs(sys, cfg)?;
+    pivot(sys, cfg)?;
+    finalize_rootfs(sys, cfg)
+}

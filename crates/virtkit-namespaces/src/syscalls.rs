@@ -1,0 +1,435 @@
+//! The syscalls the namespace and rootfs logic needs, behind one small trait.
+//!
+//! [`LinuxSyscalls`] calls the kernel; `RecordingSyscalls` (feature `test-utils`) records
+//! every call so the logic can be unit-tested without root.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// A failed syscall: which call, on what, and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}({what}): {source}")]
+pub struct SyscallError {
+    /// The syscall (or libc function) name.
+    pub call: &'static str,
+    /// The object it acted on (a path, a flag set).
+    pub what: String,
+    /// The error the kernel returned.
+    #[source]
+    pub source: io::Error,
+}
+
+impl SyscallError {
+    /// Builds an error from `errno` right after a failed call.
+    pub fn last(call: &'static str, what: impl Into<String>) -> Self {
+        Self {
+            call,
+            what: what.into(),
+            source: io::Error::last_os_error(),
+        }
+    }
+
+    /// Builds an error from an explicit `io::Error`.
+    pub fn new(call: &'static str, what: impl Into<String>, source: io::Error) -> Self {
+        Self {
+            call,
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The raw errno, if any.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+/// Result of a syscall wrapper.
+pub type SysResult<T> = Result<T, SyscallError>;
+
+/// What kind of object a mount target must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A directory (created with all its parents if missing).
+    Dir,
+    /// A regular file (created empty if missing; parents created as directories).
+    File,
+}
+
+/// A mount target resolved inside a root: the path to hand to `mount(2)`.
+///
+/// The real implementation holds an `O_PATH` fd opened with `RESOLVE_IN_ROOT`, and the
+/// path is `/proc/self/fd/N`, so a symlink in the image can never redirect the mount
+/// outside the root.
+#[derive(Debug)]
+pub struct ResolvedTarget {
+    path: PathBuf,
+    _fd: Option<OwnedFd>,
+}
+
+impl ResolvedTarget {
+    /// A target that is just a path (used by fakes).
+    pub fn from_path(path: PathBuf) -> Self {
+        Self { path, _fd: None }
+    }
+
+    /// The path to pass to `mount(2)`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The kernel interface the namespace and rootfs code uses. Each syscall is wrapped once.
+pub trait Syscalls {
+    /// `unshare(2)` with `CLONE_NEW*` flags.
+    fn unshare(&self, flags: i32) -> SysResult<()>;
+    /// `setns(2)` into the namespace behind `fd` (`nstype` 0 accepts any).
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> SysResult<()>;
+    /// `mount(2)`.
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> SysResult<()>;
+    /// `umount2(2)`.
+    fn umount2(&self, target: &Path, flags: i32) -> SysResult<()>;
+    /// `mount_setattr(2)` making a mount tree read-only (recursively when `recursive`).
+    fn make_readonly(&self, target: &Path, recursive: bool) -> SysResult<()>;
+    /// `pivot_root(2)`.
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()>;
+    /// `chroot(2)`.
+    fn chroot(&self, path: &Path) -> SysResult<()>;
+    /// `chdir(2)`.
+    fn chdir(&self, path: &Path) -> SysResult<()>;
+    /// `sethostname(2)`.
+    fn sethostname(&self, name: &str) -> SysResult<()>;
+    /// `setdomainname(2)`.
+    fn setdomainname(&self, name: &str) -> SysResult<()>;
+    /// `mknod(2)`.
+    fn mknod(&self, path: &Path, mode: u32, dev: u64) -> SysResult<()>;
+    /// `symlink(2)`: create `link` pointing at `target`.
+    fn symlink(&self, target: &Path, link: &Path) -> SysResult<()>;
+    /// Writes `data` to an existing file (procfs knobs such as `uid_map`).
+    fn write_file(&self, path: &Path, data: &[u8]) -> SysResult<()>;
+    /// Whether `path` exists and is a directory (`None` if it does not exist).
+    fn is_dir(&self, path: &Path) -> Option<bool>;
+    /// Resolves `path` inside `root` (`openat2` with `RESOLVE_IN_ROOT`), creating it as
+    /// `kind` (and its parents as directories) when missing.
+    fn resolve_in_root(
+        &self,
+        root: &Path,
+        path: &Path,
+        kind: TargetKind,
+    ) -> SysResult<ResolvedTarget>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscalls;
+
+/// Converts a path to a C string (paths with NUL bytes are rejected).
+pub fn cpath(p: &Path) -> SysResult<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        SyscallError::new(
+            "path",
+            p.display().to_string(),
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })
+}
+
+fn cstr(s: &str) -> SysResult<CString> {
+    CString::new(s).map_err(|_| {
+        SyscallError::new(
+            "string",
+            s.to_string(),
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })
+}
+
+fn check(ret: libc::c_int, call: &'static str, what: impl FnOnce() -> String) -> SysResult<()> {
+    if ret < 0 {
+        Err(SyscallError::last(call, what()))
+    } else {
+        Ok(())
+    }
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dirfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
+pub fn openat2_in_root(
+    dirfd: BorrowedFd<'_>,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+) -> SysResult<OwnedFd> {
+    let c = cpath(path)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: u64::from(mode),
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `c` is a valid NUL-terminated string and `how` a properly laid out
+    // `struct open_how` of the size we pass; the kernel does not keep either pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if ret < 0 {
+        return Err(SyscallError::last("openat2", path.display().to_string()));
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+fn mkdirat(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
+    let c = CString::new(name.as_bytes()).map_err(|_| {
+        SyscallError::new(
+            "mkdirat",
+            name.to_string_lossy().into_owned(),
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    // SAFETY: valid fd and NUL-terminated name.
+    let ret = unsafe { libc::mkdirat(dirfd.as_raw_fd(), c.as_ptr(), mode) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(SyscallError::new(
+                "mkdirat",
+                name.to_string_lossy().into_owned(),
+                e,
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Syscalls for LinuxSyscalls {
+    fn unshare(&self, flags: i32) -> SysResult<()> {
+        // SAFETY: unshare takes only an integer.
+        check(unsafe { libc::unshare(flags) }, "unshare", || {
+            format!("{flags:#x}")
+        })
+    }
+
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> SysResult<()> {
+        // SAFETY: `fd` is a valid borrowed fd.
+        check(
+            unsafe { libc::setns(fd.as_raw_fd(), nstype) },
+            "setns",
+            || format!("fd {} type {nstype:#x}", fd.as_raw_fd()),
+        )
+    }
+
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> SysResult<()> {
+        let src = source.map(cpath).transpose()?;
+        let tgt = cpath(target)?;
+        let fst = fstype.map(cstr).transpose()?;
+        let dat = data.map(cstr).transpose()?;
+        // SAFETY: every pointer is either null or a valid NUL-terminated string that
+        // outlives the call.
+        let ret = unsafe {
+            libc::mount(
+                src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                tgt.as_ptr(),
+                fst.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                flags as libc::c_ulong,
+                dat.as_ref()
+                    .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
+            )
+        };
+        check(ret, "mount", || {
+            format!(
+                "{} on {} type {} flags {flags:#x}",
+                source.map_or("none".into(), |s| s.display().to_string()),
+                target.display(),
+                fstype.unwrap_or("none")
+            )
+        })
+    }
+
+    fn umount2(&self, target: &Path, flags: i32) -> SysResult<()> {
+        let t = cpath(target)?;
+        // SAFETY: valid NUL-terminated path.
+        check(
+            unsafe { libc::umount2(t.as_ptr(), flags) },
+            "umount2",
+            || target.display().to_string(),
+        )
+    }
+
+    fn make_readonly(&self, target: &Path, recursive: bool) -> SysResult<()> {
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 1;
+        const AT_RECURSIVE: u32 = 0x8000;
+        let t = cpath(target)?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let flags = if recursive { AT_RECURSIVE } else { 0 };
+        // SAFETY: valid path and a `struct mount_attr` of the size passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                flags,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        check(ret as i32, "mount_setattr", || target.display().to_string())
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()> {
+        let n = cpath(new_root)?;
+        let o = cpath(put_old)?;
+        // SAFETY: valid NUL-terminated paths.
+        let ret = unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) };
+        check(ret as i32, "pivot_root", || new_root.display().to_string())
+    }
+
+    fn chroot(&self, path: &Path) -> SysResult<()> {
+        let p = cpath(path)?;
+        // SAFETY: valid NUL-terminated path.
+        check(unsafe { libc::chroot(p.as_ptr()) }, "chroot", || {
+            path.display().to_string()
+        })
+    }
+
+    fn chdir(&self, path: &Path) -> SysResult<()> {
+        let p = cpath(path)?;
+        // SAFETY: valid NUL-terminated path.
+        check(unsafe { libc::chdir(p.as_ptr()) }, "chdir", || {
+            path.display().to_string()
+        })
+    }
+
+    fn sethostname(&self, name: &str) -> SysResult<()> {
+        // SAFETY: pointer and length describe `name`.
+        check(
+            unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
+            "sethostname",
+            || name.to_string(),
+        )
+    }
+
+    fn setdomainname(&self, name: &str) -> SysResult<()> {
+        // SAFETY: pointer and length describe `name`.
+        check(
+            unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) },
+            "setdomainname",
+            || name.to_string(),
+        )
+    }
+
+    fn mknod(&self, path: &Path, mode: u32, dev: u64) -> SysResult<()> {
+        let p = cpath(path)?;
+        // SAFETY: valid NUL-terminated path.
+        check(
+            unsafe { libc::mknod(p.as_ptr(), mode, dev) },
+            "mknod",
+            || path.display().to_string(),
+        )
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> SysResult<()> {
+        std::os::unix::fs::symlink(target, link)
+            .map_err(|e| SyscallError::new("symlink", link.display().to_string(), e))
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> SysResult<()> {
+        std::fs::write(path, data)
+            .map_err(|e| SyscallError::new("write", path.display().to_string(), e))
+    }
+
+    fn is_dir(&self, path: &Path) -> Option<bool> {
+        std::fs::metadata(path).ok().map(|m| m.is_dir())
+    }
+
+    fn resolve_in_root(
+        &self,
+        root: &Path,
+        path: &Path,
+        kind: TargetKind,
+    ) -> SysResult<ResolvedTarget> {
+        let root_fd: OwnedFd = File::open(root)
+            .map_err(|e| SyscallError::new("open", root.display().to_string(), e))?
+            .into();
+        let comps: Vec<&OsStr> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut fd = openat2_in_root(root_fd.as_fd(), Path::new("."), libc::O_PATH, 0)?;
+        for i in 0..comps.len() {
+            let last = i + 1 == comps.len();
+            let prefix: PathBuf = comps[..=i].iter().collect();
+            // Every lookup starts again from the root, so neither `..` nor an absolute
+            // symlink can leave it.
+            match openat2_in_root(root_fd.as_fd(), &prefix, libc::O_PATH, 0) {
+                Ok(next) => fd = next,
+                Err(e) if e.errno() == Some(libc::ENOENT) => {
+                    let name = comps[i];
+                    if last && kind == TargetKind::File {
+                        openat2_in_root(
+                            fd.as_fd(),
+                            Path::new(name),
+                            libc::O_CREAT | libc::O_WRONLY,
+                            0o644,
+                        )?;
+                    } else {
+                        mkdirat(fd.as_fd(), name, 0o755)?;
+                    }
+                    fd = openat2_in_root(root_fd.as_fd(), &prefix, libc::O_PATH, 0)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ResolvedTarget {
+            path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            _fd: Some(fd),
+        })
+    }
+}

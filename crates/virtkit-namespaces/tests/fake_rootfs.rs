@@ -1,0 +1,259 @@
+//! Unit tests of the rootfs and namespace logic against the recording fake (no root).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use virtkit_namespaces::fake::{Call, RecordingSyscalls};
+use virtkit_namespaces::idmap::{format_map, write_id_maps, IdMapError, IdMapping};
+use virtkit_namespaces::namespace::{self, NamespaceType};
+use virtkit_namespaces::rootfs::{
+    finalize_rootfs, mount_in_root, parse_mount_options, pivot, prepare_rootfs, propagation_flags,
+    MountSpec, RootfsConfig, RootfsError,
+};
+
+fn spec(src: Option<&str>, dest: &str, t: &str, opts: &[&str]) -> MountSpec {
+    MountSpec {
+        source: src.map(PathBuf::from),
+        destination: PathBuf::from(dest),
+        fstype: Some(t.to_string()),
+        options: opts.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn options_parse_like_runc() {
+    let o = parse_mount_options(&[
+        "rbind".into(),
+        "ro".into(),
+        "rw".into(),
+        "nosuid".into(),
+        "rprivate".into(),
+        "size=65536k".into(),
+        "mode=755".into(),
+    ]);
+    assert_eq!(o.flags, libc::MS_BIND | libc::MS_REC | libc::MS_NOSUID);
+    assert_eq!(o.propagation, vec![libc::MS_PRIVATE | libc::MS_REC]);
+    assert_eq!(o.data, "size=65536k,mode=755");
+    assert!(propagation_flags("sideways").is_err());
+}
+
+#[test]
+fn proc_mount_resolves_in_root() {
+    let sys = RecordingSyscalls::new();
+    mount_in_root(
+        &sys,
+        Path::new("/r"),
+        &spec(Some("proc"), "/proc", "proc", &["nosuid", "noexec"]),
+    )
+    .unwrap();
+    let calls = sys.calls();
+    assert_eq!(
+        calls[0],
+        Call::Resolve(
+            PathBuf::from("/r"),
+            PathBuf::from("/proc"),
+            virtkit_namespaces::syscalls::TargetKind::Dir
+        )
+    );
+    assert_eq!(
+        calls[1],
+        Call::Mount {
+            source: Some(PathBuf::from("proc")),
+            target: PathBuf::from("/r/proc"),
+            fstype: Some("proc".into()),
+            flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+            data: None,
+        }
+    );
+}
+
+#[test]
+fn readonly_bind_is_bind_then_remount() {
+    let sys = RecordingSyscalls::new();
+    sys.add_path("/etc/hosts", false);
+    mount_in_root(
+        &sys,
+        Path::new("/r"),
+        &spec(
+            Some("/etc/hosts"),
+            "/etc/hosts",
+            "bind",
+            &["bind", "ro", "nosuid"],
+        ),
+    )
+    .unwrap();
+    let calls = sys.calls();
+    assert!(matches!(
+        &calls[0],
+        Call::Resolve(_, _, virtkit_namespaces::syscalls::TargetKind::File)
+    ));
+    let m = sys.mounts();
+    assert_eq!(m.len(), 2);
+    assert!(matches!(&m[0], Call::Mount { flags, .. } if *flags == libc::MS_BIND));
+    assert!(matches!(&m[1], Call::Mount { flags, source: None, .. }
+        if *flags == libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID));
+}
+
+#[test]
+fn relative_destination_is_rejected() {
+    let sys = RecordingSyscalls::new();
+    let e = mount_in_root(&sys, Path::new("/r"), &spec(None, "proc", "proc", &[])).unwrap_err();
+    assert!(matches!(e, RootfsError::RelativeDestination(_)));
+    assert!(sys.calls().is_empty());
+}
+
+#[test]
+fn prepare_sets_propagation_binds_root_and_creates_devices() {
+    let sys = RecordingSyscalls::new();
+    sys.add_path("/r", true);
+    let mut cfg = RootfsConfig::new("/r");
+    cfg.mounts = vec![spec(Some("tmpfs"), "/dev", "tmpfs", &["mode=755"])];
+    prepare_rootfs(&sys, &cfg).unwrap();
+    let m = sys.mounts();
+    assert!(matches!(&m[0], Call::Mount { target, flags, .. }
+        if target == Path::new("/") && *flags == libc::MS_SLAVE | libc::MS_REC));
+    assert!(matches!(&m[1], Call::Mount { target, flags, .. }
+        if target == Path::new("/r") && *flags == libc::MS_BIND | libc::MS_REC));
+    let nodes: Vec<_> = sys
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Mknod(p, mode, dev) => Some((p, mode, dev)),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<_> = nodes.iter().map(|n| n.0.display().to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "/r/dev/null",
+            "/r/dev/zero",
+            "/r/dev/full",
+            "/r/dev/random",
+            "/r/dev/urandom",
+            "/r/dev/tty"
+        ]
+    );
+    assert_eq!(nodes[0].1, libc::S_IFCHR | 0o666);
+    assert_eq!(nodes[0].2, libc::makedev(1, 3));
+    assert!(sys
+        .calls()
+        .contains(&Call::Symlink("pts/ptmx".into(), "/r/dev/ptmx".into())));
+}
+
+#[test]
+fn missing_rootfs_is_an_error() {
+    let sys = RecordingSyscalls::new();
+    let e = prepare_rootfs(&sys, &RootfsConfig::new("/nope")).unwrap_err();
+    assert!(matches!(e, RootfsError::NoRootfs(_)));
+}
+
+#[test]
+fn pivot_detaches_old_root() {
+    let sys = RecordingSyscalls::new();
+    pivot(&sys, &RootfsConfig::new("/r")).unwrap();
+    let c = sys.calls();
+    assert_eq!(c[0], Call::Chdir("/r".into()));
+    assert_eq!(c[1], Call::PivotRoot(".".into(), ".".into()));
+    assert_eq!(c[3], Call::Umount(".".into(), libc::MNT_DETACH));
+    assert_eq!(c[4], Call::Chdir("/".into()));
+}
+
+#[test]
+fn pivot_failure_is_reported() {
+    let sys = RecordingSyscalls::new();
+    sys.fail_on("pivot_root", libc::EINVAL);
+    let e = pivot(&sys, &RootfsConfig::new("/r")).unwrap_err();
+    assert!(matches!(e, RootfsError::Pivot(_)));
+    assert!(e.to_string().contains("pivot_root"));
+}
+
+#[test]
+fn no_pivot_moves_and_chroots() {
+    let sys = RecordingSyscalls::new();
+    let mut cfg = RootfsConfig::new("/r");
+    cfg.no_pivot = true;
+    pivot(&sys, &cfg).unwrap();
+    assert!(sys.calls().contains(&Call::Chroot(".".into())));
+    assert!(!sys.calls().iter().any(|c| matches!(c, Call::PivotRoot(..))));
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    let sys = RecordingSyscalls::new();
+    sys.add_path("/proc/kcore", false);
+    sys.add_path("/proc/acpi", true);
+    sys.add_path("/proc/sys", true);
+    let mut cfg = RootfsConfig::new("/r");
+    cfg.masked_paths = vec![
+        "/proc/kcore".into(),
+        "/proc/acpi".into(),
+        "/proc/missing".into(),
+    ];
+    cfg.readonly_paths = vec!["/proc/sys".into()];
+    finalize_rootfs(&sys, &cfg).unwrap();
+    let c = sys.calls();
+    assert!(c.contains(&Call::MakeReadonly("/proc/sys".into(), true)));
+    assert!(c.contains(&Call::Mount {
+        source: Some("/dev/null".into()),
+        target: "/proc/kcore".into(),
+        fstype: None,
+        flags: libc::MS_BIND,
+        data: None
+    }));
+    assert!(c.contains(&Call::Mount {
+        source: Some("tmpfs".into()),
+        target: "/proc/acpi".into(),
+        fstype: Some("tmpfs".into()),
+        flags: libc::MS_RDONLY,
+        data: None
+    }));
+    assert!(!c
+        .iter()
+        .any(|x| matches!(x, Call::Mount { target, .. } if target == Path::new("/proc/missing"))));
+}
+
+#[test]
+fn unshare_combines_flags() {
+    let sys = RecordingSyscalls::new();
+    namespace::unshare(&sys, &[NamespaceType::Uts, NamespaceType::Net]).unwrap();
+    assert_eq!(
+        sys.calls(),
+        vec![Call::Unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWNET)]
+    );
+    assert!(NamespaceType::from_oci("bogus").is_err());
+    assert_eq!(
+        NamespaceType::from_oci("network").unwrap(),
+        NamespaceType::Net
+    );
+}
+
+#[test]
+fn id_maps_written_in_order() {
+    let sys = RecordingSyscalls::new();
+    let m = [IdMapping {
+        container_id: 0,
+        host_id: 100000,
+        size: 65536,
+    }];
+    write_id_maps(&sys, 42, &m, &m, true).unwrap();
+    let c = sys.calls();
+    assert_eq!(
+        c[0],
+        Call::Write("/proc/42/uid_map".into(), b"0 100000 65536\n".to_vec())
+    );
+    assert_eq!(
+        c[1],
+        Call::Write("/proc/42/setgroups".into(), b"deny".to_vec())
+    );
+    assert_eq!(
+        c[2],
+        Call::Write("/proc/42/gid_map".into(), b"0 100000 65536\n".to_vec())
+    );
+    let bad = [IdMapping {
+        container_id: u32::MAX,
+        host_id: 0,
+        size: 2,
+    }];
+    assert!(matches!(format_map(&bad), Err(IdMapError::Invalid { .. })));
+}
