@@ -1,0 +1,260 @@
+//! Control-file helpers: every read and write goes through here so every error
+//! names its file (and the value, for writes).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Writes `value` to the control file `path` (which must exist: cgroupfs
+/// creates control files itself, so a missing one means a missing feature).
+pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
+    let err = |source| Error::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(err)?;
+    // cgroupfs takes a value in one write(2); write_all would retry short writes.
+    f.write_all(value.as_bytes()).map_err(err)
+}
+
+/// Writes `value` to `dir/name`.
+pub(crate) fn write_in(dir: &Path, name: &str, value: &str) -> Result<()> {
+    write(&dir.join(name), value)
+}
+
+/// Reads a whole control file.
+pub(crate) fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads `dir/name` if it exists, `None` if it does not.
+pub(crate) fn read_opt(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn parse_err(path: &Path, content: &str, reason: &str) -> Error {
+    Error::Parse {
+        path: path.to_path_buf(),
+        content: content.chars().take(200).collect(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Parses one unsigned number; "max" reads as `u64::MAX`.
+pub(crate) fn parse_u64(path: &Path, s: &str) -> Result<u64> {
+    let t = s.trim();
+    if t == "max" {
+        return Ok(u64::MAX);
+    }
+    t.parse::<u64>()
+        .map_err(|_| parse_err(path, s, "expected an unsigned number or \"max\""))
+}
+
+/// Reads a single-number control file.
+pub(crate) fn read_u64(path: &Path) -> Result<u64> {
+    let s = read(path)?;
+    parse_u64(path, &s)
+}
+
+/// Reads a single-number control file if it exists.
+pub(crate) fn read_u64_opt(path: &Path) -> Result<Option<u64>> {
+    match read_opt(path)? {
+        Some(s) => parse_u64(path, &s).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a "flat keyed" file ("key value" lines, as cpu.stat or
+/// memory.events) and returns the value of `key` if present.
+pub(crate) fn keyed_value(path: &Path, content: &str, key: &str) -> Result<Option<u64>> {
+    for line in content.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() == Some(key) {
+            let v = it
+                .next()
+                .ok_or_else(|| parse_err(path, line, "key without a value"))?;
+            return parse_u64(path, v).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the pids in a cgroup.procs (or tasks) file.
+pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>> {
+    let s = read(path)?;
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.trim()
+                .parse::<i32>()
+                .map_err(|_| parse_err(path, l, "expected a pid"))
+        })
+        .collect()
+}
+
+/// Creates `dir` and its missing parents.
+pub(crate) fn mkdir_all(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|source| Error::Create {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// The subdirectories (child cgroups) of `dir`.
+pub(crate) fn child_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let err = |source| Error::List {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if entry.file_type().map_err(err)?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Backoff used when rmdir says EBUSY: 10 ms doubling up to 320 ms, 12
+/// attempts, about 2.5 s in all.
+const RMDIR_ATTEMPTS: u32 = 12;
+
+/// Removes the cgroup `dir` and every child cgroup under it, deepest first,
+/// retrying EBUSY with a bounded backoff. A missing directory is not an error.
+///
+/// On a real cgroupfs the control files vanish with the directory; on a fake
+/// tree (plain tmpfs) regular files are removed first so rmdir can succeed.
+pub(crate) fn remove_cgroup_dir(dir: &Path) -> Result<()> {
+    let children = match child_dirs(dir) {
+        Ok(c) => c,
+        Err(Error::List { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    for child in children {
+        remove_cgroup_dir(&child)?;
+    }
+    let mut delay = Duration::from_millis(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && is_plain_dir(dir) => {
+                // A fake tree: delete the regular files standing for control files.
+                remove_plain_files(dir)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < RMDIR_ATTEMPTS => {
+                sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(320));
+            }
+            Err(source) => {
+                return Err(Error::Remove {
+                    path: dir.to_path_buf(),
+                    attempts: attempt,
+                    source,
+                })
+            }
+        }
+        if attempt >= RMDIR_ATTEMPTS {
+            return Err(Error::Remove {
+                path: dir.to_path_buf(),
+                attempts: attempt,
+                source: io::Error::from_raw_os_error(libc::EBUSY),
+            });
+        }
+    }
+}
+
+/// Whether `dir` is on a filesystem other than cgroupfs (a fake tree).
+fn is_plain_dir(dir: &Path) -> bool {
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    match statfs_type(dir) {
+        Ok(t) => t != CGROUP_SUPER_MAGIC && t != CGROUP2_SUPER_MAGIC,
+        Err(_) => false,
+    }
+}
+
+/// statfs(2): the filesystem type of `path`.
+fn statfs_type(path: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all-zero is a valid `statfs` (plain integers and arrays).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated string and `st` a valid, writable statfs.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+fn remove_plain_files(dir: &Path) -> Result<()> {
+    let err = |source| Error::List {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if !entry.file_type().map_err(err)?.is_dir() {
+            fs::remove_file(entry.path()).map_err(|source| Error::Remove {
+                path: entry.path(),
+                attempts: 1,
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// kill(2), the crate's only signal-sending syscall.
+pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
+    // 0 and negative pids address process groups or every process: never.
+    if pid <= 0 {
+        return Err(Error::Signal {
+            pid,
+            signal,
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        // Already gone: that is what we wanted.
+        return Ok(());
+    }
+    Err(Error::Signal {
+        pid,
+        signal,
+        source: e,
+    })
+}
