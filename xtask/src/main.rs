@@ -1,11 +1,44 @@
-//! Project tasks: `cargo xtask test`, `cargo xtask demo`, ... (see README.md).
+//! Project tasks (see README.md and docs/testing.md):
+//!
+//! - `cargo xtask test`: format check, clippy, the workspace's tests (unit, host KVM
+//!   and lab tiers), after building the guest artifacts.
+//! - `cargo xtask guest`: build the test guest's kernel and initramfs (cached).
+//! - `cargo xtask lab [--timeout S] [--file HOST[:NAME]]... [--program PATH]... [--qemu] [--host] -- CMD...`:
+//!   run a command in the lab VM (or, with `--host`, here) and exit with its status.
+//! - `cargo xtask demo`: build the guest and boot it with vm-runner where Linux boots.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use virtkit_lab::{Payload, Venue};
+
+/// Debian packages the whole test suite needs (also installed by .ci/run).
+const TEST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-utils",
+    "busybox-static",
+    "cpio",
+    "linux-source-6.1",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "make",
+    "gcc",
+    "xz-utils",
+    "e2fsprogs",
+    "runc",
+    "crun",
+    "iproute2",
+];
 
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let start = Instant::now();
+    eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
         .status()
@@ -13,14 +46,191 @@ fn cargo(args: &[&str]) -> Result<()> {
     if !status.success() {
         bail!("`cargo {}` failed with {status}", args.join(" "));
     }
+    eprintln!(
+        "xtask: cargo {} took {:.0?}",
+        args.join(" "),
+        start.elapsed()
+    );
+    Ok(())
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    eprintln!("xtask: {what} ...");
+    let r = f()?;
+    eprintln!("xtask: {what} took {:.1?}", start.elapsed());
+    Ok(r)
+}
+
+/// The test guest's initramfs used by `guest` and `demo`: prints what the guest sees.
+const DEMO_SCRIPT: &str =
+    "echo \"guest: $(grep -c ^processor /proc/cpuinfo) cpus, $(grep MemTotal /proc/meminfo)\"\n";
+
+fn guest() -> Result<(virtkit_lab::GuestKernel, PathBuf)> {
+    let kernel = timed("guest kernel", || Ok(virtkit_lab::guest_kernel()?))?;
+    let initrd = timed("guest initramfs", || {
+        Ok(virtkit_lab::initramfs(DEMO_SCRIPT, &[])?)
+    })?;
+    println!("bzImage:   {}", kernel.bzimage.display());
+    println!("vmlinux:   {}", kernel.vmlinux.display());
+    println!("initramfs: {}", initrd.display());
+    Ok((kernel, initrd))
+}
+
+fn test() -> Result<()> {
+    let start = Instant::now();
+    if virtkit_lab::ensure_packages(TEST_PACKAGES).is_err() {
+        // Not root: say what is missing but go on; the tests that need it fail clearly.
+        if let Err(e) = virtkit_lab::ensure_packages(TEST_PACKAGES) {
+            eprintln!("xtask: warning: {e}");
+        }
+    }
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    if virtkit_lab::lab_opted_out("guest build") {
+        eprintln!(
+            "xtask: {} set: not building the guest",
+            virtkit_lab::SKIP_LAB_ENV
+        );
+    } else {
+        guest()?;
+    }
+    cargo(&["test", "--workspace", "--all-features"])?;
+    eprintln!("xtask: test passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+fn lab(args: &[String]) -> Result<i32> {
+    let usage = "usage: cargo xtask lab [--timeout S] [--file HOST[:NAME]]... [--program PATH]... [--qemu] [--host] -- CMD...";
+    let mut payload_opts: Vec<Box<dyn FnOnce(Payload) -> Result<Payload>>> = Vec::new();
+    let mut venue = Venue::Lab;
+    let mut timeout = Duration::from_secs(600);
+    let mut it = args.iter();
+    let mut cmd: Vec<String> = Vec::new();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--" => {
+                cmd = it.by_ref().cloned().collect();
+                break;
+            }
+            "--host" => venue = Venue::Host,
+            "--qemu" => payload_opts.push(Box::new(|p| Ok(virtkit_lab::with_qemu_peer(p)?))),
+            "--timeout" => {
+                let s = it.next().context(usage)?;
+                timeout = Duration::from_secs(s.parse().with_context(|| format!("--timeout {s}"))?);
+            }
+            "--file" => {
+                let spec = it.next().context(usage)?.clone();
+                let (host, name) = match spec.split_once(':') {
+                    Some((h, n)) => (PathBuf::from(h), n.to_string()),
+                    None => {
+                        let h = PathBuf::from(&spec);
+                        let n = h
+                            .file_name()
+                            .context("--file needs a file")?
+                            .to_string_lossy()
+                            .into_owned();
+                        (h, n)
+                    }
+                };
+                payload_opts.push(Box::new(move |p| Ok(p.file(host, name))));
+            }
+            "--program" => {
+                let prog = it.next().context(usage)?.clone();
+                payload_opts.push(Box::new(move |p| Ok(p.host_program(prog)?)));
+            }
+            _ => {
+                cmd = std::iter::once(a.clone())
+                    .chain(it.by_ref().cloned())
+                    .collect();
+                break;
+            }
+        }
+    }
+    if cmd.is_empty() {
+        bail!("{usage}");
+    }
+    let script: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
+    let mut payload = Payload::new(script.join(" ")).timeout(timeout);
+    for f in payload_opts {
+        payload = f(payload)?;
+    }
+    let out = virtkit_lab::run_in(venue, &payload)?;
+    eprintln!(
+        "xtask: payload exited with {} after {:.1?} (venue {})",
+        out.status, out.elapsed, out.venue
+    );
+    Ok(out.status)
+}
+
+/// One part of the demo: a name and what it does.
+type DemoPart = (&'static str, fn() -> Result<()>);
+
+/// The demo's parts, in order; add new parts here.
+const DEMO_PARTS: &[DemoPart] = &[("boot the guest with vm-runner", demo_vm_boot)];
+
+fn demo_vm_boot() -> Result<()> {
+    let (kernel, initrd) = guest()?;
+    let vm_runner = timed("static vm-runner", || {
+        Ok(virtkit_lab::static_binary("vm-runner", "vm-runner")?)
+    })?;
+    let payload = Payload::new(format!(
+        "./vm-runner --kernel ./bzImage --initrd ./initrd --cpus 2 --memory 256 --cmdline '{}'\n",
+        virtkit_lab::GUEST_CMDLINE
+    ))
+    .file(vm_runner, "vm-runner")
+    .file(kernel.bzimage, "bzImage")
+    .file(initrd, "initrd")
+    .timeout(Duration::from_secs(300));
+    let out = virtkit_lab::run(&payload)?;
+    if !out.success() || !out.output.contains(virtkit_lab::INIT_MARKER) {
+        bail!(
+            "vm-runner did not boot the guest to /init (status {})",
+            out.status
+        );
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    for (name, part) in DEMO_PARTS {
+        timed(name, part)?;
+    }
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let tasks = "tasks: test, guest, lab, demo";
     match args.first().map(String::as_str) {
-        Some("test") => cargo(&["test", "--workspace", "--all-features"]),
-        Some(other) => bail!("unknown task `{other}`; tasks: test"),
-        None => bail!("usage: cargo xtask <task>; tasks: test"),
+        Some("test") => test(),
+        Some("guest") => guest().map(|_| ()),
+        Some("lab") => {
+            let code = lab(&args[1..])?;
+            std::process::exit(code);
+        }
+        Some("demo") => demo(),
+        Some(other) => bail!("unknown task `{other}`; {tasks}"),
+        None => bail!("usage: cargo xtask <task>; {tasks}"),
     }
 }

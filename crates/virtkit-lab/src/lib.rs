@@ -1,2 +1,78 @@
-//! virtkit-lab (work in progress).
+//! Guest artifacts and the lab: boot real Linux guests in tests, here and on real hosts.
+//!
+//! - [`guest_kernel`] builds the test guest's kernel (Debian's `linux-source-6.1`,
+//!   `tinyconfig` plus `guest/kernel.config`) and [`initramfs`] packs a busybox
+//!   initramfs whose `/init` prints [`INIT_MARKER`] and runs a test's script; both are
+//!   cached under `target/guest/` by a hash of their inputs.
+//! - [`detect_venue`] decides where Linux guests boot: on the host's `/dev/kvm` when
+//!   it has hardware virtualization at full speed, else in the lab.
+//! - [`run`] runs a [`Payload`] (a shell script plus files) in that venue; the lab is a
+//!   QEMU TCG VM with emulated AMD SVM whose own `/dev/kvm` boots Linux, with real
+//!   cgroup v2, tun, bridge and veth. Lab failures come back as [`LabError`] variants
+//!   of their own; the payload's status and output as [`LabOutput`].
+//! - [`static_binary`] builds a workspace program statically, so it runs in the lab.
+//!
+//! ```
+//! use std::time::Duration;
+//! use virtkit_lab::{run_in, Payload, Venue};
+//!
+//! // Runs a script directly on this host (the lab works the same way with Venue::Lab).
+//! let out = run_in(Venue::Host, &Payload::new("echo hello; exit 3").timeout(Duration::from_secs(10)))?;
+//! assert_eq!(out.status, 3);
+//! assert!(out.output.contains("hello"));
+//! # Ok::<(), virtkit_lab::LabError>(())
+//! ```
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cpio;
+mod error;
+mod guest;
+mod lab;
+mod static_bin;
+mod util;
+mod venue;
+
+pub use error::{LabError, Result};
+pub use guest::{
+    busybox, guest_kernel, initramfs, GuestKernel, CHECK_EXIT_MARKER, GUEST_CMDLINE, INIT_MARKER,
+    KERNEL_BUILD_PACKAGES,
+};
+pub use lab::{lab_kernel, run, run_in, LabOutput, Payload, LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES};
+pub use static_bin::{has_interpreter, static_binary, STATIC_TARGET};
+pub use util::{ensure_packages, workspace_root};
+pub use venue::{detect_venue, probe_speed, Venue};
+
+/// The env var that opts out of the lab tests (CI does not set it).
+pub const SKIP_LAB_ENV: &str = "VIRTKIT_SKIP_LAB";
+
+/// True when `VIRTKIT_SKIP_LAB=1`: then it also prints, loudly, that `test` is skipped.
+/// Lab tests call it first and return when it says so; CI never sets the variable.
+pub fn lab_opted_out(test: &str) -> bool {
+    let skip = std::env::var(SKIP_LAB_ENV).is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("SKIPPED {test}: {SKIP_LAB_ENV}=1 (documented opt-out, see docs/testing.md)");
+    }
+    skip
+}
+
+/// The QEMU peer for benchmarks: `qemu-system-x86_64` and the firmware files that
+/// `-M microvm` needs, added to a payload so QEMU runs at its host path in the lab.
+pub fn with_qemu_peer(payload: Payload) -> Result<Payload> {
+    let qemu = util::which("qemu-system-x86_64")
+        .ok_or_else(|| LabError::QemuMissing("not on PATH".into()))?;
+    let mut p = payload.host_program(qemu)?;
+    for f in [
+        "bios-microvm.bin",
+        "qboot.rom",
+        "linuxboot_dma.bin",
+        "linuxboot.bin",
+        "pvh.bin",
+    ] {
+        let path = std::path::Path::new("/usr/share/qemu").join(f);
+        if path.exists() {
+            p = p.host_file(path);
+        }
+    }
+    Ok(p)
+}
