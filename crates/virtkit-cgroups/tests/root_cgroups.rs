@@ -1,0 +1,495 @@
+//! Real cgroup tests, as root, on whatever this machine has: the host's v1
+//! controllers (legacy or hybrid layout) or a unified v2 hierarchy (the lab).
+//! The backend comes from [`Hierarchies::detect`], so the same tests cover both.
+//!
+//! This binary has its own runner (`harness = false`): tests run one at a
+//! time, and when `VIRTKIT_CGROUPS_CHILD` is set the binary is instead the
+//! workload put in the cgroup (memory hog, fork bomb, spinner), so it needs no
+//! other program (it runs statically linked inside the lab).
+//!
+//! Arguments: substrings select tests, `--skip S` excludes, `--list` lists;
+//! other `--flags` from `cargo test` are ignored. Not root: every test fails
+//! with a clear message, unless `VIRTKIT_SKIP_ROOT_TESTS=1` (an opt-out for
+//! developer machines that CI does not set).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use virtkit_cgroups::{open, CgroupManager, Hierarchies, Resources};
+
+const CHILD_ENV: &str = "VIRTKIT_CGROUPS_CHILD";
+const MIB: i64 = 1 << 20;
+
+// ---------------------------------------------------------------- workloads
+
+fn child_main(mode: &str) -> ! {
+    // Wait for the parent to move us into the cgroup.
+    let mut go = [0u8; 1];
+    std::io::stdin().read_exact(&mut go).unwrap();
+    let code = match mode {
+        "memhog" => memhog(),
+        "forkbomb" => forkbomb(50),
+        "spin" => spin(),
+        "forktree" => forktree(4),
+        other => {
+            eprintln!("unknown child mode {other}");
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Allocates and touches 1 MiB at a time up to 1 GiB; reports progress.
+fn memhog() -> i32 {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for i in 1..=1024 {
+        let mut v = vec![0u8; 1 << 20];
+        for b in v.iter_mut().step_by(4096) {
+            *b = 1;
+        }
+        held.push(v);
+        if i % 16 == 0 {
+            println!("allocated {i} MiB");
+        }
+    }
+    println!("survived");
+    0
+}
+
+/// Tries `n` forks; each grandchild blocks in pause(). Prints how many
+/// succeeded, waits for a line on stdin, kills them and exits.
+fn forkbomb(n: usize) -> i32 {
+    let mut kids = Vec::new();
+    let mut last_err = 0;
+    for _ in 0..n {
+        // SAFETY: this process is single-threaded (the runner spawns no threads
+        // before child_main), so the child may run anything; it only pauses.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            loop {
+                // SAFETY: pause() has no preconditions.
+                unsafe { libc::pause() };
+            }
+        } else if pid > 0 {
+            kids.push(pid);
+        } else {
+            last_err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        }
+    }
+    println!("forked {} errno {}", kids.len(), last_err);
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    for k in kids {
+        // SAFETY: signalling and reaping our own children.
+        unsafe {
+            libc::kill(k, libc::SIGKILL);
+            libc::waitpid(k, std::ptr::null_mut(), 0);
+        }
+    }
+    0
+}
+
+/// Forks `n` grandchildren that pause, then pauses itself.
+fn forktree(n: usize) -> i32 {
+    for _ in 0..n {
+        // SAFETY: single-threaded process; the child only pauses.
+        if unsafe { libc::fork() } == 0 {
+            loop {
+                // SAFETY: pause() has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+    }
+    println!("ready");
+    loop {
+        // SAFETY: pause() has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+fn spin() -> i32 {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A test cgroup: killed and deleted on drop, even when the test panics.
+struct TestCgroup {
+    cg: Box<dyn CgroupManager>,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let hier = Hierarchies::detect().expect("detecting cgroup hierarchies");
+        let path = format!("virtkit-test/{name}-{}", std::process::id());
+        let cg = open(&hier, &path).expect("opening test cgroup");
+        // Leftovers of an aborted run with the same pid would be reused: clear.
+        let _ = cg.kill_all();
+        let _ = cg.delete();
+        cg.create().expect("creating test cgroup");
+        eprintln!(
+            "  cgroup {:?} ({:?}, layout {:?}) at {:?}",
+            cg.path(),
+            cg.version(),
+            hier.layout(),
+            cg.dirs()
+        );
+        TestCgroup { cg }
+    }
+}
+
+impl std::ops::Deref for TestCgroup {
+    type Target = dyn CgroupManager;
+    fn deref(&self) -> &Self::Target {
+        &*self.cg
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.cg.kill_all() {
+            eprintln!("  cleanup: kill_all: {e}");
+        }
+        if let Err(e) = self.cg.delete() {
+            eprintln!("  cleanup: delete: {e}");
+        }
+    }
+}
+
+/// Starts this binary as workload `mode`, blocked until [`go`].
+fn spawn_child(mode: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, mode)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning workload child")
+}
+
+/// Puts `child` in the cgroup and lets it run.
+fn enter_and_go(cg: &TestCgroup, child: &mut Child) {
+    cg.add_process(i32::try_from(child.id()).unwrap())
+        .expect("adding child to cgroup");
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(b"g").unwrap();
+    stdin.flush().unwrap();
+}
+
+fn read_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+/// Waits for `child` at most `limit`; kills it if it does not exit.
+fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("child did not exit within {limit:?}");
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+/// A process allocating past the memory limit is OOM-killed at the limit.
+fn root_memory_hog_is_oom_killed() {
+    let cg = TestCgroup::new("memhog");
+    let mut r = Resources::default();
+    r.memory.limit = Some(64 * MIB);
+    r.memory.swap = Some(64 * MIB); // memory + swap = memory: no swap at all
+    cg.apply(&r).unwrap();
+    let mut child = spawn_child("memhog");
+    enter_and_go(&cg, &mut child);
+    let st = wait_for(&mut child, Duration::from_secs(60));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let last = out.lines().last().unwrap_or("");
+    eprintln!("  child {st:?}, last output {last:?}");
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGKILL),
+        "hog not killed: {st:?}, output {last:?}"
+    );
+    assert!(!out.contains("survived"));
+    let stats = cg.stats().unwrap();
+    eprintln!("  memory stats {:?}", stats.memory);
+    assert!(stats.memory.oom_kills.unwrap() >= 1, "{:?}", stats.memory);
+    // It got close to the limit, and never above it.
+    let peak = stats.memory.peak.expect("peak usage");
+    assert!(peak <= 64 << 20, "peak {peak} above the limit");
+    assert!(peak >= 32 << 20, "peak {peak}: killed far below the limit?");
+    // What it printed: it had allocated a good part of the 64 MiB.
+    let allocated: u64 = last
+        .strip_prefix("allocated ")
+        .and_then(|s| s.strip_suffix(" MiB"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!((16..64).contains(&allocated), "last output {last:?}");
+}
+
+/// pids.max = 10 stops a process trying to fork 50 children.
+fn root_pids_max_stops_fork_bomb() {
+    let cg = TestCgroup::new("forkbomb");
+    let mut r = Resources::default();
+    r.pids.limit = Some(10);
+    cg.apply(&r).unwrap();
+    let mut child = spawn_child("forkbomb");
+    enter_and_go(&cg, &mut child);
+    let line = read_line(&mut child);
+    eprintln!("  child says {line:?}");
+    let mut it = line.split_whitespace();
+    assert_eq!(it.next(), Some("forked"));
+    let forked: u64 = it.next().unwrap().parse().unwrap();
+    let errno: i32 = it.nth(1).unwrap().parse().unwrap();
+    // 10 tasks: the child itself plus 9 forks.
+    assert_eq!(forked, 9, "{line}");
+    assert_eq!(errno, libc::EAGAIN, "fork failed with errno {errno}");
+    let stats = cg.stats().unwrap();
+    assert_eq!(stats.pids.current, Some(10), "{:?}", stats.pids);
+    assert_eq!(stats.pids.limit, Some(10));
+    assert_eq!(cg.pids().unwrap().len(), 10);
+    child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    let st = wait_for(&mut child, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+}
+
+/// A 20% quota holds a spinner to about 20% of a CPU.
+fn root_cpu_quota_throttles_spinner() {
+    let cg = TestCgroup::new("spin");
+    let mut r = Resources::default();
+    r.cpu.quota = Some(20_000);
+    r.cpu.period = Some(100_000);
+    cg.apply(&r).unwrap();
+    let mut child = spawn_child("spin");
+    enter_and_go(&cg, &mut child);
+    sleep(Duration::from_millis(300));
+    let before = cg.stats().unwrap().cpu;
+    let t0 = Instant::now();
+    sleep(Duration::from_millis(1500));
+    let after = cg.stats().unwrap().cpu;
+    let wall = t0.elapsed().as_secs_f64();
+    let used = (after.usage_ns.unwrap() - before.usage_ns.unwrap()) as f64 / 1e9;
+    let ratio = used / wall;
+    eprintln!(
+        "  spinner used {used:.3} s CPU in {wall:.3} s: {:.1}% (quota 20%); throttled {:?} of {:?} periods",
+        ratio * 100.0,
+        after.nr_throttled,
+        after.nr_periods
+    );
+    assert!(ratio < 0.30, "cpu ratio {ratio:.3} above a 20% quota");
+    assert!(ratio > 0.05, "cpu ratio {ratio:.3}: the spinner barely ran");
+    assert!(after.nr_throttled.unwrap() > 0, "{after:?}");
+    assert!(after.throttled_ns.unwrap() > 0, "{after:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Freezing stops a spinner from using CPU; thawing resumes it.
+fn root_freeze_and_thaw() {
+    let cg = TestCgroup::new("freeze");
+    let mut child = spawn_child("spin");
+    enter_and_go(&cg, &mut child);
+    sleep(Duration::from_millis(200));
+    cg.freeze().unwrap();
+    assert_eq!(
+        cg.freezer_state().unwrap(),
+        virtkit_cgroups::FreezerState::Frozen
+    );
+    let a = cg.stats().unwrap().cpu.usage_ns.unwrap();
+    sleep(Duration::from_millis(500));
+    let b = cg.stats().unwrap().cpu.usage_ns.unwrap();
+    eprintln!("  frozen: {} µs of CPU in 500 ms", (b - a) / 1000);
+    assert!(b - a < 5_000_000, "a frozen spinner used {} ns", b - a);
+    cg.thaw().unwrap();
+    assert_eq!(
+        cg.freezer_state().unwrap(),
+        virtkit_cgroups::FreezerState::Thawed
+    );
+    let c = cg.stats().unwrap().cpu.usage_ns.unwrap();
+    sleep(Duration::from_millis(500));
+    let d = cg.stats().unwrap().cpu.usage_ns.unwrap();
+    eprintln!("  thawed: {} µs of CPU in 500 ms", (d - c) / 1000);
+    assert!(
+        d - c > 20_000_000,
+        "a thawed spinner used only {} ns",
+        d - c
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// kill_all empties a cgroup holding a process tree, then delete removes it.
+fn root_kill_all_and_delete() {
+    let cg = TestCgroup::new("kill");
+    // A nested child cgroup, which delete must remove first.
+    let sub = open(
+        &Hierarchies::detect().unwrap(),
+        &format!("{}/sub", cg.path()),
+    )
+    .unwrap();
+    sub.create().unwrap();
+    let mut child = spawn_child("forktree");
+    sub.add_process(i32::try_from(child.id()).unwrap()).unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+    assert_eq!(read_line(&mut child).trim(), "ready");
+    assert_eq!(
+        cg.pids().unwrap().len(),
+        5,
+        "parent + 4 forks, seen from above"
+    );
+
+    // Deleting a busy cgroup fails after the bounded EBUSY retries, naming it.
+    let t = Instant::now();
+    let e = cg.delete().unwrap_err();
+    eprintln!("  delete while busy: {e} (after {:?})", t.elapsed());
+    assert!(e.to_string().contains("sub"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(cg.exists());
+
+    cg.kill_all().unwrap();
+    assert!(cg.pids().unwrap().is_empty());
+    let st = wait_for(&mut child, Duration::from_secs(5));
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    cg.delete().unwrap();
+    assert!(!cg.exists());
+    for d in cg.dirs() {
+        assert!(!d.exists(), "{} still there", d.display());
+    }
+}
+
+/// signal_all delivers a chosen signal to every process.
+fn root_signal_all() {
+    let cg = TestCgroup::new("signal");
+    let mut child = spawn_child("forktree");
+    enter_and_go(&cg, &mut child);
+    assert_eq!(read_line(&mut child).trim(), "ready");
+    cg.signal_all(libc::SIGTERM).unwrap();
+    let st = wait_for(&mut child, Duration::from_secs(5));
+    assert_eq!(st.signal(), Some(libc::SIGTERM));
+    // The grandchildren got it too: the cgroup empties without kill_all.
+    let t = Instant::now();
+    while !cg.pids().unwrap().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", cg.pids());
+        sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- runner
+
+fn main() {
+    if let Ok(mode) = std::env::var(CHILD_ENV) {
+        child_main(&mode);
+    }
+    let tests: &[(&str, fn())] = &[
+        (
+            "root_memory_hog_is_oom_killed",
+            root_memory_hog_is_oom_killed,
+        ),
+        (
+            "root_pids_max_stops_fork_bomb",
+            root_pids_max_stops_fork_bomb,
+        ),
+        (
+            "root_cpu_quota_throttles_spinner",
+            root_cpu_quota_throttles_spinner,
+        ),
+        ("root_freeze_and_thaw", root_freeze_and_thaw),
+        ("root_kill_all_and_delete", root_kill_all_and_delete),
+        ("root_signal_all", root_signal_all),
+    ];
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut list = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--list" => list = true,
+            "--skip" => skips.extend(args.next()),
+            "--test-threads" | "--format" | "--color" | "-Z" => {
+                args.next();
+            }
+            s if s.starts_with('-') => {}
+            s => filters.push(s.to_string()),
+        }
+    }
+    let selected: Vec<_> = tests
+        .iter()
+        .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+        .filter(|(n, _)| !skips.iter().any(|s| n.contains(s.as_str())))
+        .collect();
+    if list {
+        for (n, _) in &selected {
+            println!("{n}: test");
+        }
+        return;
+    }
+    if std::env::var("VIRTKIT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        println!(
+            "VIRTKIT_SKIP_ROOT_TESTS=1: skipping {} root tests",
+            selected.len()
+        );
+        return;
+    }
+    // SAFETY: geteuid() has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let version = Hierarchies::detect().map(|h| h.version());
+    println!(
+        "\nrunning {} tests (cgroup {:?})",
+        selected.len(),
+        version.as_ref().map_err(ToString::to_string)
+    );
+    let mut failed = Vec::new();
+    for (name, f) in &selected {
+        let res = if euid != 0 {
+            eprintln!("  {name} needs root (euid {euid}); set VIRTKIT_SKIP_ROOT_TESTS=1 to skip");
+            Err(())
+        } else {
+            catch_unwind(AssertUnwindSafe(f)).map_err(|_| ())
+        };
+        match res {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(()) => {
+                println!("test {name} ... FAILED");
+                failed.push(*name);
+            }
+        }
+    }
+    // Remove the shared parent if we left it empty.
+    if let Ok(h) = Hierarchies::detect() {
+        if let Ok(parent) = open(&h, "virtkit-test") {
+            let _ = parent.delete();
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        selected.len() - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failures: {failed:?}");
+        std::process::exit(1);
+    }
+}
