@@ -102,6 +102,18 @@ impl Payload {
         Ok(self)
     }
 
+    /// Puts `text` before the script (e.g. checks to run first).
+    pub fn prepend_script(mut self, text: &str) -> Self {
+        self.script.insert_str(0, text);
+        self
+    }
+
+    /// Appends `text` to the script.
+    pub fn append_script(mut self, text: &str) -> Self {
+        self.script.push_str(text);
+        self
+    }
+
     /// The overall time limit (lab boot included).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod boot;
 pub mod cpio;
 mod error;
 mod guest;
@@ -33,6 +34,7 @@ mod static_bin;
 mod util;
 mod venue;
 
+pub use boot::{boot_payload, BootResult, GuestBoot, Vmm};
 pub use error::{LabError, Result};
 pub use guest::{
     busybox, guest_kernel, initramfs, GuestKernel, CHECK_EXIT_MARKER, GUEST_CMDLINE, INIT_MARKER,
