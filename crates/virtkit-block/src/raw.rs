@@ -174,6 +174,36 @@ impl HostFile {
         }
     }
 
+    fn lseek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: lseek only reads its integer arguments; the descriptor is
+        // owned by `self.file`. Concurrent positioned I/O does not use the
+        // file position, so moving it is harmless.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
+    /// The first offset at or after `offset` that holds data (SEEK_DATA), or
+    /// `None` if only a hole or the end of the file follows.
+    pub fn next_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.lseek(offset, libc::SEEK_DATA)
+    }
+
+    /// The first offset at or after `offset` that starts a hole (SEEK_HOLE;
+    /// the end of the file counts as a hole), or `None` past the end.
+    pub fn next_hole(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.lseek(offset, libc::SEEK_HOLE)
+    }
+
     /// Deallocate a range (it then reads as zeroes); the file size is kept.
     pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
         self.fallocate(

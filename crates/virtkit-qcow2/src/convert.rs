@@ -1,0 +1,187 @@
+//! Conversions between raw and qcow2 images (what `qemu-img convert` does).
+
+use std::path::Path;
+
+use virtkit_block::{BlockBackend, HostFile, RawBackend, RawOptions};
+
+use crate::create::{create, CreateOptions};
+use crate::error::{Qcow2Error, Result};
+use crate::image::{BackingMode, OpenOptions, Qcow2};
+use crate::ImageFormat;
+
+/// Options for [`convert`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Format of the source.
+    pub src_format: ImageFormat,
+    /// Format of the output.
+    pub dst_format: ImageFormat,
+    /// Write qcow2 output clusters compressed.
+    pub compress: bool,
+    /// Creation options for qcow2 output (`size` and `backing` are ignored).
+    pub create: CreateOptions,
+    /// Backing policy for a qcow2 source.
+    pub src_backing: BackingMode,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            src_format: ImageFormat::Raw,
+            dst_format: ImageFormat::Qcow2,
+            compress: false,
+            create: CreateOptions::default(),
+            src_backing: BackingMode::Follow,
+        }
+    }
+}
+
+/// Whether `b` is all zero bytes (vectorizable: no early exit per byte).
+pub fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |a, &x| a | x) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
+enum Src {
+    Raw(RawBackend),
+    Qcow2(Qcow2),
+}
+
+impl Src {
+    fn dev(&self) -> &dyn BlockBackend {
+        match self {
+            Src::Raw(r) => r,
+            Src::Qcow2(q) => q,
+        }
+    }
+}
+
+enum Dst {
+    Raw(HostFile),
+    Qcow2(Qcow2),
+}
+
+/// Copy `src` to a new image `dst`, skipping zeroes (they stay unallocated
+/// or sparse). `progress(done, total)` is called as bytes are processed.
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    o: &ConvertOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<()> {
+    let source = match o.src_format {
+        ImageFormat::Raw => Src::Raw(RawBackend::open(
+            src,
+            RawOptions {
+                read_only: true,
+                direct: false,
+            },
+        )?),
+        ImageFormat::Qcow2 => Src::Qcow2(Qcow2::open(
+            src,
+            OpenOptions {
+                read_only: true,
+                backing: o.src_backing,
+                ..Default::default()
+            },
+        )?),
+    };
+    let size = source.dev().size();
+    if o.compress && o.dst_format != ImageFormat::Qcow2 {
+        return Err(Qcow2Error::InvalidOption(
+            "compression needs qcow2 output".into(),
+        ));
+    }
+    let out = match o.dst_format {
+        ImageFormat::Raw => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dst)
+                .map_err(|source| Qcow2Error::Open {
+                    path: dst.display().to_string(),
+                    source,
+                })?;
+            f.set_len(size)?;
+            Dst::Raw(HostFile::from_file(f))
+        }
+        ImageFormat::Qcow2 => {
+            let c = CreateOptions {
+                size,
+                backing: None,
+                ..o.create.clone()
+            };
+            create(dst, &c)?;
+            Dst::Qcow2(Qcow2::open(dst, OpenOptions::default())?)
+        }
+    };
+    let cs = match &out {
+        Dst::Qcow2(q) => q.cluster_size(),
+        Dst::Raw(_) => 65536,
+    };
+    let chunk = cs.max(2 << 20);
+    let mut buf = vec![0u8; chunk as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = chunk.min(size - pos);
+        // Holes in a raw source are skipped without reading them.
+        if let Src::Raw(r) = &source {
+            match r.host_file().next_data(pos)? {
+                None => break,
+                Some(d) if d >= pos + n => {
+                    pos = (d / cs * cs).max(pos + n);
+                    progress(pos.min(size), size);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let b = &mut buf[..n as usize];
+        source.dev().read_at(b, pos)?;
+        let mut i = 0u64;
+        while i < n {
+            let l = cs.min(n - i);
+            if is_zero(&b[i as usize..(i + l) as usize]) {
+                i += l;
+                continue;
+            }
+            if o.compress {
+                if let Dst::Qcow2(q) = &out {
+                    q.write_compressed(&b[i as usize..(i + l) as usize], pos + i)?;
+                }
+                i += l;
+                continue;
+            }
+            // A run of non-zero clusters goes out in one write.
+            let mut j = i + l;
+            while j < n {
+                let l2 = cs.min(n - j);
+                if is_zero(&b[j as usize..(j + l2) as usize]) {
+                    break;
+                }
+                j += l2;
+            }
+            let data = &b[i as usize..j as usize];
+            match &out {
+                Dst::Raw(f) => f.write_at(data, pos + i)?,
+                Dst::Qcow2(q) => q.write_at(data, pos + i)?,
+            }
+            i = j;
+        }
+        pos += n;
+        progress(pos, size);
+    }
+    match out {
+        Dst::Raw(f) => f.sync()?,
+        Dst::Qcow2(q) => q.close()?,
+    }
+    progress(size, size);
+    Ok(())
+}
