@@ -13,7 +13,7 @@ pub enum NamespaceError {
     #[error("unknown namespace type {0:?}")]
     UnknownType(String),
     /// The namespace file could not be opened.
-    #[error("open namespace {path}: {source}")]
+    #[error("open namespace {}", path.display())]
     Open {
         /// The path given.
         path: PathBuf,

@@ -22,7 +22,7 @@ pub enum RootfsError {
     #[error("unknown mount propagation {0:?}")]
     BadPropagation(String),
     /// A mount failed.
-    #[error("mount {destination}: {source}")]
+    #[error("mount {}", destination.display())]
     Mount {
         /// The mount's destination inside the container.
         destination: PathBuf,
@@ -31,7 +31,7 @@ pub enum RootfsError {
         source: SyscallError,
     },
     /// A device node could not be created.
-    #[error("device {path}: {source}")]
+    #[error("device {}", path.display())]
     Device {
         /// The device path inside the container.
         path: PathBuf,
@@ -40,10 +40,10 @@ pub enum RootfsError {
         source: SyscallError,
     },
     /// Switching the root failed.
-    #[error("pivot_root: {0}")]
+    #[error("switching to the new root")]
     Pivot(#[source] SyscallError),
     /// Masking or making a path read-only failed.
-    #[error("path {path}: {source}")]
+    #[error("path {}", path.display())]
     Path {
         /// The path inside the container.
         path: PathBuf,
@@ -269,6 +269,9 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
         )
         .map_err(mount_err(dest))?;
         if opts.flags & libc::MS_RDONLY != 0 {
+            let t = sys
+                .resolve_in_root(root, dest, TargetKind::Dir)
+                .map_err(mount_err(dest))?;
             sys.make_readonly(t.path(), true).map_err(mount_err(dest))?;
         }
         return Ok(());
@@ -288,6 +291,10 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
     if is_bind {
         let bind_flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
         sys.mount(m.source.as_deref(), target.path(), None, bind_flags, None)
+            .map_err(mount_err(dest))?;
+        // The fd still names the directory under the new mount: look it up again.
+        let target = sys
+            .resolve_in_root(root, dest, kind)
             .map_err(mount_err(dest))?;
         let extra = opts.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if opts.recursive_readonly {
@@ -317,7 +324,10 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
                     None,
                 )
                 .map_err(mount_err(dest))?;
-                sys.make_readonly(target.path(), true).map_err(err)?;
+                let t = sys
+                    .resolve_in_root(root, dest, kind)
+                    .map_err(mount_err(dest))?;
+                sys.make_readonly(t.path(), true).map_err(err)?;
             }
             Err(e) if fstype == "mqueue" && e.errno() == Some(libc::EPERM) => {
                 sys.mount(
@@ -332,6 +342,12 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
             other => other.map_err(err)?,
         }
     }
+    if opts.propagation.is_empty() {
+        return Ok(());
+    }
+    let target = sys
+        .resolve_in_root(root, dest, kind)
+        .map_err(mount_err(dest))?;
     for p in &opts.propagation {
         sys.mount(None, target.path(), None, *p, None)
             .map_err(mount_err(dest))?;

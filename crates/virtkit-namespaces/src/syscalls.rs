@@ -12,15 +12,14 @@ use std::path::{Component, Path, PathBuf};
 
 /// A failed syscall: which call, on what, and the OS error.
 #[derive(Debug, thiserror::Error)]
-#[error("{call}({what}): {source}")]
+#[error("{call}({what}): {err}")]
 pub struct SyscallError {
     /// The syscall (or libc function) name.
     pub call: &'static str,
     /// The object it acted on (a path, a flag set).
     pub what: String,
     /// The error the kernel returned.
-    #[source]
-    pub source: io::Error,
+    pub err: io::Error,
 }
 
 impl SyscallError {
@@ -29,22 +28,22 @@ impl SyscallError {
         Self {
             call,
             what: what.into(),
-            source: io::Error::last_os_error(),
+            err: io::Error::last_os_error(),
         }
     }
 
     /// Builds an error from an explicit `io::Error`.
-    pub fn new(call: &'static str, what: impl Into<String>, source: io::Error) -> Self {
+    pub fn new(call: &'static str, what: impl Into<String>, err: io::Error) -> Self {
         Self {
             call,
             what: what.into(),
-            source,
+            err,
         }
     }
 
     /// The raw errno, if any.
     pub fn errno(&self) -> Option<i32> {
-        self.source.raw_os_error()
+        self.err.raw_os_error()
     }
 }
 

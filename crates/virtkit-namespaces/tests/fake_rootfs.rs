@@ -165,7 +165,8 @@ fn pivot_failure_is_reported() {
     sys.fail_on("pivot_root", libc::EINVAL);
     let e = pivot(&sys, &RootfsConfig::new("/r")).unwrap_err();
     assert!(matches!(e, RootfsError::Pivot(_)));
-    assert!(e.to_string().contains("pivot_root"));
+    let src = std::error::Error::source(&e).unwrap().to_string();
+    assert!(src.contains("pivot_root"), "{src}");
 }
 
 #[test]

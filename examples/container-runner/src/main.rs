@@ -1,3 +1,513 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! container-runner: an OCI runtime with runc's command line, built on
+//! virtkit-namespaces and virtkit-cgroups.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cgroup;
+mod cloned;
+mod container;
+mod hooks;
+mod init;
+mod log;
+mod process;
+mod seccomp;
+mod state;
+mod syscall_table;
+mod util;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// The runtime spec version we implement.
+pub const OCI_VERSION: &str = "1.2.0";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "container-runner",
+    about = "An OCI runtime (runc-compatible command line)",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Root directory for container state (default /run/virtkit, or
+    /// $XDG_RUNTIME_DIR/virtkit when not root).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Log file (default stderr).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long = "log-format", global = true, default_value = "text")]
+    log_format: String,
+    /// Use systemd for cgroups (not supported).
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
+    /// Debug logging (accepted for compatibility).
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Print the version.
+    #[arg(short = 'v', long)]
+    version: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a container (init waits for `start`).
+    Create {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+    },
+    /// Start a created container.
+    Start { id: String },
+    /// Print a container's state as JSON.
+    State { id: String },
+    /// Send a signal to a container's init (or all its processes).
+    Kill {
+        #[arg(short = 'a', long)]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Delete a container.
+    Delete {
+        #[arg(short = 'f', long)]
+        force: bool,
+        id: String,
+    },
+    /// Create and start a container, wait for it and delete it.
+    Run {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        id: String,
+    },
+    /// Run a new process in a container.
+    Exec {
+        #[arg(short = 'p', long)]
+        process: Option<PathBuf>,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List containers.
+    List {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(short = 'f', long, default_value = "table")]
+        format: String,
+    },
+    /// Processes in a container.
+    Ps {
+        #[arg(short = 'f', long, default_value = "table")]
+        format: String,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze a container.
+    Pause { id: String },
+    /// Thaw a container.
+    Resume { id: String },
+    /// Change a container's resources.
+    Update {
+        /// JSON file with linux.resources ("-" for stdin).
+        #[arg(short = 'r', long)]
+        resources: Option<String>,
+        id: String,
+    },
+    /// Print the features this runtime supports (JSON).
+    Features,
+    /// Write a default config.json (like `runc spec`).
+    Spec {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+    },
+}
+
+fn default_root() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("virtkit");
+        }
+    }
+    PathBuf::from("/run/virtkit")
+}
+
+fn features() -> serde_json::Value {
+    let mut ops: Vec<&str> = vec![
+        "SCMP_CMP_NE",
+        "SCMP_CMP_LT",
+        "SCMP_CMP_LE",
+        "SCMP_CMP_EQ",
+        "SCMP_CMP_GE",
+        "SCMP_CMP_GT",
+        "SCMP_CMP_MASKED_EQ",
+    ];
+    ops.sort();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["async","atime","bind","defaults","dev","diratime","dirsync","exec","mand","noatime","nodev","nodiratime","noexec","nomand","norelatime","nostrictatime","nosuid","private","rbind","relatime","remount","ro","rprivate","rro","rshared","rslave","runbindable","rw","shared","slave","strictatime","suid","sync","unbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
+            "capabilities": (0..=40).filter_map(process_cap_name).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW","SCMP_ACT_ERRNO","SCMP_ACT_KILL","SCMP_ACT_KILL_PROCESS","SCMP_ACT_KILL_THREAD","SCMP_ACT_LOG","SCMP_ACT_TRACE","SCMP_ACT_TRAP"],
+                "operators": ops,
+                "archs": ["SCMP_ARCH_X86_64"]
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {"org.virtkit.runtime": "container-runner"}
+    })
+}
+
+fn process_cap_name(i: u32) -> Option<String> {
+    let names = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    let n = names.get(i as usize)?;
+    debug_assert_eq!(process::cap_number(n), Some(i));
+    Some(format!("CAP_{n}"))
+}
+
+fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if let Ok(c) = state::Container::load(root, &id) {
+                out.push(c);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.saved.id.cmp(&b.saved.id));
+    let mut so = std::io::stdout().lock();
+    if quiet {
+        for c in &out {
+            writeln!(so, "{}", c.saved.id)?;
+        }
+        return Ok(());
+    }
+    match format {
+        "json" => {
+            let v: Vec<serde_json::Value> = out
+                .iter()
+                .map(|c| {
+                    let s = c.oci_state();
+                    serde_json::json!({
+                        "ociVersion": s["ociVersion"], "id": s["id"], "pid": s["pid"],
+                        "status": s["status"], "bundle": s["bundle"], "rootfs": s["rootfs"],
+                        "created": s["created"], "annotations": s["annotations"], "owner": s["owner"],
+                    })
+                })
+                .collect();
+            writeln!(so, "{}", serde_json::Value::from(v))?;
+        }
+        "table" => {
+            writeln!(so, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER")?;
+            for c in &out {
+                let s = c.oci_state();
+                writeln!(
+                    so,
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    c.saved.id,
+                    s["pid"],
+                    s["status"].as_str().unwrap_or(""),
+                    c.saved.bundle.display(),
+                    c.saved.created,
+                    if c.saved.owner.is_empty() {
+                        "root"
+                    } else {
+                        &c.saved.owner
+                    }
+                )?;
+            }
+        }
+        f => bail!("invalid format {f:?} (table or json)"),
+    }
+    Ok(())
+}
+
+fn ps(root: &std::path::Path, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
+    let pids = container::pids(root, id)?;
+    match format {
+        "json" => println!("{}", serde_json::Value::from(pids)),
+        "table" => {
+            // runc runs ps(1) and keeps the header plus lines of the container's pids.
+            let args: Vec<String> = if ps_args.is_empty() {
+                vec!["-ef".into()]
+            } else {
+                ps_args.to_vec()
+            };
+            let out = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("run ps")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default();
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps output has no PID column")?;
+            println!("{header}");
+            for l in lines {
+                let pid: Option<i32> = l.split_whitespace().nth(col).and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p| pids.contains(&p)) {
+                    println!("{l}");
+                }
+            }
+        }
+        f => bail!("invalid format {f:?} (table or json)"),
+    }
+    Ok(())
+}
+
+fn write_spec(bundle: &std::path::Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        bail!("File {} exists. Remove it first", path.display());
+    }
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_hostname(Some("container-runner".into()));
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(true));
+    }
+    spec.save(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+fn real_main(cli: Cli) -> Result<i32> {
+    if cli.version {
+        println!(
+            "container-runner version {}\nspec: {OCI_VERSION}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(0);
+    }
+    if cli.systemd_cgroup {
+        bail!("--systemd-cgroup is not supported: container-runner drives cgroupfs directly (use the cgroupfs manager)");
+    }
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    let Some(cmd) = cli.cmd else {
+        bail!("no command given (see --help)");
+    };
+    match cmd {
+        Cmd::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            no_pivot,
+            preserve_fds,
+            id,
+            ..
+        } => {
+            cloned::ensure()?;
+            let o = container::CreateOpts {
+                root,
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+                no_pivot,
+                preserve_fds,
+            };
+            container::create(&o, false)?;
+        }
+        Cmd::Run {
+            bundle,
+            pid_file,
+            console_socket,
+            no_pivot,
+            preserve_fds,
+            detach,
+            id,
+            ..
+        } => {
+            cloned::ensure()?;
+            let o = container::CreateOpts {
+                root,
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+                no_pivot,
+                preserve_fds,
+            };
+            return container::run(&o, detach);
+        }
+        Cmd::Start { id } => container::start(&root, &id)?,
+        Cmd::State { id } => {
+            let c = state::Container::load(&root, &id)?;
+            println!("{}", serde_json::to_string_pretty(&c.oci_state())?);
+        }
+        Cmd::Kill { all, id, signal } => {
+            let sig = util::parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
+            container::kill(&root, &id, sig, all)?;
+        }
+        Cmd::Delete { force, id } => container::delete(&root, &id, force)?,
+        Cmd::Exec {
+            process,
+            detach,
+            tty,
+            pid_file,
+            console_socket,
+            cwd,
+            env,
+            user,
+            preserve_fds,
+            id,
+            args,
+        } => {
+            cloned::ensure()?;
+            let o = container::ExecOpts {
+                root,
+                id,
+                process,
+                args,
+                env,
+                cwd,
+                user,
+                tty,
+                detach,
+                pid_file,
+                console_socket,
+                preserve_fds,
+            };
+            return container::exec(&o);
+        }
+        Cmd::List { quiet, format } => list(&root, quiet, &format)?,
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => ps(&root, &id, &format, &ps_args)?,
+        Cmd::Pause { id } => container::pause(&root, &id, true)?,
+        Cmd::Resume { id } => container::pause(&root, &id, false)?,
+        Cmd::Update { resources, id } => {
+            let data = match resources.as_deref() {
+                None | Some("-") => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+                Some(f) => std::fs::read(f).with_context(|| format!("read {f}"))?,
+            };
+            container::update(&root, &id, &data)?;
+        }
+        Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
+        Cmd::Spec { bundle } => write_spec(&bundle)?,
+    }
+    Ok(0)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    log::init(log::LogConfig {
+        file: cli.log.clone(),
+        json: cli.log_format == "json",
+    });
+    if cli.log_format != "text" && cli.log_format != "json" {
+        log::error(&format!(
+            "invalid log format {:?} (text or json)",
+            cli.log_format
+        ));
+        std::process::exit(1);
+    }
+    match real_main(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            log::error(&format!("{e:#}"));
+            std::process::exit(1);
+        }
+    }
 }

@@ -1,0 +1,833 @@
+//! The commands: create, start, run, exec, kill, delete, pause, resume, ps, update.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use virtkit_namespaces::idmap::{write_id_maps, IdMapping};
+use virtkit_namespaces::namespace::NamespaceType;
+use virtkit_namespaces::rootfs::{
+    default_devices, propagation_flags, DeviceNode, MountSpec, RootfsConfig,
+};
+use virtkit_namespaces::LinuxSyscalls;
+
+use crate::init::{self, Init, Mode};
+use crate::state::{check_id, Container, Saved, Status};
+use crate::util::{self, recv_msg, send_msg};
+use crate::{cgroup, hooks, process};
+
+/// Options of `create` and `run`.
+#[derive(Debug, Clone)]
+pub struct CreateOpts {
+    /// State root.
+    pub root: PathBuf,
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Where to write the init pid.
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master.
+    pub console_socket: Option<PathBuf>,
+    /// MS_MOVE + chroot instead of pivot_root.
+    pub no_pivot: bool,
+    /// Extra fds passed to the container after stdio.
+    pub preserve_fds: u32,
+}
+
+fn ns_type(t: LinuxNamespaceType) -> NamespaceType {
+    match t {
+        LinuxNamespaceType::Mount => NamespaceType::Mount,
+        LinuxNamespaceType::Cgroup => NamespaceType::Cgroup,
+        LinuxNamespaceType::Uts => NamespaceType::Uts,
+        LinuxNamespaceType::Ipc => NamespaceType::Ipc,
+        LinuxNamespaceType::User => NamespaceType::User,
+        LinuxNamespaceType::Pid => NamespaceType::Pid,
+        LinuxNamespaceType::Network => NamespaceType::Net,
+        LinuxNamespaceType::Time => NamespaceType::Time,
+    }
+}
+
+fn open_ns(path: &Path) -> Result<OwnedFd> {
+    let f =
+        std::fs::File::open(path).with_context(|| format!("open namespace {}", path.display()))?;
+    Ok(f.into())
+}
+
+fn setns_self(fd: &OwnedFd, t: NamespaceType) -> Result<()> {
+    // SAFETY: setns on a valid fd.
+    if unsafe { libc::setns(fd.as_raw_fd(), t.clone_flag()) } < 0 {
+        bail!(
+            "join {} namespace: {}",
+            t.proc_name(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// `clone(2)` with `flags` used like fork: returns 0 in the child.
+fn clone_fork(flags: i32) -> Result<i32> {
+    // SAFETY: without CLONE_VM the child gets a copy of our address space and continues
+    // here like after fork(); we are single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r < 0 {
+        bail!("clone: {}", std::io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("vktmp");
+    std::fs::write(&tmp, pid.to_string())
+        .with_context(|| format!("write pid file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write pid file {}", path.display()))?;
+    Ok(())
+}
+
+fn mkfifo(path: &Path) -> Result<()> {
+    let c = util::cstring(&path.to_string_lossy())?;
+    // SAFETY: valid path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o622) } < 0 {
+        bail!(
+            "mkfifo {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn open_path(path: &Path) -> Result<OwnedFd> {
+    let c = util::cstring(&path.to_string_lossy())?;
+    // SAFETY: valid path; we own the returned fd.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        bail!(
+            "open {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn load_spec(bundle: &Path) -> Result<Spec> {
+    let p = bundle.join("config.json");
+    Spec::load(&p).with_context(|| format!("load {}", p.display()))
+}
+
+/// The state JSON handed to hooks.
+fn hook_state(c: &Container, status: &str) -> Vec<u8> {
+    let mut v = c.oci_state();
+    v["status"] = serde_json::Value::from(status);
+    v["pid"] = serde_json::Value::from(c.saved.pid);
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn rootfs_config(
+    spec: &Spec,
+    bundle: &Path,
+    rootfs: &Path,
+    no_pivot: bool,
+    userns: bool,
+) -> Result<RootfsConfig> {
+    let mut cfg = RootfsConfig::new(rootfs);
+    cfg.no_pivot = no_pivot;
+    cfg.bind_devices = userns;
+    let linux = spec.linux().as_ref();
+    if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_ref()) {
+        if !p.is_empty() {
+            cfg.propagation = propagation_flags(p)?;
+        }
+    }
+    cfg.readonly_root = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    for m in spec.mounts().iter().flatten() {
+        let src = m.source().as_ref().map(|s| {
+            let is_bind = m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind");
+            if is_bind && s.is_relative() {
+                bundle.join(s)
+            } else {
+                s.clone()
+            }
+        });
+        cfg.mounts.push(MountSpec {
+            source: src,
+            destination: m.destination().clone(),
+            fstype: m.typ().clone(),
+            options: m.options().clone().unwrap_or_default(),
+        });
+    }
+    let mut devs = default_devices();
+    if let Some(l) = linux {
+        for d in l.devices().iter().flatten() {
+            let kind = match d.typ() {
+                oci_spec::runtime::LinuxDeviceType::B => 'b',
+                oci_spec::runtime::LinuxDeviceType::P => 'p',
+                _ => 'c',
+            };
+            devs.retain(|x| x.path != *d.path());
+            devs.push(DeviceNode {
+                path: d.path().clone(),
+                kind,
+                major: d.major() as u32,
+                minor: d.minor() as u32,
+                mode: d.file_mode().unwrap_or(0o666),
+            });
+        }
+        cfg.masked_paths = l
+            .masked_paths()
+            .iter()
+            .flatten()
+            .map(PathBuf::from)
+            .collect();
+        cfg.readonly_paths = l
+            .readonly_paths()
+            .iter()
+            .flatten()
+            .map(PathBuf::from)
+            .collect();
+    }
+    cfg.devices = devs;
+    Ok(cfg)
+}
+
+fn id_maps(v: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>) -> Vec<IdMapping> {
+    v.iter()
+        .flatten()
+        .map(|m| IdMapping {
+            container_id: m.container_id(),
+            host_id: m.host_id(),
+            size: m.size(),
+        })
+        .collect()
+}
+
+/// A container being created; cleaned up on drop unless committed.
+struct Undo {
+    dir: PathBuf,
+    pid: i32,
+    cgroup: Option<Box<dyn virtkit_cgroups::CgroupManager>>,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.pid > 0 {
+            let _ = util::kill(self.pid, libc::SIGKILL);
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill_all();
+            let _ = cg.delete();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `create`: everything up to init blocking on the exec fifo. Returns the container and
+/// init's pid (our child).
+pub fn create(o: &CreateOpts, foreground: bool) -> Result<Container> {
+    check_id(&o.id)?;
+    let bundle = std::fs::canonicalize(&o.bundle)
+        .with_context(|| format!("bundle {}", o.bundle.display()))?;
+    let spec = load_spec(&bundle)?;
+    let root_path = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .context("config.json has no root.path")?;
+    let rootfs = std::fs::canonicalize(bundle.join(&root_path))
+        .with_context(|| format!("rootfs {}", bundle.join(&root_path).display()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json has no process")?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .context("config.json has no linux section")?;
+
+    std::fs::create_dir_all(&o.root)
+        .with_context(|| format!("create state root {}", o.root.display()))?;
+    let dir = o.root.join(&o.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("container with id {} already exists", o.id)
+        }
+        Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
+    }
+    let mut undo = Undo {
+        dir: dir.clone(),
+        pid: 0,
+        cgroup: None,
+        armed: true,
+    };
+    let cg_path = cgroup::cgroup_path(linux.cgroups_path().as_deref(), &o.id);
+    let mut c = Container {
+        dir: dir.clone(),
+        saved: Saved {
+            id: o.id.clone(),
+            pid: 0,
+            start_time: 0,
+            bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
+            created: util::rfc3339_now(),
+            annotations: spec
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cgroup_path: cg_path.clone(),
+            create_done: false,
+            owner: String::new(),
+        },
+    };
+    // Saved before the cgroup exists, so `delete --force` after a crash finds it.
+    c.save()?;
+
+    let cg = cgroup::open(&cg_path)?;
+    cg.create()
+        .with_context(|| format!("create cgroup {cg_path}"))?;
+    undo.cgroup = Some(cgroup::open(&cg_path)?);
+    if let Some(r) = linux.resources() {
+        cg.apply(&cgroup::to_resources(r))
+            .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
+        cgroup::apply_devices(cg.as_ref(), r.devices().as_deref().unwrap_or(&[]))?;
+    } else {
+        cgroup::apply_devices(cg.as_ref(), &[])?;
+    }
+
+    let fifo_path = c.fifo();
+    mkfifo(&fifo_path)?;
+    let fifo = open_path(&fifo_path)?;
+
+    let mut p = process.clone();
+    let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
+        (Some(s), true) => Some(util::connect_unix(s)?),
+        (None, true) if foreground => {
+            // `run` without a console socket: the container shares our stdio.
+            p.set_terminal(Some(false));
+            None
+        }
+        _ => None,
+    };
+    let plan = process::plan(&p, linux.seccomp().as_ref())?;
+
+    // Namespaces: new ones become clone flags; paths are joined (pid and time by us,
+    // since they apply to our children; the rest by the child).
+    let mut flags = 0;
+    let mut joins: Vec<(NamespaceType, OwnedFd)> = Vec::new();
+    let mut new_user = false;
+    let mut have_mount = false;
+    for ns in linux.namespaces().iter().flatten() {
+        let t = ns_type(ns.typ());
+        if t == NamespaceType::Mount {
+            have_mount = true;
+        }
+        match ns.path() {
+            Some(path) => {
+                let fd = open_ns(path)?;
+                match t {
+                    NamespaceType::Pid | NamespaceType::Time => setns_self(&fd, t)?,
+                    _ => joins.push((t, fd)),
+                }
+            }
+            None if t == NamespaceType::Time => {
+                // SAFETY: unshare with a flag; we are single-threaded.
+                if unsafe { libc::unshare(t.clone_flag()) } < 0 {
+                    bail!(
+                        "unshare time namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+            None => {
+                if t == NamespaceType::User {
+                    new_user = true;
+                }
+                flags |= t.clone_flag();
+            }
+        }
+    }
+    if !have_mount {
+        bail!("config.json must ask for a mount namespace");
+    }
+    // User namespace first, mount namespace last.
+    joins.sort_by_key(|(t, _)| NamespaceType::JOIN_ORDER.iter().position(|x| x == t));
+    let rootfs_cfg = rootfs_config(&spec, &bundle, &rootfs, o.no_pivot, new_user)?;
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    let sysctl: Vec<(String, String)> = linux
+        .sysctl()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    let (parent_sock, child_sock) = util::seqpacket_pair()?;
+    let init = Init {
+        sync: child_sock.as_raw_fd(),
+        joins,
+        plan,
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+        preserve_fds: o.preserve_fds,
+        mode: Mode::Create {
+            rootfs: Box::new(rootfs_cfg),
+            hostname,
+            domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
+            sysctl,
+            fifo: fifo.as_raw_fd(),
+            create_container: hooks.create_container().clone().unwrap_or_default(),
+            start_container: hooks.start_container().clone().unwrap_or_default(),
+            state_json: hook_state(&c, "created"),
+        },
+    };
+
+    let pid = clone_fork(flags)?;
+    if pid == 0 {
+        drop(parent_sock);
+        init::child(&init);
+    }
+    drop(child_sock);
+    drop(init);
+    undo.pid = pid;
+    c.saved.pid = pid;
+    c.saved.start_time = util::proc_stat(pid).map(|s| s.0).unwrap_or(0);
+    c.save()?;
+    let sock = parent_sock.as_raw_fd();
+    if new_user {
+        write_id_maps(
+            &LinuxSyscalls,
+            pid,
+            &id_maps(linux.uid_mappings()),
+            &id_maps(linux.gid_mappings()),
+            false,
+        )?;
+    }
+    cg.add_process(pid)
+        .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
+    send_msg(sock, b"go")?;
+    loop {
+        let m = recv_msg(sock)?;
+        match m.as_slice() {
+            b"hooks" => {
+                let st = hook_state(&c, "created");
+                hooks::run("prestart", hooks.prestart().as_deref().unwrap_or(&[]), &st)?;
+                hooks::run(
+                    "createRuntime",
+                    hooks.create_runtime().as_deref().unwrap_or(&[]),
+                    &st,
+                )?;
+                send_msg(sock, b"go")?;
+            }
+            b"ready" => break,
+            [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),
+            [] => bail!("container init exited during setup"),
+            other => bail!(
+                "unexpected message from init: {:?}",
+                String::from_utf8_lossy(other)
+            ),
+        }
+    }
+    c.saved.create_done = true;
+    c.save()?;
+    if let Some(pf) = &o.pid_file {
+        write_pid_file(pf, pid)?;
+    }
+    undo.armed = false;
+    Ok(c)
+}
+
+/// `start`: releases init from the exec fifo.
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let c = Container::load(root, id)?;
+    match c.status() {
+        Status::Created => {}
+        Status::Stopped => bail!("cannot start a container that has stopped"),
+        s => bail!("cannot start a container in the {} state", s.as_str()),
+    }
+    let fifo = c.fifo();
+    let cp = util::cstring(&fifo.to_string_lossy())?;
+    // SAFETY: valid path; we own the returned fd.
+    let fd = unsafe {
+        libc::open(
+            cp.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        bail!("open exec fifo: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n > 0 {
+            let mut b = [0u8; 1];
+            // SAFETY: valid 1-byte buffer.
+            let r = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            if r == 1 {
+                break;
+            }
+        }
+        if !util::alive(c.saved.pid, c.saved.start_time) {
+            let _ = std::fs::remove_file(&fifo);
+            bail!("container init exited before start");
+        }
+    }
+    let _ = std::fs::remove_file(&fifo);
+    if let Ok(spec) = load_spec(&c.saved.bundle) {
+        if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
+            if let Err(e) = hooks::run("poststart", &h, &hook_state(&c, "running")) {
+                log_warn(&format!("{e:#}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_warn(msg: &str) {
+    crate::log::warn(msg);
+}
+
+/// Waits for our child `pid`; returns its exit code (128+signal when killed).
+fn wait_child(pid: i32) -> Result<i32> {
+    let mut st = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            bail!("waitpid {pid}: {e}");
+        }
+        break;
+    }
+    Ok(if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    })
+}
+
+/// `run`: create + start, then (unless detached) wait and delete. Returns the exit code.
+pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
+    let c = create(o, !detach)?;
+    if let Err(e) = start(&o.root, &o.id) {
+        let _ = delete(&o.root, &o.id, true);
+        return Err(e);
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_child(c.saved.pid)?;
+    delete(&o.root, &o.id, true)?;
+    Ok(code)
+}
+
+/// `kill`.
+pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
+    let c = Container::load(root, id)?;
+    if c.status() == Status::Stopped {
+        bail!("container not running");
+    }
+    if all && !c.saved.cgroup_path.is_empty() {
+        cgroup::open(&c.saved.cgroup_path)?.signal_all(sig)?;
+        return Ok(());
+    }
+    util::kill(c.saved.pid, sig).with_context(|| format!("kill {}", c.saved.pid))
+}
+
+fn wait_dead(pid: i32, start: u64, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while util::alive(pid, start) {
+        // Reap if it is our child (run in the foreground).
+        // SAFETY: non-blocking waitpid on a pid; harmless if it is not our child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// `delete`.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    check_id(id)?;
+    let dir = root.join(id);
+    let c = match Container::load(root, id) {
+        Ok(c) => c,
+        Err(e) => {
+            if dir.exists() && force {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("remove {}", dir.display()))?;
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
+    let status = c.status();
+    match status {
+        Status::Stopped | Status::Created => {}
+        _ if force => {}
+        s => bail!(
+            "cannot delete container {id} that is not stopped: {}",
+            s.as_str()
+        ),
+    }
+    let cg = if c.saved.cgroup_path.is_empty() {
+        None
+    } else {
+        cgroup::open(&c.saved.cgroup_path).ok()
+    };
+    if status != Status::Stopped {
+        let _ = util::kill(c.saved.pid, libc::SIGKILL);
+    }
+    if let Some(cg) = &cg {
+        if cg.exists() {
+            if status == Status::Paused {
+                let _ = cg.thaw();
+            }
+            cg.kill_all().context("kill the container's processes")?;
+        }
+    }
+    if !wait_dead(c.saved.pid, c.saved.start_time, Duration::from_secs(10)) {
+        bail!("init {} did not die", c.saved.pid);
+    }
+    if let Some(cg) = &cg {
+        cg.delete()
+            .with_context(|| format!("remove cgroup {}", c.saved.cgroup_path))?;
+    }
+    if c.saved.create_done {
+        if let Ok(spec) = load_spec(&c.saved.bundle) {
+            if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
+                if let Err(e) = hooks::run("poststop", &h, &hook_state(&c, "stopped")) {
+                    log_warn(&format!("{e:#}"));
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    Ok(())
+}
+
+/// `pause` / `resume`.
+pub fn pause(root: &Path, id: &str, pause: bool) -> Result<()> {
+    let c = Container::load(root, id)?;
+    let s = c.status();
+    let cg = cgroup::open(&c.saved.cgroup_path)?;
+    if pause {
+        if s != Status::Running && s != Status::Created {
+            bail!("container not running");
+        }
+        cg.freeze()?;
+    } else {
+        if s != Status::Paused {
+            bail!("container not paused");
+        }
+        cg.thaw()?;
+    }
+    Ok(())
+}
+
+/// `ps`: pids in the container's cgroup.
+pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
+    let c = Container::load(root, id)?;
+    if c.saved.cgroup_path.is_empty() {
+        return Ok(vec![c.saved.pid]);
+    }
+    Ok(cgroup::open(&c.saved.cgroup_path)?.pids()?)
+}
+
+/// `update --resources`.
+pub fn update(root: &Path, id: &str, resources_json: &[u8]) -> Result<()> {
+    let c = Container::load(root, id)?;
+    let r: oci_spec::runtime::LinuxResources =
+        serde_json::from_slice(resources_json).context("parse resources JSON")?;
+    let cg = cgroup::open(&c.saved.cgroup_path)?;
+    cg.apply(&cgroup::to_resources(&r))?;
+    Ok(())
+}
+
+/// Options of `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOpts {
+    /// State root.
+    pub root: PathBuf,
+    /// Container id.
+    pub id: String,
+    /// `--process` JSON file.
+    pub process: Option<PathBuf>,
+    /// Command line (when no --process).
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// "uid[:gid]".
+    pub user: Option<String>,
+    /// Allocate a pty.
+    pub tty: bool,
+    /// Return after the process started.
+    pub detach: bool,
+    /// Where to write its pid.
+    pub pid_file: Option<PathBuf>,
+    /// Socket that gets the pty master.
+    pub console_socket: Option<PathBuf>,
+    /// Extra fds.
+    pub preserve_fds: u32,
+}
+
+/// `exec`: a new process in a running container. Returns its exit code (0 if detached).
+pub fn exec(o: &ExecOpts) -> Result<i32> {
+    let c = Container::load(&o.root, &o.id)?;
+    match c.status() {
+        Status::Running | Status::Created => {}
+        s => bail!("cannot exec in a {} container", s.as_str()),
+    }
+    let spec = load_spec(&c.saved.bundle)?;
+    let mut p: Process = match &o.process {
+        Some(f) => {
+            let data = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
+            serde_json::from_slice(&data).with_context(|| format!("parse {}", f.display()))?
+        }
+        None => {
+            if o.args.is_empty() {
+                bail!("exec needs a command (or --process)");
+            }
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(o.args.clone()));
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(o.env.iter().cloned());
+            p.set_env(Some(env));
+            if let Some(cwd) = &o.cwd {
+                p.set_cwd(cwd.clone());
+            }
+            if let Some(u) = &o.user {
+                let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                let mut user = p.user().clone();
+                user.set_uid(uid.parse().context("--user uid")?);
+                user.set_gid(gid.parse().context("--user gid")?);
+                p.set_user(user);
+            }
+            p.set_terminal(Some(o.tty));
+            p
+        }
+    };
+    let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
+        (Some(s), true) => Some(util::connect_unix(s)?),
+        (None, true) if !o.detach => {
+            p.set_terminal(Some(false));
+            None
+        }
+        _ => None,
+    };
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let plan = process::plan(&p, seccomp.as_ref())?;
+    let pid = c.saved.pid;
+    let mut joins = Vec::new();
+    for t in NamespaceType::JOIN_ORDER {
+        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{}", t.proc_name()));
+        let ours = PathBuf::from(format!("/proc/self/ns/{}", t.proc_name()));
+        let (Ok(a), Ok(b)) = (std::fs::read_link(&theirs), std::fs::read_link(&ours)) else {
+            continue;
+        };
+        if a == b {
+            continue;
+        }
+        let fd = open_ns(&theirs)?;
+        match t {
+            NamespaceType::Pid | NamespaceType::Time => setns_self(&fd, t)?,
+            _ => joins.push((t, fd)),
+        }
+    }
+    if !util::alive(pid, c.saved.start_time) {
+        bail!("container {} is not running", o.id);
+    }
+    let (parent_sock, child_sock) = util::seqpacket_pair()?;
+    let init = Init {
+        sync: child_sock.as_raw_fd(),
+        joins,
+        plan,
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+        preserve_fds: o.preserve_fds,
+        mode: Mode::Exec,
+    };
+    let child = clone_fork(0)?;
+    if child == 0 {
+        drop(parent_sock);
+        init::child(&init);
+    }
+    drop(child_sock);
+    drop(init);
+    let sock = parent_sock.as_raw_fd();
+    let fail = |e: anyhow::Error| -> anyhow::Error {
+        let _ = util::kill(child, libc::SIGKILL);
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        e
+    };
+    if !c.saved.cgroup_path.is_empty() {
+        let cg = cgroup::open(&c.saved.cgroup_path).map_err(fail)?;
+        cg.add_process(child)
+            .context("add exec process to the container's cgroup")
+            .map_err(fail)?;
+    }
+    send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
+    let m = recv_msg(sock).map_err(|e| fail(e.into()))?;
+    match m.as_slice() {
+        b"ready" => {}
+        [b'E', rest @ ..] => {
+            return Err(fail(anyhow::anyhow!("{}", String::from_utf8_lossy(rest))))
+        }
+        _ => return Err(fail(anyhow::anyhow!("exec process exited during setup"))),
+    }
+    // EOF: execve succeeded (the socket was close-on-exec).
+    let m = recv_msg(sock)?;
+    if let [b'E', rest @ ..] = m.as_slice() {
+        let _ = wait_child(child);
+        bail!("{}", String::from_utf8_lossy(rest));
+    }
+    if let Some(pf) = &o.pid_file {
+        write_pid_file(pf, child)?;
+    }
+    if o.detach {
+        return Ok(0);
+    }
+    wait_child(child)
+}

@@ -1,0 +1,55 @@
+//! OCI hooks: run with the container state on stdin, honouring `timeout`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::Hook;
+
+/// Runs `hooks` in order; the first failure stops and is returned.
+pub fn run(kind: &str, hooks: &[Hook], state_json: &[u8]) -> Result<()> {
+    for h in hooks {
+        let path = h.path();
+        let args = h.args().clone().unwrap_or_default();
+        let mut cmd = Command::new(path);
+        if let Some((a0, rest)) = args.split_first() {
+            use std::os::unix::process::CommandExt;
+            cmd.arg0(a0);
+            cmd.args(rest);
+        }
+        cmd.env_clear();
+        for e in h.env().iter().flatten() {
+            if let Some((k, v)) = e.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("{kind} hook {}", path.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A hook that does not read its stdin is fine.
+            let _ = stdin.write_all(state_json);
+        }
+        let deadline = h
+            .timeout()
+            .filter(|t| *t > 0)
+            .map(|t| Instant::now() + Duration::from_secs(t as u64));
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{kind} hook {} timed out", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if !status.success() {
+            bail!("{kind} hook {} failed: {status}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The child side: from `clone` to `execve` of the container process.
+//!
+//! Protocol on the seqpacket sync socket (child's messages in quotes):
+//! parent "go" (cgroup joined, id maps written) → [create: "hooks" (namespaces made,
+//! mounts prepared) → parent runs prestart/createRuntime hooks → "go"] → "ready" →
+//! [create: block on exec.fifo until `start`] → execve. Any failure sends "E<message>";
+//! a successful execve closes the (close-on-exec) socket, which the parent reads as EOF.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::Hook;
+use virtkit_namespaces::namespace::NamespaceType;
+use virtkit_namespaces::rootfs::{finalize_rootfs, pivot, prepare_rootfs, RootfsConfig};
+use virtkit_namespaces::{LinuxSyscalls, Syscalls};
+
+use crate::process::{cloexec_from, Plan};
+use crate::util::{raw_stderr, recv_msg, send_fd, send_msg};
+
+/// What the child does besides becoming the process.
+#[derive(Debug)]
+pub enum Mode {
+    /// A new container: rootfs, hostname, sysctl, then wait on the exec fifo.
+    Create {
+        /// Rootfs setup.
+        rootfs: Box<RootfsConfig>,
+        /// Hostname (new UTS namespace only).
+        hostname: Option<String>,
+        /// Domain name.
+        domainname: Option<String>,
+        /// `linux.sysctl`.
+        sysctl: Vec<(String, String)>,
+        /// `O_PATH` fd of exec.fifo.
+        fifo: RawFd,
+        /// createContainer hooks.
+        create_container: Vec<Hook>,
+        /// startContainer hooks.
+        start_container: Vec<Hook>,
+        /// State JSON for hooks.
+        state_json: Vec<u8>,
+    },
+    /// A process joining a running container.
+    Exec,
+}
+
+/// Everything the child needs, prepared by the parent before `clone`.
+#[derive(Debug)]
+pub struct Init {
+    /// Child end of the sync socket.
+    pub sync: RawFd,
+    /// Namespaces to join, in order (user first, mount last).
+    pub joins: Vec<(NamespaceType, OwnedFd)>,
+    /// The process.
+    pub plan: Plan,
+    /// Connected console socket when a pty is wanted.
+    pub console: Option<RawFd>,
+    /// Number of fds after stdio passed on purpose.
+    pub preserve_fds: u32,
+    /// Create or exec.
+    pub mode: Mode,
+}
+
+/// The child's entry point; never returns.
+pub fn child(init: &Init) -> ! {
+    let e = match run(init) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let msg = format!("E{e:#}");
+    if send_msg(init.sync, msg.as_bytes()).is_err() {
+        // The parent is gone (after `start`): stderr is all we have.
+        raw_stderr(&format!("container-runner init: {e:#}\n"));
+    }
+    // SAFETY: _exit ends this process without running the parent's destructors.
+    unsafe { libc::_exit(127) }
+}
+
+fn expect_go(sync: RawFd) -> Result<()> {
+    let m = recv_msg(sync).context("read from parent")?;
+    if m != b"go" {
+        // The parent died or gave up.
+        // SAFETY: _exit ends this process at once.
+        unsafe { libc::_exit(1) }
+    }
+    Ok(())
+}
+
+fn setup_console(console: RawFd, size: Option<(u16, u16)>) -> Result<()> {
+    let ptmx = CString::new("/dev/ptmx")?;
+    // SAFETY: standard pty calls on fds we own; buffers are valid and sized.
+    unsafe {
+        let master = libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if master < 0 {
+            bail!("open /dev/ptmx: {}", std::io::Error::last_os_error());
+        }
+        if libc::unlockpt(master) < 0 {
+            bail!("unlockpt: {}", std::io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+            bail!("ptsname: {}", std::io::Error::last_os_error());
+        }
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if slave < 0 {
+            bail!("open pty slave: {}", std::io::Error::last_os_error());
+        }
+        if let Some((rows, cols)) = size {
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            libc::ioctl(slave, libc::TIOCSWINSZ, &ws);
+        }
+        let pname = std::ffi::CStr::from_ptr(name.as_ptr()).to_bytes();
+        send_fd(console, master, pname).context("send pty master to console socket")?;
+        libc::close(master);
+        libc::close(console);
+        if libc::setsid() < 0 {
+            bail!("setsid: {}", std::io::Error::last_os_error());
+        }
+        if libc::ioctl(slave, libc::TIOCSCTTY, 0) < 0 {
+            bail!("TIOCSCTTY: {}", std::io::Error::last_os_error());
+        }
+        for fd in 0..3 {
+            if libc::dup2(slave, fd) < 0 {
+                bail!("dup2 pty: {}", std::io::Error::last_os_error());
+            }
+        }
+        if slave > 2 {
+            libc::close(slave);
+        }
+    }
+    Ok(())
+}
+
+fn write_sysctl(sysctl: &[(String, String)]) -> Result<()> {
+    for (k, v) in sysctl {
+        if k.contains("..") || k.starts_with('/') || k.starts_with('.') {
+            bail!("invalid sysctl key {k:?}");
+        }
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&p, v).with_context(|| format!("sysctl {k}={v}"))?;
+    }
+    Ok(())
+}
+
+fn run(i: &Init) -> Result<Infallible> {
+    // Until "ready", die with the parent so a killed `create` leaves nothing behind.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    expect_go(i.sync)?;
+    let sys = LinuxSyscalls;
+    for (kind, fd) in &i.joins {
+        use std::os::fd::AsFd;
+        sys.setns(fd.as_fd(), kind.clone_flag())
+            .with_context(|| format!("join {} namespace", kind.proc_name()))?;
+    }
+    i.plan.apply_early()?;
+    if let Mode::Create {
+        rootfs,
+        hostname,
+        domainname,
+        sysctl,
+        create_container,
+        state_json,
+        ..
+    } = &i.mode
+    {
+        if let Some(h) = hostname {
+            sys.sethostname(h).context("set hostname")?;
+        }
+        if let Some(d) = domainname {
+            sys.setdomainname(d).context("set domainname")?;
+        }
+        prepare_rootfs(&sys, rootfs)?;
+        send_msg(i.sync, b"hooks")?;
+        expect_go(i.sync)?;
+        crate::hooks::run("createContainer", create_container, state_json)?;
+        pivot(&sys, rootfs)?;
+        write_sysctl(sysctl)?;
+        finalize_rootfs(&sys, rootfs)?;
+    }
+    if i.plan.terminal {
+        let c = i
+            .console
+            .context("process.terminal is true but no --console-socket was given")?;
+        setup_console(c, i.plan.console_size)?;
+    }
+    cloexec_from(3 + i.preserve_fds)?;
+    i.plan.enter_cwd()?;
+    let exe = i.plan.resolve_exe()?;
+    i.plan.apply_identity()?;
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    send_msg(i.sync, b"ready")?;
+    if let Mode::Create {
+        fifo,
+        start_container,
+        state_json,
+        ..
+    } = &i.mode
+    {
+        // Blocks until `start` opens the fifo for reading.
+        let p = CString::new(format!("/proc/self/fd/{fifo}"))?;
+        // SAFETY: valid path; the returned fd is ours.
+        let w = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if w < 0 {
+            bail!("open exec fifo: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: writes one byte from a valid buffer; closes fds we own.
+        unsafe {
+            if libc::write(w, b"0".as_ptr().cast(), 1) != 1 {
+                bail!("write exec fifo: {}", std::io::Error::last_os_error());
+            }
+            libc::close(w);
+            libc::close(*fifo);
+        }
+        crate::hooks::run("startContainer", start_container, state_json)?;
+    }
+    let _ = i.sync.as_raw_fd();
+    Err(i.plan.exec(&exe))
+}
