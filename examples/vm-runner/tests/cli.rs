@@ -1,0 +1,178 @@
+//! vm-runner as a process: bad input gives a clear one-line error and a non-zero status, and
+//! tiny hand-made ELF "kernels" that power off or reset through the same ports Linux uses end
+//! it with status 0. Tests that start a VM are `kvm_` and need /dev/kvm.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn runner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vm-runner"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "expected {needle:?} in: {err}"
+    );
+    let lines: Vec<_> = err.lines().filter(|l| l.contains("error")).collect();
+    assert!(lines.len() <= 1, "one error line: {err}");
+}
+
+/// A minimal ELF64 with one PT_LOAD of `code` at 2 MiB (entered in 64-bit mode).
+fn tiny_kernel(code: &[u8]) -> tempfile::NamedTempFile {
+    let paddr = 0x20_0000u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&0x3eu16.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&paddr.to_le_bytes());
+    f.extend_from_slice(&64u64.to_le_bytes());
+    f.extend_from_slice(&0u64.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&64u16.to_le_bytes());
+    f.extend_from_slice(&56u16.to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&5u32.to_le_bytes());
+    f.extend_from_slice(&120u64.to_le_bytes());
+    f.extend_from_slice(&paddr.to_le_bytes());
+    f.extend_from_slice(&paddr.to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    f.extend_from_slice(code);
+    let mut t = tempfile::NamedTempFile::new().unwrap();
+    t.write_all(&f).unwrap();
+    t
+}
+
+#[test]
+fn missing_kernel_argument() {
+    let o = runner(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_clean_failure(&o, "--kernel is required");
+}
+
+#[test]
+fn kvm_missing_kernel_file() {
+    let o = runner(&["--kernel", "/nonexistent/vmlinux"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_failure(&o, "cannot open kernel /nonexistent/vmlinux");
+}
+
+#[test]
+fn kvm_not_a_kernel() {
+    let mut t = tempfile::NamedTempFile::new().unwrap();
+    t.write_all(b"#!/bin/sh\necho this is not a kernel\n")
+        .unwrap();
+    let o = runner(&["--kernel", t.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_failure(&o, "not a Linux kernel");
+    let o = runner(&["--kernel", "/"]);
+    assert_clean_failure(&o, "cannot open kernel");
+}
+
+#[test]
+fn bad_memory_and_cpus() {
+    let k = tiny_kernel(&[0xf4]);
+    let kp = k.path().to_str().unwrap();
+    assert_clean_failure(&runner(&["--kernel", kp, "--memory", "0"]), "--memory");
+    assert_clean_failure(&runner(&["--kernel", kp, "--cpus", "0"]), "--cpus");
+    assert_clean_failure(&runner(&["--kernel", kp, "--cpus", "x"]), "not a number");
+    let host_mib = virtkit_memory::host_ram_bytes().unwrap() >> 20;
+    let too_much = (host_mib + 1024).to_string();
+    assert_clean_failure(
+        &runner(&["--kernel", kp, "--memory", &too_much]),
+        "more than the host",
+    );
+    assert_clean_failure(
+        &runner(&["--kernel", kp, "--memory", "99999999999999"]),
+        "memory",
+    );
+}
+
+#[test]
+fn kvm_too_many_cpus() {
+    let k = tiny_kernel(&[0xf4]);
+    let o = runner(&["--kernel", k.path().to_str().unwrap(), "--cpus", "100000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_failure(&o, "above the maximum");
+}
+
+#[test]
+fn kvm_acpi_poweroff_exits_zero() {
+    // mov dx, 0x3b0; mov al, (5 << 2) | (1 << 5); out dx, al; hlt
+    let k = tiny_kernel(&[0x66, 0xba, 0xb0, 0x03, 0xb0, 0x34, 0xee, 0xf4]);
+    let o = runner(&["--kernel", k.path().to_str().unwrap(), "--serial", "none"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("vm-runner: guest powered off"));
+}
+
+#[test]
+fn kvm_i8042_reset_exits_zero_and_serial_output() {
+    // Write "ok\n" to COM1 (0x3f8), then 0xfe to port 0x64.
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xf8, 0x03,       // mov dx, 0x3f8
+        0xb0, b'o', 0xee,             // mov al, 'o'; out dx, al
+        0xb0, b'k', 0xee,
+        0xb0, b'\n', 0xee,
+        0xb0, 0xfe, 0xe6, 0x64,       // mov al, 0xfe; out 0x64, al
+        0xf4,
+    ];
+    let k = tiny_kernel(&code);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("serial.txt");
+    let serial = format!("file:{}", out.display());
+    let o = runner(&[
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--cpus",
+        "2",
+        "--memory",
+        "64",
+        "--serial",
+        &serial,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("vm-runner: guest rebooted"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ok\n");
+}
+
+#[test]
+fn kvm_startup_stats_line() {
+    let k = tiny_kernel(&[0x66, 0xba, 0xb0, 0x03, 0xb0, 0x34, 0xee, 0xf4]);
+    let o = Command::new(env!("CARGO_BIN_EXE_vm-runner"))
+        .args(["--kernel", k.path().to_str().unwrap(), "--serial", "none"])
+        .env("VM_RUNNER_STARTUP_STATS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let line = err.lines().find(|l| l.contains("startup cpu_ms=")).unwrap();
+    let v: f64 = line
+        .split("cpu_ms=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(v > 0.0);
+}
