@@ -252,6 +252,7 @@ impl Default for DeviceManager {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
