@@ -79,7 +79,9 @@ pub fn blkio_weight_to_io_weight(weight: u16) -> u64 {
 /// - swap −1 or 0: returned as is;
 /// - memory −1 (unlimited) and a swap value: the swap value as is;
 /// - memory 0 (unset) and a swap value: an error (nothing to subtract);
-/// - otherwise swap must be ≥ memory, and the result is swap − memory.
+/// - otherwise swap must be ≥ memory, and the result is swap − memory;
+///   note that swap == memory gives 0, which here means "no swap": a caller
+///   must write `memory.swap.max = 0` when the input swap was positive.
 pub fn memory_swap_to_v2(swap: i64, memory: i64) -> Result<i64> {
     let invalid = |reason: String| Error::InvalidResource {
         field: "memory.swap",

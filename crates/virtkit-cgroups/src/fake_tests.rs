@@ -309,6 +309,14 @@ fn v2_apply_converts_oci_values() {
     assert_eq!(rd("pids.max"), "max");
     assert_eq!(rd("io.weight"), "default 10000");
 
+    // memory + swap == memory: no swap, memory.swap.max = 0 (not "unset").
+    let mut noswap = Resources::default();
+    noswap.memory.limit = Some(64 << 20);
+    noswap.memory.swap = Some(64 << 20);
+    cg.apply(&noswap).unwrap();
+    assert_eq!(rd("memory.max"), "67108864");
+    assert_eq!(rd("memory.swap.max"), "0");
+
     // OCI swap without a memory limit is refused; a bad unified key too.
     let mut bad = Resources::default();
     bad.memory.swap = Some(1 << 30);

@@ -69,6 +69,8 @@ pub mod fake;
 #[cfg(test)]
 mod fake_tests;
 mod fs;
+#[cfg(feature = "oci")]
+mod oci;
 mod resources;
 mod v1;
 mod v2;

@@ -94,7 +94,9 @@ impl V2Manager {
         let limit = m.limit.unwrap_or(0);
         let swap = m.swap.unwrap_or(0);
         let swap_v2 = convert::memory_swap_to_v2(swap, limit)?;
-        if swap_v2 != 0 {
+        // 0 from the conversion is "unset", except when memory + swap equals
+        // memory: that asks for no swap at all, written as 0 (as runc does).
+        if swap_v2 != 0 || swap > 0 {
             let v = convert::limit_to_v2(swap_v2);
             match fs::write_in(&self.dir, "memory.swap.max", &v) {
                 // No swap accounting: "max" and "0" mean what the kernel does anyway.

@@ -20,7 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use virtkit_cgroups::{open, CgroupManager, Hierarchies, Resources};
+use virtkit_cgroups::{
+    open, CgroupManager, CgroupVersion, DeviceNumber, Hierarchies, Resources, ThrottleDevice,
+};
 
 const CHILD_ENV: &str = "VIRTKIT_CGROUPS_CHILD";
 const MIB: i64 = 1 << 20;
@@ -396,6 +398,172 @@ fn root_signal_all() {
     }
 }
 
+/// Reads control file `name` of the cgroup, in whichever of its dirs has it.
+fn read_back(cg: &TestCgroup, name: &str) -> String {
+    let dir = cg
+        .dirs()
+        .into_iter()
+        .find(|d| d.join(name).exists())
+        .unwrap_or_else(|| panic!("no {name} in {:?}", cg.dirs()));
+    std::fs::read_to_string(dir.join(name))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The first block device's major:minor (vda here, a loop device in the lab).
+fn some_block_device() -> Option<DeviceNumber> {
+    let mut devs: Vec<_> = std::fs::read_dir("/sys/block").ok()?.flatten().collect();
+    devs.sort_by_key(|e| {
+        (
+            e.file_name().to_string_lossy().starts_with("loop"),
+            e.file_name(),
+        )
+    });
+    let dev = std::fs::read_to_string(devs.first()?.path().join("dev")).ok()?;
+    let (ma, mi) = dev.trim().split_once(':')?;
+    Some(DeviceNumber::new(ma.parse().ok()?, mi.parse().ok()?))
+}
+
+/// Every resource the kernel accepts reads back as expected, and memory
+/// limits can be lowered and raised with memory+swap in both orders.
+fn root_apply_reads_back() {
+    let cg = TestCgroup::new("apply");
+    let v2 = cg.version() == CgroupVersion::V2;
+    let mut r = Resources::default();
+    r.memory.limit = Some(128 * MIB);
+    r.memory.swap = Some(256 * MIB);
+    r.memory.reservation = Some(32 * MIB);
+    r.cpu.shares = Some(512);
+    r.cpu.quota = Some(20_000);
+    r.cpu.period = Some(100_000);
+    r.cpu.burst = Some(1_000);
+    r.cpu.cpus = Some("0".into());
+    r.cpu.mems = Some("0".into());
+    r.pids.limit = Some(32);
+    let dev = some_block_device();
+    match dev {
+        Some(d) => {
+            r.block_io.throttle_read_bps_device = vec![ThrottleDevice {
+                device: d,
+                rate: 1 << 20,
+            }];
+        }
+        None => eprintln!("  NOTE: no block device in /sys/block: throttle not checked"),
+    }
+    cg.apply(&r).unwrap();
+    let swap_file = v2 && cg.dirs()[0].join("memory.swap.max").exists();
+    if v2 {
+        assert_eq!(read_back(&cg, "memory.max"), "134217728");
+        assert_eq!(read_back(&cg, "memory.low"), "33554432");
+        if swap_file {
+            assert_eq!(read_back(&cg, "memory.swap.max"), "134217728");
+        }
+        assert_eq!(read_back(&cg, "cpu.weight"), "59");
+        assert_eq!(read_back(&cg, "cpu.max"), "20000 100000");
+        assert_eq!(read_back(&cg, "cpu.max.burst"), "1000");
+        assert_eq!(read_back(&cg, "cpuset.cpus"), "0");
+        if let Some(d) = dev {
+            assert_eq!(
+                read_back(&cg, "io.max"),
+                format!("{d} rbps=1048576 wbps=max riops=max wiops=max")
+            );
+        }
+    } else {
+        assert_eq!(read_back(&cg, "memory.limit_in_bytes"), "134217728");
+        assert_eq!(read_back(&cg, "memory.memsw.limit_in_bytes"), "268435456");
+        assert_eq!(read_back(&cg, "memory.soft_limit_in_bytes"), "33554432");
+        assert_eq!(read_back(&cg, "cpu.shares"), "512");
+        assert_eq!(read_back(&cg, "cpu.cfs_quota_us"), "20000");
+        assert_eq!(read_back(&cg, "cpu.cfs_period_us"), "100000");
+        assert_eq!(read_back(&cg, "cpu.cfs_burst_us"), "1000");
+        assert_eq!(read_back(&cg, "cpuset.cpus"), "0");
+        if let Some(d) = dev {
+            assert_eq!(
+                read_back(&cg, "blkio.throttle.read_bps_device"),
+                format!("{d} 1048576")
+            );
+        }
+    }
+    assert_eq!(read_back(&cg, "cpuset.mems"), "0");
+    assert_eq!(read_back(&cg, "pids.max"), "32");
+
+    // Shrink below the old limit, then grow past the old memory+swap: on v1
+    // the writes must be ordered so that limit <= memsw holds at every step.
+    for (limit, swap) in [(64 * MIB, 64 * MIB), (512 * MIB, 1024 * MIB)] {
+        let mut m = Resources::default();
+        m.memory.limit = Some(limit);
+        m.memory.swap = Some(swap);
+        cg.apply(&m).unwrap();
+        if v2 {
+            assert_eq!(read_back(&cg, "memory.max"), limit.to_string());
+            if swap_file {
+                assert_eq!(
+                    read_back(&cg, "memory.swap.max"),
+                    (swap - limit).to_string()
+                );
+            }
+        } else {
+            assert_eq!(read_back(&cg, "memory.limit_in_bytes"), limit.to_string());
+            assert_eq!(
+                read_back(&cg, "memory.memsw.limit_in_bytes"),
+                swap.to_string()
+            );
+        }
+    }
+    // Back to unlimited.
+    let mut u = Resources::default();
+    u.memory.limit = Some(-1);
+    u.cpu.quota = Some(-1);
+    u.pids.limit = Some(-1);
+    cg.apply(&u).unwrap();
+    assert_eq!(read_back(&cg, "pids.max"), "max");
+    let s = cg.stats().unwrap();
+    assert!(s.memory.limit.unwrap() > 1 << 60, "{:?}", s.memory);
+    assert_eq!(s.pids.limit, Some(u64::MAX));
+    if v2 {
+        assert_eq!(read_back(&cg, "cpu.max"), "max 100000");
+    } else {
+        assert_eq!(read_back(&cg, "cpu.cfs_quota_us"), "-1");
+    }
+
+    // Block I/O weight, where the kernel has a weight file (BFQ or io.weight).
+    let weight_file = [
+        "blkio.weight",
+        "blkio.bfq.weight",
+        "io.weight",
+        "io.bfq.weight",
+    ]
+    .into_iter()
+    .find(|f| cg.dirs().iter().any(|d| d.join(f).exists()));
+    match weight_file {
+        Some(f) => {
+            let mut w = Resources::default();
+            w.block_io.weight = Some(500);
+            cg.apply(&w).unwrap();
+            let expect = match f {
+                "io.weight" => "default 4950", // 1 + (500 - 10) * 9999 / 990
+                _ => "500",
+            };
+            let got = read_back(&cg, f);
+            eprintln!("  {f}: {got:?}");
+            assert!(
+                got.starts_with(expect) || got.contains(&format!("default {expect}")),
+                "{f}: {got}"
+            );
+        }
+        None => eprintln!("  NOTE: no block I/O weight file: weight not checked"),
+    }
+
+    // A value the kernel refuses comes back naming the file and the value.
+    let mut bad = Resources::default();
+    bad.cpu.cpus = Some("4096".into());
+    let e = cg.apply(&bad).unwrap_err().to_string();
+    eprintln!("  refused: {e}");
+    assert!(e.starts_with("writing \"4096\" to /sys/fs/cgroup/"), "{e}");
+    assert!(e.contains("cpuset.cpus: "), "{e}");
+}
+
 // ---------------------------------------------------------------- runner
 
 fn main() {
@@ -418,6 +586,7 @@ fn main() {
         ("root_freeze_and_thaw", root_freeze_and_thaw),
         ("root_kill_all_and_delete", root_kill_all_and_delete),
         ("root_signal_all", root_signal_all),
+        ("root_apply_reads_back", root_apply_reads_back),
     ];
     let mut filters = Vec::new();
     let mut skips = Vec::new();
