@@ -14,6 +14,7 @@ pub enum CpuidError {
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 const HYPERVISOR_BIT: u32 = 1 << 31;
 const HTT_BIT: u32 = 1 << 28;
+const TSC_DEADLINE_BIT: u32 = 1 << 24;
 
 /// The vCPU's place in the VM's topology: one socket of `cpus` cores, one thread each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,17 @@ pub fn filter(cpuid: &mut CpuId, topo: Topology) {
                 e.ecx = 0;
             }
             _ => {}
+        }
+    }
+}
+
+/// Advertises the TSC-deadline LAPIC timer (CPUID.1:ECX bit 24). KVM emulates it whenever it
+/// has KVM_CAP_TSC_DEADLINE_TIMER but leaves the bit to userspace; Linux needs it on boards
+/// without a PIT to calibrate against (hardware-reduced ACPI).
+pub fn set_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ecx |= TSC_DEADLINE_BIT;
         }
     }
 }
