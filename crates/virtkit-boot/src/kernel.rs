@@ -149,3 +149,67 @@ pub fn load_initrd(
         .map_err(KernelError::InitrdCopy)?;
     Ok((GuestAddress(start), size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(bytes: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn junk_is_not_a_kernel() {
+        for junk in [&b""[..], b"MZ", b"#!/bin/sh\necho hi\n", &[0u8; 4096]] {
+            assert!(
+                matches!(
+                    load_kernel(&mem(), &mut file(junk)),
+                    Err(KernelError::NotAKernel)
+                ),
+                "{junk:?}"
+            );
+        }
+        // A truncated ELF is an ELF error, not a panic.
+        assert!(matches!(
+            load_kernel(&mem(), &mut file(b"\x7fELF\x02\x01\x01")),
+            Err(KernelError::Elf(_))
+        ));
+    }
+
+    #[test]
+    fn initrd_goes_high_and_respects_limits() {
+        let m = mem();
+        let k = LoadedKernel {
+            kind: KernelKind::Elf64,
+            entry: GuestAddress(HIMEM_START),
+            load_addr: GuestAddress(HIMEM_START),
+            end: 2 << 20,
+            setup_header: None,
+        };
+        let (addr, size) = load_initrd(&m, &k, 8 << 20, &mut file(&[7u8; 10000])).unwrap();
+        assert_eq!(size, 10000);
+        assert_eq!(addr.0 % 4096, 0);
+        assert!(addr.0 + size <= 8 << 20 && addr.0 >= (8 << 20) - 16384);
+        let mut h = setup_header::default();
+        h.version = 0x020f;
+        h.initrd_addr_max = (4 << 20) - 1;
+        let k2 = LoadedKernel {
+            setup_header: Some(h),
+            ..k
+        };
+        let (addr, _) = load_initrd(&m, &k2, 8 << 20, &mut file(&[7u8; 10000])).unwrap();
+        assert!(addr.0 + 10000 <= 4 << 20);
+        assert!(matches!(
+            load_initrd(&m, &k, 8 << 20, &mut file(&vec![0u8; 7 << 20])),
+            Err(KernelError::InitrdTooLarge { .. })
+        ));
+    }
+}
