@@ -198,9 +198,11 @@ mod tests {
         assert_eq!(size, 10000);
         assert_eq!(addr.0 % 4096, 0);
         assert!(addr.0 + size <= 8 << 20 && addr.0 >= (8 << 20) - 16384);
-        let mut h = setup_header::default();
-        h.version = 0x020f;
-        h.initrd_addr_max = (4 << 20) - 1;
+        let h = setup_header {
+            version: 0x020f,
+            initrd_addr_max: (4 << 20) - 1,
+            ..Default::default()
+        };
         let k2 = LoadedKernel {
             setup_header: Some(h),
             ..k
