@@ -35,9 +35,21 @@ impl MutEventSubscriber for ConsoleInput {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps<'_>) {
+        let room = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .fifo_capacity();
+        if room == 0 {
+            // The guest has not drained the FIFO yet: leave the input in stdin for now.
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
         let mut buf = [0u8; 64];
+        let want = room.min(buf.len());
         let n = if events.event_set().contains(EventSet::IN) {
-            std::io::stdin().lock().read(&mut buf).unwrap_or(0)
+            std::io::stdin().lock().read(&mut buf[..want]).unwrap_or(0)
         } else {
             0
         };

@@ -176,3 +176,37 @@ fn kvm_startup_stats_line() {
         .unwrap();
     assert!(v > 0.0);
 }
+
+#[test]
+fn kvm_console_input_reaches_the_guest() {
+    // Echo COM1 input back until a newline, then power off.
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd (LSR)
+        0xec,                   // in al, dx
+        0xa8, 0x01,             // test al, 1 (data ready)
+        0x74, 0xfb,             // jz back to in
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec, 0xee,             // in al, dx; out dx, al
+        0x3c, 0x0a,             // cmp al, '\n'
+        0x75, 0xed,             // jne start
+        0x66, 0xba, 0xb0, 0x03, 0xb0, 0x34, 0xee, 0xf4, // ACPI poweroff
+    ];
+    let k = tiny_kernel(&code);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vm-runner"))
+        .args(["--kernel", k.path().to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from the host\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello from the host\n");
+}
