@@ -193,7 +193,8 @@ pub(crate) fn normalize_path(path: &str) -> Result<String> {
     Ok(trimmed.to_string())
 }
 
-/// Repeats `step` every few ms until it returns `Ok(true)` or `timeout` passes.
+/// Repeats `step` until it returns `Ok(true)` or `timeout` passes, sleeping
+/// 100 µs at first and doubling up to 20 ms between tries.
 pub(crate) fn poll_until(
     what: &'static str,
     dir: &std::path::Path,
@@ -201,7 +202,7 @@ pub(crate) fn poll_until(
     mut step: impl FnMut(u32) -> Result<bool>,
 ) -> Result<()> {
     let start = Instant::now();
-    let mut delay = Duration::from_millis(1);
+    let mut delay = Duration::from_micros(100);
     let mut i = 0;
     loop {
         if step(i)? {

@@ -399,17 +399,35 @@ impl CgroupManager for V1Manager {
     fn kill_all(&self) -> Result<()> {
         let dir = self.procs_dirs().into_iter().next().unwrap_or_default();
         let has_freezer = self.controller_dir("freezer").is_some();
+        if self.pids()?.is_empty() {
+            return Ok(());
+        }
+        // Frozen v1 tasks do not act on SIGKILL: run them first.
+        if has_freezer && self.freezer_state()? != FreezerState::Thawed {
+            self.thaw()?;
+        }
+        let mut signalled = BTreeSet::new();
         poll_until("killing every process", &dir, self.timeout, |_| {
             let pids = self.pids()?;
             if pids.is_empty() {
                 return Ok(true);
             }
-            if has_freezer {
+            if pids.iter().all(|p| signalled.contains(p)) {
+                // Every task has its SIGKILL: wait for them to exit.
+                return Ok(false);
+            }
+            // The first round signals at once (a killed task cannot fork, and
+            // most cgroups empty here). Tasks seen later were forked in
+            // between: those rounds freeze the cgroup while signalling, so
+            // nothing else escapes.
+            let freeze = has_freezer && !signalled.is_empty();
+            if freeze {
                 self.freeze()?;
             }
             let sent = pids.iter().try_for_each(|p| fs::kill(*p, libc::SIGKILL));
+            signalled.extend(pids);
             // SIGKILL takes effect only once the tasks run again.
-            if has_freezer {
+            if freeze {
                 self.thaw()?;
             }
             sent?;

@@ -338,8 +338,12 @@ fn root_freeze_and_thaw() {
         "a thawed spinner used only {} ns",
         d - c
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // kill_all works on a frozen cgroup too (v1 must thaw for SIGKILL to act).
+    cg.freeze().unwrap();
+    cg.kill_all().unwrap();
+    let st = wait_for(&mut child, Duration::from_secs(5));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    assert!(cg.pids().unwrap().is_empty());
 }
 
 /// kill_all empties a cgroup holding a process tree, then delete removes it.
@@ -645,10 +649,13 @@ fn main() {
             }
         }
     }
-    // Remove the shared parent if we left it empty.
+    // Remove the shared parent if it is empty (plain rmdir: never another
+    // run's cgroups).
     if let Ok(h) = Hierarchies::detect() {
         if let Ok(parent) = open(&h, "virtkit-test") {
-            let _ = parent.delete();
+            for d in parent.dirs() {
+                let _ = std::fs::remove_dir(d);
+            }
         }
     }
     println!(
