@@ -356,3 +356,27 @@ mod tests {
         assert!(!ProcCgroup::current().unwrap().is_empty());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the kernel (or a corrupted file) hands us: an error, never a panic.
+        #[test]
+        fn parsers_never_panic(text in "(?s).{0,400}") {
+            let _ = Hierarchies::from_mountinfo(&text);
+            let _ = ProcCgroup::parse(&text);
+        }
+
+        #[test]
+        fn mountinfo_like_lines_never_panic(
+            fields in proptest::collection::vec("[ -~]{0,12}", 0..12),
+            fstype in prop_oneof![Just("cgroup"), Just("cgroup2"), Just("tmpfs")],
+        ) {
+            let line = format!("{} - {fstype} x rw,{}\n", fields.join(" "), fields.join(","));
+            let _ = Hierarchies::from_mountinfo(&line);
+        }
+    }
+}

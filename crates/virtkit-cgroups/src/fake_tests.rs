@@ -191,7 +191,18 @@ fn v1_stats_freeze_procs_delete() {
         "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\n",
     )
     .unwrap();
+    fake.write(
+        "memory/virtkit/s/memory.stat",
+        "cache 8192\nrss 4096\nweird line here\n",
+    )
+    .unwrap();
+    fake.write("memory/virtkit/s/memory.memsw.usage_in_bytes", "6144\n")
+        .unwrap();
     let s = cg.stats().unwrap();
+    assert_eq!(s.memory.stat.get("cache"), Some(&8192));
+    assert_eq!(s.memory.stat.get("rss"), Some(&4096));
+    assert_eq!(s.memory.stat.len(), 2);
+    assert_eq!(s.memory.swap_usage, Some(2048));
     assert_eq!(s.memory.usage, Some(4096));
     assert_eq!(s.memory.peak, Some(8192));
     assert_eq!(s.memory.oom_kills, Some(3));

@@ -98,6 +98,20 @@ pub(crate) fn keyed_value(path: &Path, content: &str, key: &str) -> Result<Optio
     Ok(None)
 }
 
+/// Parses every "key value" line of a flat keyed file into a map; lines
+/// that are not a name and a number are skipped (v1 memory.stat has none).
+pub(crate) fn keyed_map(content: &str) -> std::collections::BTreeMap<String, u64> {
+    content
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let k = it.next()?;
+            let v = it.next()?.parse().ok()?;
+            it.next().is_none().then(|| (k.to_string(), v))
+        })
+        .collect()
+}
+
 /// Reads the pids in a cgroup.procs (or tasks) file.
 pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>> {
     let s = read(path)?;

@@ -135,6 +135,11 @@ pub struct MemoryStats {
     /// How many processes the OOM killer killed in this cgroup (v1
     /// `memory.oom_control` oom_kill, v2 `memory.events` oom_kill).
     pub oom_kills: Option<u64>,
+    /// Swap in use: v2 `memory.swap.current`; v1 memsw usage minus usage.
+    pub swap_usage: Option<u64>,
+    /// Every counter of `memory.stat` (`cache`, `rss`, `anon`, `file`,
+    /// `pgfault`...; the names differ between v1 and v2).
+    pub stat: BTreeMap<String, u64>,
 }
 
 /// Task statistics.

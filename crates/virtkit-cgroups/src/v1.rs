@@ -337,6 +337,13 @@ impl CgroupManager for V1Manager {
             if let Some(text) = fs::read_opt(&oc)? {
                 s.memory.oom_kills = fs::keyed_value(&oc, &text, "oom_kill")?;
             }
+            let memsw = fs::read_u64_opt(&dir.join("memory.memsw.usage_in_bytes"))?;
+            if let (Some(both), Some(mem)) = (memsw, s.memory.usage) {
+                s.memory.swap_usage = Some(both.saturating_sub(mem));
+            }
+            if let Some(text) = fs::read_opt(&dir.join("memory.stat"))? {
+                s.memory.stat = fs::keyed_map(&text);
+            }
         }
         if let Some(dir) = self.controller_dir("pids") {
             s.pids.current = fs::read_u64_opt(&dir.join("pids.current"))?;

@@ -251,6 +251,10 @@ impl CgroupManager for V2Manager {
         if let Some(text) = fs::read_opt(&ev)? {
             s.memory.oom_kills = fs::keyed_value(&ev, &text, "oom_kill")?;
         }
+        s.memory.swap_usage = fs::read_u64_opt(&d.join("memory.swap.current"))?;
+        if let Some(text) = fs::read_opt(&d.join("memory.stat"))? {
+            s.memory.stat = fs::keyed_map(&text);
+        }
         s.pids.current = fs::read_u64_opt(&d.join("pids.current"))?;
         s.pids.limit = fs::read_u64_opt(&d.join("pids.max"))?;
         let cs = d.join("cpu.stat");

@@ -236,7 +236,22 @@ fn root_memory_hog_is_oom_killed() {
     );
     assert!(!out.contains("survived"));
     let stats = cg.stats().unwrap();
-    eprintln!("  memory stats {:?}", stats.memory);
+    let m = &stats.memory;
+    eprintln!(
+        "  memory: usage {:?} peak {:?} limit {:?} oom_kills {:?} swap {:?}, {} memory.stat counters",
+        m.usage,
+        m.peak,
+        m.limit,
+        m.oom_kills,
+        m.swap_usage,
+        m.stat.len()
+    );
+    // memory.stat names differ: v1 has "total_rss", v2 "anon".
+    assert!(
+        m.stat.contains_key("total_rss") || m.stat.contains_key("anon"),
+        "{:?}",
+        m.stat
+    );
     assert!(stats.memory.oom_kills.unwrap() >= 1, "{:?}", stats.memory);
     // It got close to the limit, and never above it.
     let peak = stats.memory.peak.expect("peak usage");
