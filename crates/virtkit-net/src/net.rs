@@ -692,10 +692,11 @@ impl<B: NetBackend> Net<B> {
             return;
         };
         let mut want = EventSet::empty();
-        if !self.rx_stalled && !self.backend_failed {
+        let active = self.active.is_some();
+        if active && !self.rx_stalled && !self.backend_failed {
             want |= EventSet::IN;
         }
-        if self.tx_stalled {
+        if active && self.tx_stalled {
             want |= EventSet::OUT;
         }
         if want == r.backend {
