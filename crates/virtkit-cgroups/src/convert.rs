@@ -113,12 +113,14 @@ pub fn limit_to_v2(value: i64) -> String {
 
 /// Builds the v2 `cpu.max` value from an OCI quota and period (µs).
 ///
+/// 0 means unset for both, as in runc:
 /// - neither set: `None` (leave the file alone);
-/// - quota unset, 0 or negative: "max" (unlimited);
+/// - quota unset or negative: "max" (unlimited);
 /// - period set: `"QUOTA PERIOD"`; unset: `"QUOTA"` alone, which keeps the
 ///   current period (the kernel parses the period as optional).
 pub fn cpu_max(quota: Option<i64>, period: Option<u64>) -> Option<String> {
     let period = period.filter(|p| *p != 0);
+    let quota = quota.filter(|q| *q != 0);
     if quota.is_none() && period.is_none() {
         return None;
     }
@@ -238,7 +240,8 @@ mod tests {
         assert_eq!(cpu_max(Some(-1), Some(100_000)).unwrap(), "max 100000");
         assert_eq!(cpu_max(None, Some(50_000)).unwrap(), "max 50000");
         assert_eq!(cpu_max(Some(30_000), None).unwrap(), "30000");
-        assert_eq!(cpu_max(Some(0), Some(0)).unwrap(), "max");
+        assert_eq!(cpu_max(Some(0), Some(0)), None);
+        assert_eq!(cpu_max(Some(0), Some(20_000)).unwrap(), "max 20000");
         assert_eq!(limit_to_v2(-1), "max");
         assert_eq!(limit_to_v2(4096), "4096");
     }

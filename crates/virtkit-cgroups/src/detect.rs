@@ -16,7 +16,8 @@ pub enum Layout {
     /// cgroup v1 controller hierarchies plus a cgroup2 mount (systemd's
     /// `/sys/fs/cgroup/unified`). Resource control uses v1.
     Hybrid,
-    /// Only cgroup v2, all controllers on one hierarchy.
+    /// cgroup v2 with none of the managed controllers ([`V1_CONTROLLERS`])
+    /// on a v1 hierarchy (a stray v1 `net_cls` mount may remain).
     Unified,
 }
 
@@ -83,13 +84,18 @@ impl Hierarchies {
                 _ => {}
             }
         }
-        let layout = match (v1.is_empty(), unified.is_some()) {
+        // Only the controllers this crate drives decide: a cgroup2 system with
+        // a stray v1 net_cls mount (some container hosts) is unified.
+        let managed_v1 = V1_CONTROLLERS.iter().any(|c| v1.contains_key(*c));
+        let layout = match (!managed_v1, unified.is_some()) {
             (false, false) => Layout::Legacy,
             (false, true) => Layout::Hybrid,
             (true, true) => Layout::Unified,
             (true, false) => {
                 return Err(Error::NoHierarchy(
-                    "mountinfo has neither a cgroup nor a cgroup2 mount".into(),
+                    "mountinfo has neither a cgroup2 mount nor a v1 mount of cpu, memory, \
+                     pids or another managed controller"
+                        .into(),
                 ))
             }
         };
@@ -326,6 +332,24 @@ mod tests {
             Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
         );
         assert_eq!(h.v1_mount("memory"), Some(Path::new("/mnt/with space")));
+    }
+
+    #[test]
+    fn stray_v1_mount_next_to_cgroup2_is_unified() {
+        let text = "25 20 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                    26 25 0:23 / /sys/fs/cgroup/net_cls rw - cgroup cgroup rw,net_cls,net_prio\n";
+        let h = Hierarchies::from_mountinfo(text).unwrap();
+        assert_eq!(h.layout(), Layout::Unified);
+        assert_eq!(
+            h.v1_mount("net_cls"),
+            Some(Path::new("/sys/fs/cgroup/net_cls"))
+        );
+        // Only a named or an unmanaged v1 hierarchy, no cgroup2: nothing to drive.
+        let text = "26 25 0:23 / /sys/fs/cgroup/net_cls rw - cgroup cgroup rw,net_cls\n";
+        assert!(matches!(
+            Hierarchies::from_mountinfo(text),
+            Err(Error::NoHierarchy(_))
+        ));
     }
 
     #[test]

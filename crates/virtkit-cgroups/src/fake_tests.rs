@@ -413,3 +413,64 @@ fn bad_stat_content_is_a_parse_error() {
     assert!(matches!(e, Error::Parse { .. }), "{e}");
     assert!(e.to_string().contains("p/pids.current"), "{e}");
 }
+
+#[test]
+fn validate_rejects_before_any_write() {
+    let mut cases: Vec<(Resources, &str)> = Vec::new();
+    let mut r = Resources::default();
+    r.memory.swappiness = Some(101);
+    cases.push((r, "memory.swappiness"));
+    let mut r = Resources::default();
+    r.memory.limit = Some(-5);
+    cases.push((r, "memory.limit"));
+    let mut r = Resources::default();
+    r.block_io.weight = Some(5);
+    cases.push((r, "block_io.weight"));
+    let mut r = Resources::default();
+    r.block_io.weight_device = vec![WeightDevice {
+        device: DeviceNumber::new(8, 0),
+        weight: 2000,
+    }];
+    cases.push((r, "block_io.weight"));
+    let mut r = Resources::default();
+    r.cpu.shares = Some(300_000);
+    cases.push((r, "cpu.shares"));
+    let mut r = Resources::default();
+    r.unified.insert("a/b".into(), "1".into());
+    cases.push((r, "unified"));
+
+    for fake in [FakeCgroupFs::v1().unwrap(), FakeCgroupFs::v2().unwrap()] {
+        fake.populate("v").unwrap();
+        let cg = open(&fake.hierarchies(), "v").unwrap();
+        let pids_max = if cg.version() == CgroupVersion::V1 {
+            "pids/v/pids.max"
+        } else {
+            "v/pids.max"
+        };
+        for (r, field) in &cases {
+            let mut r = r.clone();
+            r.pids.limit = Some(7); // would be written first if not validated
+            let e = r.validate().unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidResource { field: f, .. } if f == *field),
+                "{field}: {e}"
+            );
+            assert!(cg.apply(&r).is_err());
+            assert_eq!(
+                fake.read(pids_max).unwrap(),
+                "max",
+                "{field} on {:?}",
+                cg.version()
+            );
+        }
+        // The v2 swap conversion is checked first too.
+        let mut r = Resources::default();
+        r.pids.limit = Some(7);
+        r.memory.swap = Some(1 << 30);
+        if cg.version() == CgroupVersion::V2 {
+            assert!(cg.apply(&r).is_err());
+            assert_eq!(fake.read(pids_max).unwrap(), "max");
+        }
+    }
+    assert!(res_all().validate().is_ok());
+}

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::convert;
+use crate::error::{Error, Result};
+
 /// A block device number, `major:minor` (as in `/proc/partitions` or
 /// `ls -l /dev/vda`), used by block I/O weights and throttles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,9 +54,11 @@ pub struct CpuResources {
     /// Relative weight in v1 shares (2..=262144, default 1024); v2 gets
     /// `cpu.weight` from [`crate::convert::cpu_shares_to_weight`]. 0 is unset.
     pub shares: Option<u64>,
-    /// CFS quota in µs per period; -1 (or 0) means unlimited.
+    /// CFS quota in µs per period; -1 means unlimited, 0 is unset.
     pub quota: Option<i64>,
-    /// CFS period in µs (default 100000).
+    /// CFS period in µs (default 100000); 0 is unset. On v2 quota and
+    /// period share `cpu.max`: a period without a quota writes "max PERIOD",
+    /// as runc does.
     pub period: Option<u64>,
     /// CFS burst in µs (v1 `cpu.cfs_burst_us`, v2 `cpu.max.burst`).
     pub burst: Option<u64>,
@@ -121,6 +126,61 @@ pub struct Resources {
     /// Raw v2 files to write (OCI `linux.resources.unified`), file name → value.
     /// Rejected on v1.
     pub unified: BTreeMap<String, String>,
+}
+
+impl Resources {
+    /// Checks what can be checked without the kernel: cpu shares in
+    /// 2..=262144, swappiness ≤ 100, memory + swap ≥ memory, block I/O
+    /// weights in 10..=1000, and `unified` keys being plain file names.
+    /// [`crate::CgroupManager::apply`] calls it before writing anything, so a
+    /// bad value leaves the cgroup untouched.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: String| Err(Error::InvalidResource { field, reason });
+        if let Some(s) = self.cpu.shares.filter(|s| *s != 0) {
+            if !(convert::CPU_SHARES_MIN..=convert::CPU_SHARES_MAX).contains(&s) {
+                return bad("cpu.shares", format!("{s} is outside 2..=262144"));
+            }
+        }
+        if let Some(sw) = self.memory.swappiness.filter(|s| *s > 100) {
+            return bad("memory.swappiness", format!("{sw} is above 100"));
+        }
+        let limit = self.memory.limit.unwrap_or(0);
+        let swap = self.memory.swap.unwrap_or(0);
+        if limit < -1 {
+            return bad(
+                "memory.limit",
+                format!("{limit} is negative (only -1, unlimited, is allowed)"),
+            );
+        }
+        if swap < -1 {
+            return bad(
+                "memory.swap",
+                format!("{swap} is negative (only -1, unlimited, is allowed)"),
+            );
+        }
+        if swap > 0 && limit > 0 && swap < limit {
+            return bad(
+                "memory.swap",
+                format!("memory + swap limit {swap} is below the memory limit {limit}"),
+            );
+        }
+        let weights = self
+            .block_io
+            .weight
+            .iter()
+            .chain(self.block_io.weight_device.iter().map(|w| &w.weight));
+        for w in weights {
+            if *w != 0 && !(10..=1000).contains(w) {
+                return bad("block_io.weight", format!("{w} is outside 10..=1000"));
+            }
+        }
+        for key in self.unified.keys() {
+            if key.is_empty() || key.contains('/') || key.starts_with('.') || key.contains('\0') {
+                return bad("unified", format!("{key:?} is not a cgroup file name"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Memory statistics. Bytes.

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::convert;
 use crate::detect::{Hierarchies, V1_CONTROLLERS};
 use crate::error::{Error, Result};
 use crate::fs;
@@ -72,8 +71,8 @@ impl V1Manager {
             .collect()
     }
 
-    /// The directory used to list processes: freezer's if mounted (it is the
-    /// one kill and freeze act on), else the first hierarchy's.
+    /// The directories whose `cgroup.procs` are listed: all of them, since a
+    /// process may have been added to some hierarchies only.
     fn procs_dirs(&self) -> Vec<PathBuf> {
         self.unique_dirs().into_iter().map(|(_, d)| d).collect()
     }
@@ -128,12 +127,6 @@ impl V1Manager {
             // Unlimited memory with swap unset means unlimited swap too (runc).
             swap = -1;
         }
-        if swap != 0 && swap != -1 && limit > 0 && swap < limit {
-            return Err(Error::InvalidResource {
-                field: "memory.swap",
-                reason: format!("memory + swap limit {swap} is below the memory limit {limit}"),
-            });
-        }
         let write_limit = || fs::write_in(&dir, "memory.limit_in_bytes", &limit.to_string());
         let write_swap = || fs::write(&memsw, &swap.to_string());
         if limit != 0 && swap != 0 {
@@ -156,12 +149,6 @@ impl V1Manager {
             fs::write_in(&dir, "memory.soft_limit_in_bytes", &res.to_string())?;
         }
         if let Some(sw) = m.swappiness {
-            if sw > 100 {
-                return Err(Error::InvalidResource {
-                    field: "memory.swappiness",
-                    reason: format!("{sw} is above 100"),
-                });
-            }
             fs::write_in(&dir, "memory.swappiness", &sw.to_string())?;
         }
         Ok(())
@@ -170,7 +157,7 @@ impl V1Manager {
     fn apply_cpu(&self, r: &Resources) -> Result<()> {
         let c = &r.cpu;
         if c.shares.is_some_and(|s| s != 0)
-            || c.quota.is_some()
+            || c.quota.is_some_and(|q| q != 0)
             || c.period.is_some_and(|p| p != 0)
             || c.burst.is_some()
         {
@@ -181,8 +168,8 @@ impl V1Manager {
             if let Some(p) = c.period.filter(|p| *p != 0) {
                 fs::write_in(&dir, "cpu.cfs_period_us", &p.to_string())?;
             }
-            if let Some(q) = c.quota {
-                let q = if q <= 0 { -1 } else { q };
+            if let Some(q) = c.quota.filter(|q| *q != 0) {
+                let q = if q < 0 { -1 } else { q };
                 fs::write_in(&dir, "cpu.cfs_quota_us", &q.to_string())?;
             }
             if let Some(b) = c.burst {
@@ -303,15 +290,7 @@ impl CgroupManager for V1Manager {
                 reason: "raw cgroup v2 files cannot be set on cgroup v1".into(),
             });
         }
-        // Validate what can be checked before writing anything.
-        if let Some(s) = r.cpu.shares.filter(|s| *s != 0) {
-            if !(convert::CPU_SHARES_MIN..=convert::CPU_SHARES_MAX).contains(&s) {
-                return Err(Error::InvalidResource {
-                    field: "cpu.shares",
-                    reason: format!("{s} is outside 2..=262144"),
-                });
-            }
-        }
+        r.validate()?;
         if let Some(limit) = r.pids.limit.filter(|l| *l != 0) {
             let dir = self.need("pids", "pids.limit")?;
             let v = if limit < 0 {

@@ -213,22 +213,9 @@ impl CgroupManager for V2Manager {
     }
 
     fn apply(&self, r: &Resources) -> Result<()> {
-        if let Some(s) = r.cpu.shares.filter(|s| *s != 0) {
-            if !(convert::CPU_SHARES_MIN..=convert::CPU_SHARES_MAX).contains(&s) {
-                return Err(Error::InvalidResource {
-                    field: "cpu.shares",
-                    reason: format!("{s} is outside 2..=262144"),
-                });
-            }
-        }
-        for key in r.unified.keys() {
-            if key.contains('/') || key.starts_with('.') || key.is_empty() {
-                return Err(Error::InvalidResource {
-                    field: "unified",
-                    reason: format!("{key:?} is not a cgroup file name"),
-                });
-            }
-        }
+        r.validate()?;
+        // The swap conversion can fail too: check it before any write.
+        convert::memory_swap_to_v2(r.memory.swap.unwrap_or(0), r.memory.limit.unwrap_or(0))?;
         if let Some(limit) = r.pids.limit.filter(|l| *l != 0) {
             fs::write_in(&self.dir, "pids.max", &convert::limit_to_v2(limit))?;
         }
