@@ -18,9 +18,10 @@ use crate::mptable::ioapic_id;
 
 const OEM_ID: [u8; 6] = *b"VIRTKT";
 const OEM_REVISION: u32 = 1;
-/// IAPC_BOOT_ARCH: no VGA. The 8042 flag stays off so Linux skips the slow i8042 probe;
-/// `reboot=k` still resets through port 0x64.
-const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+/// IAPC_BOOT_ARCH: no VGA, no CMOS RTC (Linux would spend seconds probing one that is not
+/// there; kvm-clock gives it the wall clock). The 8042 flag stays off so Linux skips the slow
+/// i8042 probe; `reboot=k` still resets through port 0x64.
+const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
 /// MADT flag: the board also has dual 8259 PICs.
 const MADT_PCAT_COMPAT: u32 = 1;
 
@@ -57,11 +58,53 @@ fn io_gas(port: u16) -> GAS {
     )
 }
 
-/// The DSDT: `Name (_S5, Package () { 5 })`.
-pub fn dsdt() -> Vec<u8> {
+/// A device described in the DSDT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcpiDevice {
+    /// A 16550 UART (`PNP0501`) at an I/O port with an edge-triggered GSI. With hardware-reduced
+    /// ACPI Linux has no legacy ISA IRQs, so the serial port's interrupt only works when the
+    /// port is described here.
+    Serial {
+        /// `_UID` (0 for COM1).
+        uid: u8,
+        /// I/O base.
+        port: u16,
+        /// GSI.
+        irq: u32,
+    },
+    /// Raw AML bytes appended to the DSDT as they are.
+    Aml(Vec<u8>),
+}
+
+impl AcpiDevice {
+    fn aml(&self) -> Vec<u8> {
+        match self {
+            AcpiDevice::Serial { uid, port, irq } => {
+                let name = format!("_SB_.COM{}", uid + 1);
+                let hid = aml::EISAName::new("PNP0501");
+                let io = aml::IO::new(*port, *port, 1, 8);
+                let int = aml::Interrupt::new(true, true, false, false, *irq);
+                let crs = aml::ResourceTemplate::new(vec![&io, &int]);
+                let uid = *uid;
+                let hid = aml::Name::new("_HID".into(), &hid);
+                let uid = aml::Name::new("_UID".into(), &uid);
+                let crs = aml::Name::new("_CRS".into(), &crs);
+                let dev = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
+                bytes_of(&dev)
+            }
+            AcpiDevice::Aml(b) => b.clone(),
+        }
+    }
+}
+
+/// The DSDT: `Name (_S5, Package () { 5 })` and the `devices`.
+pub fn dsdt(devices: &[AcpiDevice]) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VKITDSDT", OEM_REVISION);
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8]));
     dsdt.append_slice(&bytes_of(&s5));
+    for d in devices {
+        dsdt.append_slice(&d.aml());
+    }
     dsdt.as_slice().to_vec()
 }
 
@@ -77,7 +120,7 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     b.sleep_status_reg = io_gas(ACPI_SLEEP_CONTROL_PORT);
     b.reset_reg = io_gas(ACPI_RESET_PORT);
     b.reset_value = ACPI_RESET_VALUE;
-    b.iapc_boot_arch = IAPC_BOOT_ARCH_VGA_NOT_PRESENT.into();
+    b.iapc_boot_arch = IAPC_BOOT_ARCH.into();
     bytes_of(&b.finalize())
 }
 
@@ -99,14 +142,19 @@ pub fn madt(cpus: u8) -> Vec<u8> {
     bytes
 }
 
-/// Writes the tables from [`ACPI_START`]; returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<GuestAddress, AcpiError> {
+/// Writes the tables (with `devices` in the DSDT) from [`ACPI_START`]; returns the RSDP's
+/// address.
+pub fn write(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    devices: &[AcpiDevice],
+) -> Result<GuestAddress, AcpiError> {
     let align = |a: u64| (a + 15) & !15;
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
     // The XSDT has two entries: 36 + 16 bytes.
     let dsdt_addr = align(xsdt_addr + 36 + 16);
-    let dsdt = dsdt();
+    let dsdt = dsdt(devices);
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align(fadt_addr + fadt.len() as u64);
@@ -143,7 +191,7 @@ mod tests {
 
     #[test]
     fn tables_are_well_formed() {
-        let d = dsdt();
+        let d = dsdt(&[]);
         assert_eq!(&d[0..4], b"DSDT");
         assert_eq!(le32(&d, 4) as usize, d.len());
         assert_eq!(sum(&d), 0);
@@ -153,6 +201,19 @@ mod tests {
         assert_eq!(&body[1..5], b"_S5_");
         assert_eq!(body[5], 0x12);
         assert_eq!(&body[body.len() - 2..], &[0x0a, 5]);
+
+        let com = dsdt(&[AcpiDevice::Serial {
+            uid: 0,
+            port: 0x3f8,
+            irq: 4,
+        }]);
+        assert_eq!(sum(&com), 0);
+        assert_eq!(le32(&com, 4) as usize, com.len());
+        let body = &com[d.len()..];
+        assert_eq!(body[0..2], [0x5b, 0x82], "DeviceOp");
+        // The extended IRQ descriptor carries GSI 4.
+        let irq = body.windows(2).position(|w| w == [0x89, 6]).unwrap();
+        assert_eq!(le32(body, irq + 5), 4);
 
         let f = fadt(0x1234);
         assert_eq!(&f[0..4], b"FACP");
@@ -177,7 +238,7 @@ mod tests {
     #[test]
     fn written_tables_link_up() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let rsdp = write(&mem, 2).unwrap();
+        let rsdp = write(&mem, 2, &[]).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, rsdp).unwrap();
         assert_eq!(&r[0..8], b"RSD PTR ");

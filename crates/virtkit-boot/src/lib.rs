@@ -93,6 +93,8 @@ pub struct LinuxBoot {
     pub cpus: u8,
     /// Whether to write ACPI tables (needed for `poweroff`).
     pub acpi: bool,
+    /// Devices to describe in the DSDT (COM1 needs to be there for its interrupt to work).
+    pub acpi_devices: Vec<acpi::AcpiDevice>,
 }
 
 /// The result of [`LinuxBoot::load`].
@@ -159,7 +161,7 @@ impl LinuxBoot {
         let cmdline_size = write_cmdline(ram, &self.cmdline)?;
         mptable::write(mem, self.cpus)?;
         let rsdp = if self.acpi {
-            Some(acpi::write(mem, self.cpus)?)
+            Some(acpi::write(mem, self.cpus, &self.acpi_devices)?)
         } else {
             None
         };

@@ -388,6 +388,7 @@ fn kvm_linux_boot_path_zero_page() {
         cmdline: "console=ttyS0 quiet".into(),
         cpus: 1,
         acpi: true,
+        acpi_devices: vec![],
     }
     .load(&ram)
     .unwrap();

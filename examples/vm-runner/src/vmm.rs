@@ -11,11 +11,14 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::terminal::Terminal;
 
+use virtkit_boot::acpi::AcpiDevice;
 use virtkit_boot::LinuxBoot;
 use virtkit_memory::GuestMemoryBuilder;
 use virtkit_vcpu::{EventFd, SystemEvent, ThreadOptions, VcpuHandle, VcpuOutcome, Vm, VmConfig};
 
-use crate::devices::{DeviceManager, ExitNotifier, GuestExit, SerialOut, SerialPort};
+use crate::devices::{
+    DeviceManager, ExitNotifier, GuestExit, SerialOut, SerialPort, COM1_IRQ, COM1_PORT,
+};
 use crate::{Options, SerialMode};
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -173,6 +176,11 @@ pub fn run(opts: &Options) -> Result<String> {
         cmdline,
         cpus,
         acpi: true,
+        acpi_devices: vec![AcpiDevice::Serial {
+            uid: 0,
+            port: COM1_PORT,
+            irq: COM1_IRQ.0,
+        }],
     }
     .load(&ram)
     .context("loading the guest")?;
