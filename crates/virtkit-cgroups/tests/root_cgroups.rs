@@ -38,6 +38,7 @@ fn child_main(mode: &str) -> ! {
         "forkbomb" => forkbomb(50),
         "spin" => spin(),
         "forktree" => forktree(4),
+        "forkchurn" => forkchurn(),
         other => {
             eprintln!("unknown child mode {other}");
             2
@@ -111,6 +112,37 @@ fn forktree(n: usize) -> i32 {
     loop {
         // SAFETY: pause() has no preconditions.
         unsafe { libc::pause() };
+    }
+}
+
+/// A churning fork bomb: every process forks in a loop and exits after three
+/// successful forks (the first one never exits), so new pids keep appearing
+/// while old ones vanish. Only pids.max bounds it.
+fn forkchurn() -> i32 {
+    let mut first = true;
+    let mut made = 0;
+    let mut announced = false;
+    loop {
+        // SAFETY: single-threaded process; the child runs this same loop.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            first = false;
+            made = 0;
+            continue;
+        }
+        if pid > 0 {
+            made += 1;
+            if first && !announced {
+                println!("churning");
+                announced = true;
+            }
+        }
+        // SAFETY: reaping our own exited children without blocking.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        if !first && made >= 3 {
+            // SAFETY: _exit has no preconditions; skips atexit handlers (none).
+            unsafe { libc::_exit(0) };
+        }
     }
 }
 
@@ -400,6 +432,41 @@ fn root_kill_all_and_delete() {
     }
 }
 
+/// kill_all empties a cgroup whose processes keep forking and exiting.
+fn root_kill_all_stops_a_churning_fork_bomb() {
+    let cg = TestCgroup::new("churn");
+    let mut r = Resources::default();
+    r.pids.limit = Some(64);
+    cg.apply(&r).unwrap();
+    let mut child = spawn_child("forkchurn");
+    enter_and_go(&cg, &mut child);
+    assert_eq!(read_line(&mut child).trim(), "churning");
+    sleep(Duration::from_millis(500));
+    let before = cg.pids().unwrap().len();
+    let current = cg.stats().unwrap().pids.current.unwrap();
+    eprintln!("  {before} processes listed, pids.current {current}");
+    assert!(before > 3, "the bomb is not running: {before} processes");
+    assert!(current <= 64);
+    let t = Instant::now();
+    cg.kill_all().unwrap();
+    eprintln!("  kill_all took {:?}", t.elapsed());
+    assert!(cg.pids().unwrap().is_empty());
+    let st = wait_for(&mut child, Duration::from_secs(5));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    // Orphans' zombies are reaped by init: the charge drops to 0.
+    let t = Instant::now();
+    while cg.stats().unwrap().pids.current != Some(0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            cg.stats().unwrap().pids
+        );
+        sleep(Duration::from_millis(20));
+    }
+    cg.delete().unwrap();
+    assert!(!cg.exists());
+}
+
 /// signal_all delivers a chosen signal to every process.
 fn root_signal_all() {
     let cg = TestCgroup::new("signal");
@@ -605,6 +672,10 @@ fn main() {
         ("root_freeze_and_thaw", root_freeze_and_thaw),
         ("root_kill_all_and_delete", root_kill_all_and_delete),
         ("root_signal_all", root_signal_all),
+        (
+            "root_kill_all_stops_a_churning_fork_bomb",
+            root_kill_all_stops_a_churning_fork_bomb,
+        ),
         ("root_apply_reads_back", root_apply_reads_back),
     ];
     let mut filters = Vec::new();
