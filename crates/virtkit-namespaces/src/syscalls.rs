@@ -368,6 +368,13 @@ impl Syscalls for LinuxSyscalls {
             unsafe { libc::mknod(p.as_ptr(), mode, dev) },
             "mknod",
             || path.display().to_string(),
+        )?;
+        // mknod applied the umask: set the permissions asked for.
+        // SAFETY: valid NUL-terminated path.
+        check(
+            unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) },
+            "chmod",
+            || path.display().to_string(),
         )
     }
 

@@ -1,0 +1,454 @@
+//! container-runner end to end, as root, on a busybox rootfs (package busybox-static).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn root_lifecycle_create_start_kill_delete() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(&["sleep", "1000"], |c| {
+        c["annotations"] = serde_json::json!({"org.test": "yes"});
+    });
+    let id = "vk-life";
+    let pidfile = b.path().join("pid");
+    let bs = b.path().to_str().unwrap().to_string();
+    b.ok(&[
+        "create",
+        "--bundle",
+        &bs,
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        id,
+    ]);
+    let st = b.state(id);
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], id);
+    assert_eq!(st["bundle"], bs);
+    assert_eq!(st["annotations"]["org.test"], "yes");
+    assert!(st["ociVersion"].as_str().unwrap().starts_with("1."));
+    assert!(st["created"].as_str().unwrap().ends_with('Z'));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    assert_eq!(st["pid"], pid);
+    // Init is blocked before exec: still our binary, not sleep.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_ne!(comm.trim(), "sleep");
+    assert!(cgroup_dir("memory", id).exists());
+
+    b.ok(&["start", id]);
+    b.wait_status(id, "running", 5);
+    let t0 = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim()
+        != "sleep"
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "init never exec'd sleep"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Start twice is an error; delete of a running container without --force too.
+    assert!(!b.rt(&["start", id]).status.success());
+    assert!(!b.rt(&["delete", id]).status.success());
+    let list = b.ok(&["list", "--format", "json"]);
+    let l: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(l[0]["id"], id);
+    assert_eq!(b.ok(&["list", "-q"]).trim(), id);
+
+    b.ok(&["kill", id, "KILL"]);
+    b.wait_status(id, "stopped", 5);
+    assert_eq!(b.state(id)["pid"], 0);
+    b.ok(&["delete", id]);
+    assert!(!b.state_root.join(id).exists());
+    assert!(!cgroup_dir("memory", id).exists());
+    assert!(!cgroup_dir("pids", id).exists());
+    let o = b.rt(&["state", id]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+#[test]
+fn root_run_sees_namespaces_masks_and_readonly_paths() {
+    let _g = lock();
+    require_root_and_busybox();
+    let script = "echo host=$(hostname); echo pid=$$; echo net=$(ls /sys/class/net); \
+        echo timer_list=$(wc -c < /proc/timer_list); echo firmware=$(ls /sys/firmware | wc -l); echo null=$(ls -l /dev/null | cut -c1-10); \
+        if echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null; then echo sys=rw; else echo sys=ro; fi; \
+        echo fds=$(ls /proc/self/fd | wc -l); echo cwd=$(pwd); \
+        echo caps=$(grep CapEff /proc/self/status)";
+    let b = Bundle::new(&["sh", "-c", script], |c| {
+        c["hostname"] = "vk-host".into();
+        c["process"]["cwd"] = "/tmp".into();
+    });
+    let bs = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bs, "vk-ns"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let has = |l: &str| out.lines().any(|x| x.trim() == l);
+    assert!(has("host=vk-host"), "{out}");
+    assert!(has("pid=1"), "{out}");
+    assert!(has("net=lo"), "{out}");
+    // Masked (default list from `spec`): a file reads empty, a directory lists nothing.
+    assert!(Path::new("/proc/timer_list").exists() && Path::new("/sys/firmware").exists());
+    assert!(has("timer_list=0"), "{out}");
+    assert!(has("firmware=0"), "{out}");
+    assert!(has("null=crw-rw-rw-"), "{out}");
+    assert!(has("sys=ro"), "{out}");
+    assert!(has("cwd=/tmp"), "{out}");
+    // stdin, stdout, stderr and the fd ls itself opened: nothing leaked from the runtime.
+    assert!(has("fds=4"), "{out}");
+    // runc's default set (from `spec`): no CAP_SYS_ADMIN (bit 21).
+    let caps = out.lines().find(|l| l.starts_with("caps=")).unwrap();
+    let mask = u64::from_str_radix(caps.split_whitespace().last().unwrap(), 16).unwrap();
+    assert_eq!(mask & (1 << 21), 0, "{caps}");
+    assert_ne!(mask, 0, "{caps}");
+    // `run` deletes the container afterwards.
+    assert!(!b.state_root.join("vk-ns").exists());
+}
+
+#[test]
+fn root_exit_code_and_exec_into_running_container() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(&["sh", "-c", "exit 7"], |_| {});
+    let bs = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bs, "vk-exit"]);
+    assert_eq!(o.status.code(), Some(7));
+
+    let b = Bundle::new(&["sleep", "1000"], |c| {
+        c["process"]["env"] = serde_json::json!(["PATH=/bin", "FROM_CONFIG=1"]);
+    });
+    let id = "vk-exec";
+    b.create(id);
+    b.ok(&["start", id]);
+    let out = b.ok(&[
+        "exec",
+        "--env",
+        "EXTRA=2",
+        id,
+        "sh",
+        "-c",
+        "echo $$ $FROM_CONFIG $EXTRA; cat /proc/1/comm",
+    ]);
+    let mut lines = out.lines();
+    let first: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_ne!(first[0], "1", "exec'd process must not be pid 1");
+    assert_eq!(&first[1..], ["1", "2"]);
+    assert_eq!(lines.next(), Some("sleep"));
+    // Exit codes come back, and failures are reported.
+    assert_eq!(
+        b.rt(&["exec", id, "sh", "-c", "exit 3"]).status.code(),
+        Some(3)
+    );
+    let o = b.rt(&["exec", id, "/no/such/binary"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/binary"));
+    // --process with a JSON file, detached with a pid file.
+    let pf = b.path().join("exec.pid");
+    let proc_json = b.path().join("process.json");
+    std::fs::write(
+        &proc_json,
+        r#"{"args":["sleep","500"],"cwd":"/","env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#,
+    )
+    .unwrap();
+    b.ok(&[
+        "exec",
+        "--process",
+        proc_json.to_str().unwrap(),
+        "--detach",
+        "--pid-file",
+        pf.to_str().unwrap(),
+        id,
+    ]);
+    let xpid: i32 = std::fs::read_to_string(&pf).unwrap().parse().unwrap();
+    let ps: Vec<i32> = serde_json::from_str(&b.ok(&["ps", "--format", "json", id])).unwrap();
+    assert!(ps.contains(&xpid), "{ps:?} lacks {xpid}");
+    assert_eq!(ps.len(), 2);
+    // kill --all reaches the exec'd process too.
+    b.ok(&["kill", "--all", id, "KILL"]);
+    b.wait_status(id, "stopped", 5);
+    b.ok(&["delete", id]);
+}
+
+/// Receives one fd sent with SCM_RIGHTS.
+fn recv_fd(sock: i32) -> OwnedFd {
+    let mut buf = [0u8; 256];
+    let mut cbuf = [0u8; 64];
+    // SAFETY: msghdr built from valid local buffers; the received fd becomes ours.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = cbuf.len();
+        assert!(libc::recvmsg(sock, &mut msg, 0) >= 0);
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null(), "no fd received");
+        assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn root_tty_through_console_socket() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(
+        &["sh", "-c", "tty; echo size=$(stty size); echo done"],
+        |c| {
+            c["process"]["terminal"] = true.into();
+            c["process"]["consoleSize"] = serde_json::json!({"height": 30, "width": 100});
+        },
+    );
+    let sock_path = b.path().join("console.sock");
+    let listener = UnixListener::bind(&sock_path).unwrap();
+    let bs = b.path().to_str().unwrap().to_string();
+    let sp = sock_path.to_str().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let (conn, _) = listener.accept().unwrap();
+        recv_fd(conn.as_raw_fd())
+    });
+    b.ok(&["create", "--bundle", &bs, "--console-socket", &sp, "vk-tty"]);
+    let master = handle.join().unwrap();
+    b.ok(&["start", "vk-tty"]);
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains("done") && t0.elapsed() < Duration::from_secs(5) {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the slave side closes
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let s = String::from_utf8_lossy(&out);
+    assert!(s.contains("/dev/pts/0"), "{s}");
+    assert!(s.contains("size=30 100"), "{s}");
+    b.wait_status("vk-tty", "stopped", 5);
+    b.ok(&["delete", "vk-tty"]);
+}
+
+#[test]
+fn root_limits_memory_pids_cpu_enforced() {
+    let _g = lock();
+    require_root_and_busybox();
+    // Memory: a shell that builds a 64 MiB string under a 16 MiB limit is OOM-killed.
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        ],
+        |c| c["linux"]["resources"]["memory"] = serde_json::json!({"limit": 16777216}),
+    );
+    let bs = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bs, "vk-mem"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("survived"),
+        "{o:?}"
+    );
+    assert_eq!(o.status.code(), Some(137), "{o:?}");
+
+    // pids: 20 background sleeps under pids.max 8.
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "sleep 1000 & sh -c 'for i in $(seq 1 20); do sleep 1000 & done; wait'; wait",
+        ],
+        |c| c["linux"]["resources"]["pids"] = serde_json::json!({"limit": 8}),
+    );
+    b.create("vk-pids");
+    b.ok(&["start", "vk-pids"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let ps: Vec<i32> = serde_json::from_str(&b.ok(&["ps", "--format", "json", "vk-pids"])).unwrap();
+    assert!(ps.len() <= 8 && ps.len() >= 4, "{} tasks: {ps:?}", ps.len());
+    assert_eq!(
+        std::fs::read_to_string(cgroup_dir("pids", "vk-pids").join("pids.max"))
+            .unwrap()
+            .trim(),
+        "8"
+    );
+    b.ok(&["delete", "--force", "vk-pids"]);
+
+    // cpu: a spinner under 20% quota uses about 0.2 s of CPU per second.
+    let b = Bundle::new(&["sh", "-c", "while :; do :; done"], |c| {
+        c["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 20000, "period": 100000})
+    });
+    b.create("vk-cpu");
+    let usage = cgroup_dir("cpuacct", "vk-cpu").join("cpuacct.usage");
+    b.ok(&["start", "vk-cpu"]);
+    let u0: u64 = std::fs::read_to_string(&usage)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let u1: u64 = std::fs::read_to_string(&usage)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let share = (u1 - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    assert!(share < 0.3 && share > 0.05, "cpu share {share}");
+    // update --resources raises the quota on the fly.
+    let r = b.path().join("res.json");
+    std::fs::write(&r, r#"{"cpu":{"quota":60000,"period":100000}}"#).unwrap();
+    b.ok(&["update", "--resources", r.to_str().unwrap(), "vk-cpu"]);
+    let q = std::fs::read_to_string(cgroup_dir("cpu", "vk-cpu").join("cpu.cfs_quota_us")).unwrap();
+    assert_eq!(q.trim(), "60000");
+    // pause / resume through the freezer.
+    b.ok(&["pause", "vk-cpu"]);
+    assert_eq!(b.status("vk-cpu"), "paused");
+    let p0: u64 = std::fs::read_to_string(&usage)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let p1: u64 = std::fs::read_to_string(&usage)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(p1 - p0 < 5_000_000, "frozen container used {} ns", p1 - p0);
+    b.ok(&["resume", "vk-cpu"]);
+    assert_eq!(b.status("vk-cpu"), "running");
+    b.ok(&["delete", "--force", "vk-cpu"]);
+    assert!(!cgroup_dir("cpu", "vk-cpu").exists());
+}
+
+#[test]
+fn root_crash_during_create_then_delete_force_leaves_nothing() {
+    let _g = lock();
+    require_root_and_busybox();
+    // A createRuntime hook that sleeps holds create in the middle: init exists, in its
+    // namespaces, with the rootfs mounts prepared.
+    let b = Bundle::new(&["true"], |c| {
+        c["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/busybox", "args": ["busybox", "sleep", "2"]}]});
+    });
+    let bs = b.path().to_str().unwrap().to_string();
+    let rootfs = std::fs::canonicalize(b.path().join("rootfs")).unwrap();
+    for (n, delay_ms) in [0u64, 3, 10, 30, 300].iter().enumerate() {
+        let id = format!("vk-crash{n}");
+        let mut child = Command::new(BIN)
+            .arg("--root")
+            .arg(&b.state_root)
+            .args(["create", "--bundle", &bs, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let init_pid = std::fs::read_to_string(b.state_root.join(&id).join("state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["pid"].as_i64())
+            .unwrap_or(0) as i32;
+        if b.state_root.join(&id).exists() {
+            b.ok(&["delete", "--force", &id]);
+        }
+        assert!(!b.state_root.join(&id).exists(), "{id}: state dir left");
+        for ctl in ["memory", "pids", "cpu", "freezer"] {
+            assert!(!cgroup_dir(ctl, &id).exists(), "{id}: {ctl} cgroup left");
+        }
+        assert!(
+            !mounted_under(&rootfs),
+            "{id}: mounts left under the rootfs"
+        );
+        if init_pid > 0 {
+            let t0 = Instant::now();
+            while Path::new(&format!("/proc/{init_pid}")).exists()
+                && std::fs::read_to_string(format!("/proc/{init_pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("container-runner"))
+            {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(3),
+                    "{id}: init {init_pid} survived"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[test]
+fn root_json_log_errors_and_version() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(&["true"], |_| {});
+    let log = b.path().join("log.json");
+    let o = b.rt(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "state",
+        "nope",
+    ]);
+    assert!(!o.status.success());
+    let line = std::fs::read_to_string(&log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(v["level"], "error");
+    assert!(v["msg"].as_str().unwrap().contains("nope"));
+    assert!(v["time"].is_string());
+    let out = b.ok(&["--version"]);
+    assert!(out.starts_with("container-runner version "), "{out}");
+    assert!(out.contains("\nspec: 1."), "{out}");
+    let o = b.rt(&["--systemd-cgroup", "list"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("systemd"));
+    let f: serde_json::Value = serde_json::from_str(&b.ok(&["features"])).unwrap();
+    assert!(f["linux"]["namespaces"].as_array().unwrap().len() >= 7);
+}
+
+#[test]
+fn root_seccomp_profile_is_enforced() {
+    let _g = lock();
+    require_root_and_busybox();
+    // Deny mkdir/mkdirat with EPERM (1) and chmod's family with EACCES, allow the rest.
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "mkdir /dev/shm/x 2>&1; echo mkdir=$?; touch /dev/shm/y; echo touch=$?",
+        ],
+        |c| {
+            c["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+            })
+        },
+    );
+    let bs = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bs, "vk-sec"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("mkdir=1"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("touch=0"), "{out}");
+}
