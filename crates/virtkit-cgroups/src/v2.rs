@@ -19,6 +19,7 @@ pub struct V2Manager {
     path: String,
     dir: PathBuf,
     timeout: Duration,
+    cgroup_kill: bool,
 }
 
 impl V2Manager {
@@ -30,12 +31,22 @@ impl V2Manager {
             dir: root.join(&path),
             path,
             timeout: DEFAULT_TIMEOUT,
+            cgroup_kill: true,
         })
     }
 
     /// Sets how long freeze, thaw and kill wait (default [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Whether [`CgroupManager::kill_all`] may use `cgroup.kill` (default
+    /// true; kernels before 5.14 lack the file and get the fallback anyway).
+    /// `false` forces the fallback, signalling every pid until the cgroup is
+    /// empty, to test or compare it.
+    pub fn with_cgroup_kill(mut self, use_it: bool) -> Self {
+        self.cgroup_kill = use_it;
         self
     }
 
@@ -297,7 +308,7 @@ impl CgroupManager for V2Manager {
 
     fn kill_all(&self) -> Result<()> {
         let kill_file = self.dir.join("cgroup.kill");
-        if kill_file.exists() {
+        if self.cgroup_kill && kill_file.exists() {
             if self.is_empty()? {
                 return Ok(());
             }
@@ -306,16 +317,29 @@ impl CgroupManager for V2Manager {
                 self.is_empty()
             });
         }
+        let can_freeze = self.dir.join("cgroup.freeze").exists();
+        let mut signalled = BTreeSet::new();
         poll_until("killing every process", &self.dir, self.timeout, |_| {
             let pids = self.pids()?;
             if pids.is_empty() {
                 return Ok(true);
             }
-            // A v2 frozen task still dies of SIGKILL: no thaw needed to deliver it,
-            // but freezing stops forks racing with the list.
-            self.set_frozen(true)?;
+            if pids.iter().all(|p| signalled.contains(p)) {
+                // Every task has its SIGKILL: wait for them to exit.
+                return Ok(false);
+            }
+            // First round: signal at once. Later rounds met tasks forked in
+            // between: freeze while signalling so no more escape (a frozen v2
+            // task still dies of SIGKILL). Freezing is best effort.
+            let freeze = can_freeze && !signalled.is_empty();
+            if freeze {
+                let _ = self.set_frozen(true);
+            }
             let sent = pids.iter().try_for_each(|p| fs::kill(*p, libc::SIGKILL));
-            self.set_frozen(false)?;
+            signalled.extend(pids);
+            if freeze {
+                fs::write_in(&self.dir, "cgroup.freeze", "0")?;
+            }
             sent?;
             Ok(false)
         })
