@@ -236,11 +236,10 @@ impl Syscalls for LinuxSyscalls {
 
     fn setns(&self, fd: BorrowedFd<'_>, nstype: i32) -> SysResult<()> {
         // SAFETY: `fd` is a valid borrowed fd.
-        check(
-            unsafe { libc::setns(fd.as_raw_fd(), nstype) },
-            "setns",
-            || format!("fd {} type {nstype:#x}", fd.as_raw_fd()),
-        )
+        let ret = unsafe { libc::setns(fd.as_raw_fd(), nstype) };
+        check(ret, "setns", || {
+            format!("fd {} type {nstype:#x}", fd.as_raw_fd())
+        })
     }
 
     fn mount(
@@ -280,11 +279,8 @@ impl Syscalls for LinuxSyscalls {
     fn umount2(&self, target: &Path, flags: i32) -> SysResult<()> {
         let t = cpath(target)?;
         // SAFETY: valid NUL-terminated path.
-        check(
-            unsafe { libc::umount2(t.as_ptr(), flags) },
-            "umount2",
-            || target.display().to_string(),
-        )
+        let ret = unsafe { libc::umount2(t.as_ptr(), flags) };
+        check(ret, "umount2", || target.display().to_string())
     }
 
     fn make_readonly(&self, target: &Path, recursive: bool) -> SysResult<()> {
@@ -345,37 +341,25 @@ impl Syscalls for LinuxSyscalls {
 
     fn sethostname(&self, name: &str) -> SysResult<()> {
         // SAFETY: pointer and length describe `name`.
-        check(
-            unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
-            "sethostname",
-            || name.to_string(),
-        )
+        let ret = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+        check(ret, "sethostname", || name.to_string())
     }
 
     fn setdomainname(&self, name: &str) -> SysResult<()> {
         // SAFETY: pointer and length describe `name`.
-        check(
-            unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) },
-            "setdomainname",
-            || name.to_string(),
-        )
+        let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+        check(ret, "setdomainname", || name.to_string())
     }
 
     fn mknod(&self, path: &Path, mode: u32, dev: u64) -> SysResult<()> {
         let p = cpath(path)?;
         // SAFETY: valid NUL-terminated path.
-        check(
-            unsafe { libc::mknod(p.as_ptr(), mode, dev) },
-            "mknod",
-            || path.display().to_string(),
-        )?;
+        let ret = unsafe { libc::mknod(p.as_ptr(), mode, dev) };
+        check(ret, "mknod", || path.display().to_string())?;
         // mknod applied the umask: set the permissions asked for.
         // SAFETY: valid NUL-terminated path.
-        check(
-            unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) },
-            "chmod",
-            || path.display().to_string(),
-        )
+        let ret = unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) };
+        check(ret, "chmod", || path.display().to_string())
     }
 
     fn symlink(&self, target: &Path, link: &Path) -> SysResult<()> {
