@@ -269,7 +269,15 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
         m.reserved = Some(cnt.refs.clone());
     }
     let mut c = 0u64;
+    let per = (cs * 8) >> m.h.refcount_order;
     while c < limit {
+        if c >= cnt.refs.len() as u64 {
+            let ti = (c / per) as usize;
+            if m.reftable.get(ti).is_none_or(|&e| e & !0x1ff == 0) {
+                c = (c / per + 1) * per;
+                continue;
+            }
+        }
         let expected = cnt.refs.get(c as usize).copied().unwrap_or(0);
         let expected = match &m.reserved {
             Some(r) => r.get(c as usize).copied().unwrap_or(expected),
@@ -282,11 +290,13 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
                 rep.messages
                     .push(format!("ERROR cannot read refcount of cluster {c}: {e}"));
                 // Skip the rest of this refcount block.
-                let per = (cs * 8) >> m.h.refcount_order;
                 c = (c / per + 1) * per;
                 continue;
             }
         };
+        if on_disk != 0 || expected != 0 {
+            rep.image_end_offset = rep.image_end_offset.max((c + 1) * cs);
+        }
         if on_disk != expected {
             let leak = on_disk > expected;
             let kind = if leak {
