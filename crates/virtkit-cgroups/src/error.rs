@@ -87,6 +87,19 @@ pub enum Error {
         /// How long it waited.
         waited_ms: u64,
     },
+    /// A bpf(2) call for the v2 device controller failed.
+    #[error("{op} {}: {source}{}", path.display(), if log.is_empty() { String::new() } else { format!(" (verifier: {log})") })]
+    Bpf {
+        /// What was being done ("attaching the device program to"...).
+        op: &'static str,
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+        /// The verifier log, when loading failed.
+        log: String,
+    },
     /// A requested resource value is invalid (before anything is written).
     #[error("invalid resource {field}: {reason}")]
     InvalidResource {

@@ -59,7 +59,11 @@ fn v1_files(controller: &str, is_root: bool) -> Vec<(&'static str, &'static str)
             ("blkio.throttle.write_iops_device", ""),
         ][..],
         "freezer" if !is_root => &[("freezer.state", "THAWED\n")][..],
-        "devices" => &[("devices.list", "a *:* rwm\n")][..],
+        "devices" => &[
+            ("devices.list", "a *:* rwm\n"),
+            ("devices.allow", ""),
+            ("devices.deny", ""),
+        ][..],
         _ => &[][..],
     });
     if controller == "memory" {

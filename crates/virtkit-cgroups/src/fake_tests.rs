@@ -474,3 +474,33 @@ fn validate_rejects_before_any_write() {
     }
     assert!(res_all().validate().is_ok());
 }
+
+#[test]
+fn v1_device_rules_are_written_in_order() {
+    let fake = FakeCgroupFs::v1().unwrap();
+    fake.populate("d").unwrap();
+    let cg = open(&fake.hierarchies(), "d").unwrap();
+    let r = Resources {
+        devices: Some(vec![
+            DeviceRule::DENY_ALL,
+            DeviceRule::allow_char(1, 3, "rwm").unwrap(),
+            DeviceRule {
+                allow: false,
+                kind: DeviceType::Block,
+                major: Some(8),
+                minor: None,
+                access: DeviceAccess::parse("w").unwrap(),
+            },
+            DeviceRule::allow_char(136, 0, "rw").unwrap(),
+        ]),
+        ..Default::default()
+    };
+    cg.apply(&r).unwrap();
+    // The fake keeps each file's last write.
+    assert_eq!(fake.read("devices/d/devices.allow").unwrap(), "c 136:0 rw");
+    assert_eq!(fake.read("devices/d/devices.deny").unwrap(), "b 8:* w");
+    // None leaves the policy alone.
+    fake.write("devices/d/devices.deny", "untouched").unwrap();
+    cg.apply(&Resources::default()).unwrap();
+    assert_eq!(fake.read("devices/d/devices.deny").unwrap(), "untouched");
+}

@@ -61,8 +61,10 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod bpf;
 pub mod convert;
 mod detect;
+pub mod devices;
 mod error;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
@@ -81,6 +83,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 pub use detect::{CgroupVersion, Hierarchies, Layout, ProcCgroup, V1_CONTROLLERS, V2_CONTROLLERS};
+pub use devices::{DeviceAccess, DeviceRule, DeviceType};
 pub use error::{Error, Result};
 pub use resources::{
     BlockIoResources, CpuResources, CpuStats, DeviceNumber, FreezerState, MemoryResources,

@@ -1,7 +1,8 @@
 //! Filling [`Resources`] from an OCI runtime spec (feature `oci`).
 
-use oci_spec::runtime::{LinuxResources, LinuxThrottleDevice};
+use oci_spec::runtime::{LinuxDeviceType, LinuxResources, LinuxThrottleDevice};
 
+use crate::devices::{DeviceAccess, DeviceRule, DeviceType};
 use crate::error::{Error, Result};
 use crate::resources::{DeviceNumber, Resources, ThrottleDevice, WeightDevice};
 
@@ -81,6 +82,38 @@ impl Resources {
                 b.throttle_write_iops_device(),
             )?;
         }
+        if let Some(list) = r.devices() {
+            let mut rules = Vec::new();
+            for d in list {
+                let kind = match d.typ() {
+                    None | Some(LinuxDeviceType::A) => DeviceType::All,
+                    Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => DeviceType::Char,
+                    Some(LinuxDeviceType::B) => DeviceType::Block,
+                    // FIFOs are not governed by the device controller.
+                    Some(LinuxDeviceType::P) => continue,
+                };
+                let num = |n: Option<i64>| -> Result<Option<u32>> {
+                    match n {
+                        None => Ok(None),
+                        Some(v) if v < 0 => Ok(None), // -1 is the wildcard
+                        Some(v) => u32::try_from(v)
+                            .map(Some)
+                            .map_err(|_| Error::InvalidResource {
+                                field: "devices",
+                                reason: format!("device number {v} is too large"),
+                            }),
+                    }
+                };
+                rules.push(DeviceRule {
+                    allow: d.allow(),
+                    kind,
+                    major: num(d.major())?,
+                    minor: num(d.minor())?,
+                    access: DeviceAccess::parse(d.access().as_deref().unwrap_or(""))?,
+                });
+            }
+            out.devices = Some(rules);
+        }
         if let Some(u) = r.unified() {
             out.unified = u.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         }
@@ -104,7 +137,13 @@ mod tests {
                 "throttleReadBpsDevice": [{"major": 254, "minor": 0, "rate": 1048576}],
                 "throttleWriteIOPSDevice": [{"major": 254, "minor": 0, "rate": 100}]
             },
-            "unified": {"memory.high": "90M"}
+            "unified": {"memory.high": "90M"},
+            "devices": [
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
+                {"allow": true, "type": "b", "major": 8, "access": "r"},
+                {"allow": true, "type": "p", "major": 0, "minor": 0}
+            ]
         }"#;
         let spec: LinuxResources = serde_json::from_str(json).unwrap();
         let r = Resources::from_oci(&spec).unwrap();
@@ -135,6 +174,8 @@ mod tests {
             r.unified.get("memory.high").map(String::as_str),
             Some("90M")
         );
+        let lines: Vec<String> = r.devices.unwrap().iter().map(DeviceRule::v1_line).collect();
+        assert_eq!(lines, ["a *:* rwm", "c 1:3 rw", "b 8:* r"]);
 
         let bad: LinuxResources = serde_json::from_str(
             r#"{"blockIO": {"throttleReadBpsDevice": [{"major": -1, "minor": 0, "rate": 1}]}}"#,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::convert;
+use crate::devices::DeviceRule;
 use crate::error::{Error, Result};
 
 /// A block device number, `major:minor` (as in `/proc/partitions` or
@@ -126,6 +127,11 @@ pub struct Resources {
     /// Raw v2 files to write (OCI `linux.resources.unified`), file name → value.
     /// Rejected on v1.
     pub unified: BTreeMap<String, String>,
+    /// Device access policy (OCI `linux.resources.devices`): `None` leaves
+    /// it alone; `Some(rules)` replaces it — v1 writes "a" to `devices.deny`
+    /// then each rule in order; v2 attaches an eBPF device program built from
+    /// the rules (see [`crate::devices`]) and detaches the previous ones.
+    pub devices: Option<Vec<DeviceRule>>,
 }
 
 impl Resources {

@@ -303,6 +303,18 @@ impl CgroupManager for V1Manager {
         self.apply_memory(r)?;
         self.apply_cpu(r)?;
         self.apply_blkio(r)?;
+        if let Some(rules) = &r.devices {
+            let dir = self.need("devices", "devices")?;
+            fs::write_in(&dir, "devices.deny", "a")?;
+            for rule in rules {
+                let file = if rule.allow {
+                    "devices.allow"
+                } else {
+                    "devices.deny"
+                };
+                fs::write_in(&dir, file, &rule.v1_line())?;
+            }
+        }
         Ok(())
     }
 

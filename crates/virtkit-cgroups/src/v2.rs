@@ -50,6 +50,12 @@ impl V2Manager {
         self
     }
 
+    /// How many eBPF device programs are attached to the cgroup (1 after
+    /// applying [`Resources::devices`]; 0 when none was ever applied).
+    pub fn device_programs(&self) -> Result<usize> {
+        crate::bpf::device_program_count(&self.dir)
+    }
+
     /// The cgroup's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -235,6 +241,9 @@ impl CgroupManager for V2Manager {
         self.apply_io(r)?;
         for (key, value) in &r.unified {
             fs::write_in(&self.dir, key, value)?;
+        }
+        if let Some(rules) = &r.devices {
+            crate::bpf::set_device_rules(&self.dir, rules)?;
         }
         Ok(())
     }

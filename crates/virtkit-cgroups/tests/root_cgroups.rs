@@ -21,8 +21,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use virtkit_cgroups::{
-    open, CgroupManager, CgroupVersion, DeviceNumber, Hierarchies, Resources, ThrottleDevice,
-    V2Manager,
+    open, CgroupManager, CgroupVersion, DeviceNumber, DeviceRule, Hierarchies, Resources,
+    ThrottleDevice, V2Manager,
 };
 
 const CHILD_ENV: &str = "VIRTKIT_CGROUPS_CHILD";
@@ -40,6 +40,7 @@ fn child_main(mode: &str) -> ! {
         "spin" => spin(),
         "forktree" => forktree(4),
         "forkchurn" => forkchurn(),
+        "devices" => try_devices(),
         other => {
             eprintln!("unknown child mode {other}");
             2
@@ -145,6 +146,29 @@ fn forkchurn() -> i32 {
             unsafe { libc::_exit(0) };
         }
     }
+}
+
+/// Opens /dev/null for reading and writing and /dev/zero for reading;
+/// prints "null-r=OK null-w=EPERM zero-r=OK" style results.
+fn try_devices() -> i32 {
+    let try_open = |path: &str, write: bool| {
+        let r = std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open(path);
+        match r {
+            Ok(_) => "OK".to_string(),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => "EPERM".to_string(),
+            Err(e) => format!("{e}"),
+        }
+    };
+    println!(
+        "null-r={} null-w={} zero-r={}",
+        try_open("/dev/null", false),
+        try_open("/dev/null", true),
+        try_open("/dev/zero", false)
+    );
+    0
 }
 
 fn spin() -> i32 {
@@ -678,6 +702,74 @@ fn root_apply_reads_back() {
     assert!(e.contains("cpuset.cpus: "), "{e}");
 }
 
+/// Device rules decide which device nodes a process in the cgroup may open:
+/// v1 devices.allow/deny, v2 an eBPF program (replaced, not stacked, on update).
+fn root_device_rules() {
+    let cg = TestCgroup::new("devices");
+    let probe = |cg: &TestCgroup| {
+        let mut child = spawn_child("devices");
+        enter_and_go(cg, &mut child);
+        let line = read_line(&mut child).trim().to_string();
+        assert!(wait_for(&mut child, Duration::from_secs(10)).success());
+        line
+    };
+    let v2_programs = || {
+        let hier = Hierarchies::detect().unwrap();
+        hier.unified_mount()
+            .filter(|_| hier.version() == CgroupVersion::V2)
+            .map(|root| {
+                V2Manager::new(root, cg.path())
+                    .unwrap()
+                    .device_programs()
+                    .unwrap()
+            })
+    };
+    assert_eq!(probe(&cg), "null-r=OK null-w=OK zero-r=OK");
+    let cases: [(Vec<DeviceRule>, &str); 3] = [
+        (
+            vec![
+                DeviceRule::DENY_ALL,
+                DeviceRule::allow_char(1, 3, "r").unwrap(),
+            ],
+            "null-r=OK null-w=EPERM zero-r=EPERM",
+        ),
+        (
+            vec![
+                DeviceRule::DENY_ALL,
+                DeviceRule::allow_char(1, 5, "rw").unwrap(),
+            ],
+            "null-r=EPERM null-w=EPERM zero-r=OK",
+        ),
+        (vec![], "null-r=EPERM null-w=EPERM zero-r=EPERM"),
+    ];
+    for (rules, expect) in cases {
+        let r = Resources {
+            devices: Some(rules.clone()),
+            ..Default::default()
+        };
+        cg.apply(&r).unwrap();
+        let got = probe(&cg);
+        eprintln!(
+            "  {:?} -> {got}",
+            rules.iter().map(DeviceRule::v1_line).collect::<Vec<_>>()
+        );
+        assert_eq!(got, expect);
+        if let Some(n) = v2_programs() {
+            assert_eq!(n, 1, "device programs must be replaced, not stacked");
+        }
+    }
+    // Allow everything again.
+    let r = Resources {
+        devices: Some(vec![DeviceRule {
+            allow: true,
+            ..DeviceRule::DENY_ALL
+        }]),
+        ..Default::default()
+    };
+    cg.apply(&r).unwrap();
+    assert_eq!(probe(&cg), "null-r=OK null-w=OK zero-r=OK");
+}
+
 // ---------------------------------------------------------------- runner
 
 fn main() {
@@ -709,6 +801,7 @@ fn main() {
             root_kill_all_by_signals_stops_a_churning_fork_bomb,
         ),
         ("root_apply_reads_back", root_apply_reads_back),
+        ("root_device_rules", root_device_rules),
     ];
     let mut filters = Vec::new();
     let mut skips = Vec::new();
