@@ -8,8 +8,17 @@
 //! - [`open`] gives a manager for a cgroup named by a relative path such as
 //!   `virtkit/<id>`: [`V1Manager`] (one directory per v1 hierarchy) or
 //!   [`V2Manager`] (one directory in the unified hierarchy).
-//! - [`Resources`] is the OCI `linux.resources` set in v1 terms; the v2
+//! - [`Resources`] is the OCI `linux.resources` set in v1 terms (with the
+//!   `oci` feature, `Resources::from_oci` fills it from an OCI spec); the v2
 //!   conversions live in [`convert`] and follow runc's formulas.
+//! - Device access rules ([`Resources::devices`]) become v1
+//!   `devices.allow`/`devices.deny` lines or, on v2, an eBPF
+//!   `BPF_PROG_TYPE_CGROUP_DEVICE` program ([`devices`]).
+//! - Stats, freeze/thaw, kill-everything (v2 `cgroup.kill` or repeated
+//!   SIGKILL with the freezer against forks) and delete (children first,
+//!   EBUSY retried) complete the [`CgroupManager`] trait.
+//! - With the `test-utils` feature, `fake::FakeCgroupFs` lays out a v1 or
+//!   v2 tree in a tempdir for unit tests.
 //! - Every error names the file and, for writes, the value ([`Error`]).
 //!
 //! ```no_run
