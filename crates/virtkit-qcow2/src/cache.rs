@@ -30,10 +30,9 @@ impl<T> Cache<T> {
     pub fn get(&mut self, key: u64) -> Option<&mut Slot<T>> {
         self.tick += 1;
         let t = self.tick;
-        self.map.get_mut(&key).map(|s| {
-            s.used = t;
-            s
-        })
+        let s = self.map.get_mut(&key)?;
+        s.used = t;
+        Some(s)
     }
 
     pub fn contains(&self, key: u64) -> bool {

@@ -261,7 +261,7 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
     }
 
     // Compare refcounts.
-    let covered = reftable.len() as u64 * (cs * 8 >> m.h.refcount_order);
+    let covered = reftable.len() as u64 * ((cs * 8) >> m.h.refcount_order);
     let limit = covered.max(cnt.refs.len() as u64);
     let fix_leaks = repair != Repair::None;
     let fix_all = repair == Repair::All;

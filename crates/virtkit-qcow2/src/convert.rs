@@ -49,21 +49,21 @@ pub fn is_zero(b: &[u8]) -> bool {
 
 enum Src {
     Raw(RawBackend),
-    Qcow2(Qcow2),
+    Qcow2(Box<Qcow2>),
 }
 
 impl Src {
     fn dev(&self) -> &dyn BlockBackend {
         match self {
             Src::Raw(r) => r,
-            Src::Qcow2(q) => q,
+            Src::Qcow2(q) => &**q,
         }
     }
 }
 
 enum Dst {
     Raw(HostFile),
-    Qcow2(Qcow2),
+    Qcow2(Box<Qcow2>),
 }
 
 /// Copy `src` to a new image `dst`, skipping zeroes (they stay unallocated
@@ -82,14 +82,14 @@ pub fn convert(
                 direct: false,
             },
         )?),
-        ImageFormat::Qcow2 => Src::Qcow2(Qcow2::open(
+        ImageFormat::Qcow2 => Src::Qcow2(Box::new(Qcow2::open(
             src,
             OpenOptions {
                 read_only: true,
                 backing: o.src_backing,
                 ..Default::default()
             },
-        )?),
+        )?)),
     };
     let size = source.dev().size();
     if o.compress && o.dst_format != ImageFormat::Qcow2 {
@@ -119,7 +119,7 @@ pub fn convert(
                 ..o.create.clone()
             };
             create(dst, &c)?;
-            Dst::Qcow2(Qcow2::open(dst, OpenOptions::default())?)
+            Dst::Qcow2(Box::new(Qcow2::open(dst, OpenOptions::default())?))
         }
     };
     let cs = match &out {
@@ -180,7 +180,7 @@ pub fn convert(
     }
     match out {
         Dst::Raw(f) => f.sync()?,
-        Dst::Qcow2(q) => q.close()?,
+        Dst::Qcow2(q) => (*q).close()?,
     }
     progress(size, size);
     Ok(())

@@ -541,11 +541,10 @@ impl Qcow2 {
         let f = &self.file;
         for gc in first..first + count {
             let map = m.mapping(f, gc)?;
-            let same = match (map, target) {
-                (Mapping::Unallocated, 0) => true,
-                (Mapping::Zero { off: 0, .. }, ZERO) => true,
-                _ => false,
-            };
+            let same = matches!(
+                (map, target),
+                (Mapping::Unallocated, 0) | (Mapping::Zero { off: 0, .. }, ZERO)
+            );
             if same {
                 continue;
             }
