@@ -430,9 +430,12 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<Container> {
             false,
         )?;
     }
+    // Let init build its rootfs while we move it into the cgroup: on cgroup v1 the first
+    // migration waits for an RCU grace period (~10 ms here). Init stops at "hooks" until
+    // we answer, so nothing of the container runs outside the cgroup.
+    send_msg(sock, b"go")?;
     cg.add_process(pid)
         .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
-    send_msg(sock, b"go")?;
     loop {
         let m = recv_msg(sock)?;
         match m.as_slice() {

@@ -1,7 +1,8 @@
 //! The child side: from `clone` to `execve` of the container process.
 //!
 //! Protocol on the seqpacket sync socket (child's messages in quotes):
-//! parent "go" (cgroup joined, id maps written) → [create: "hooks" (namespaces made,
+//! parent "go" (id maps written; for create the cgroup join runs meanwhile and is done
+//! before the reply to "hooks"; for exec it is done before "go") → [create: "hooks" (namespaces made,
 //! mounts prepared) → parent runs prestart/createRuntime hooks → "go"] → "ready" →
 //! [create: block on exec.fifo until `start`] → execve. Any failure sends "E<message>";
 //! a successful execve closes the (close-on-exec) socket, which the parent reads as EOF.

@@ -167,12 +167,17 @@ fn emit_arg(
 pub fn compile(s: &LinuxSeccomp) -> Result<(Vec<libc::sock_filter>, u32)> {
     let default = action(s.default_action(), s.default_errno_ret())?;
     let mut a = Asm::default();
-    let bad_arch = a.label();
+    // Jumps are 8-bit: keep the early exits next to their tests.
+    let arch_ok = a.label();
     a.ld(4);
-    a.op(BPF_JEQ_K, T::Next, T::L(bad_arch), AUDIT_ARCH_X86_64);
+    a.op(BPF_JEQ_K, T::L(arch_ok), T::Next, AUDIT_ARCH_X86_64);
+    a.ret(SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+    a.bind(arch_ok);
     a.ld(0);
-    let x32 = a.label();
-    a.op(BPF_JGE_K, T::L(x32), T::Next, X32_SYSCALL_BIT);
+    let native = a.label();
+    a.op(BPF_JGE_K, T::Next, T::L(native), X32_SYSCALL_BIT);
+    a.ret(default);
+    a.bind(native);
     for rule in s.syscalls().iter().flatten() {
         let act = action(rule.action(), rule.errno_ret())?;
         for name in rule.names() {
@@ -201,10 +206,6 @@ pub fn compile(s: &LinuxSeccomp) -> Result<(Vec<libc::sock_filter>, u32)> {
         }
     }
     a.ret(default);
-    a.bind(x32);
-    a.ret(default);
-    a.bind(bad_arch);
-    a.ret(SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
     let mut flags = 0u32;
     for f in s.flags().iter().flatten() {
         use oci_spec::runtime::LinuxSeccompFilterFlag as F;
@@ -337,6 +338,27 @@ mod tests {
         );
         assert_eq!(run(&p, dup, [(1 << 32) + 1, 0, 0, 0, 0, 0]), ALLOW);
         assert_eq!(run(&p, dup, [5, 0, 0, 0, 0, 0]), SECCOMP_RET_ERRNO | 2);
+    }
+
+    #[test]
+    fn large_profiles_compile() {
+        // 300 single-syscall rules, like podman's and docker's default profiles.
+        let names: Vec<String> = syscall_table::SYSCALLS
+            .iter()
+            .take(300)
+            .map(|(n, _)| format!("{n:?}"))
+            .collect();
+        let p = profile(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{}]}}"#,
+            names
+                .iter()
+                .map(|n| format!(r#"{{"names":[{n}],"action":"SCMP_ACT_ALLOW"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        assert_eq!(run(&p, 0x4000_0000, [0; 6]), SECCOMP_RET_ERRNO | 1);
+        let (_, last) = syscall_table::SYSCALLS[299];
+        assert_eq!(run(&p, last as u32, [0; 6]), ALLOW);
     }
 
     #[test]

@@ -1,0 +1,130 @@
+#!/bin/bash
+# container-runner vs runc vs crun, side by side, on the same busybox bundle.
+#
+#   cargo build --release -p container-runner
+#   sudo benches/scripts/container-bench.sh [path/to/container-runner]
+#
+# Env: N (runs per runtime, default 100), WARMUP (default 5).
+#
+# Measures `run` of busybox `true` (create + start + wait + delete in one command):
+# median / p90 / mean per run, the total of N sequential runs, the runtime's peak RSS
+# (GNU time's maximum resident set size of the runtime command), and whether a container under a 512 KiB
+# memory limit starts and runs `true`. Runs are interleaved (ours, runc, crun, ours, ...)
+# so drift hits all three alike. Everything runs in a private mount namespace where
+# /sys/fs/cgroup/unified is unmounted: crun refuses this host's hybrid layout otherwise,
+# and all three get the same view.
+set -euo pipefail
+
+N=${N:-100}
+WARMUP=${WARMUP:-5}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+RUNNER=${1:-${CARGO_TARGET_DIR:-$here/target}/release/container-runner}
+RUNNER=$(realpath "$RUNNER")
+
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+for t in runc crun python3 unshare /usr/bin/time; do
+    command -v $t >/dev/null || { echo "missing $t (apt-get install runc crun python3 util-linux time)" >&2; exit 1; }
+done
+[ -x "$RUNNER" ] || { echo "no container-runner at $RUNNER (cargo build --release -p container-runner)" >&2; exit 1; }
+[ -x /bin/busybox ] || { echo "missing /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/container-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+mk_bundle() { # dir memory_limit_or_empty
+    local b=$1
+    mkdir -p "$b/rootfs"/{bin,proc,sys,dev,etc,tmp}
+    cp /bin/busybox "$b/rootfs/bin/busybox"
+    ln -s busybox "$b/rootfs/bin/sh"
+    ln -s busybox "$b/rootfs/bin/true"
+    (cd "$b" && runc spec)
+    python3 - "$b/config.json" "${2:-}" <<'EOF'
+import json, sys
+p, mem = sys.argv[1], sys.argv[2]
+c = json.load(open(p))
+c["process"]["terminal"] = False
+c["process"]["args"] = ["true"]
+if mem:
+    c["linux"].setdefault("resources", {})["memory"] = {"limit": int(mem)}
+json.dump(c, open(p, "w"), indent=1)
+EOF
+}
+mk_bundle "$work/bundle"
+mk_bundle "$work/bundle512k" 524288
+
+cat >"$work/bench.py" <<'EOF'
+import os, statistics, subprocess, sys, time
+runner, work, n, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rts = {"container-runner": runner, "runc": "runc", "crun": "crun"}
+times = {k: [] for k in rts}
+rss = {k: 0 for k in rts}
+errors = {k: 0 for k in rts}
+
+def run_one(name, exe, bundle, cid):
+    root = f"{work}/root-{name}"
+    t0 = time.perf_counter()
+    p = subprocess.Popen([exe, "--root", root, "run", "--bundle", bundle, cid],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return dt, ru.ru_maxrss, p.returncode, err.decode(errors="replace").strip()
+
+for i in range(warmup + n):
+    for name, exe in rts.items():
+        dt, maxrss, rc, err = run_one(name, exe, f"{work}/bundle", f"b{i}")
+        if rc != 0:
+            errors[name] += 1
+            if errors[name] == 1:
+                print(f"{name}: run failed (rc {rc}): {err}", file=sys.stderr)
+            continue
+        if i >= warmup:
+            times[name].append(dt)
+
+# Peak RSS: ru_maxrss from wait4 on a direct child would include the memory of the
+# forked Python before exec, so measure through GNU time (a small C program) instead:
+# the runtime's own peak, or that of the processes it waits for (runc's init), whichever
+# is larger.
+for name, exe in rts.items():
+    peak = 0
+    for i in range(5):
+        out = f"{work}/rss-{name}"
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out, exe, "--root", f"{work}/root-{name}",
+                        "run", "--bundle", f"{work}/bundle", f"r{i}"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            peak = max(peak, int(open(out).read().split()[-1]))
+        except (OSError, ValueError, IndexError):
+            pass
+    rss[name] = peak
+
+def ms(x): return f"{x * 1000:.1f}"
+print(f"run of busybox `true`, {n} sequential runs each (interleaved), {warmup} warm-up runs")
+print(f"{'runtime':18} {'median ms':>10} {'p90 ms':>8} {'mean ms':>8} {'total s':>8} {'peak RSS KiB':>13} {'failed':>7}")
+for name in rts:
+    t = sorted(times[name])
+    if not t:
+        print(f"{name:18} {'-':>10}"); continue
+    print(f"{name:18} {ms(statistics.median(t)):>10} {ms(t[int(len(t) * 0.9) - 1]):>8} "
+          f"{ms(statistics.mean(t)):>8} {sum(t):>8.2f} {rss[name]:>13} {errors[name]:>7}")
+m = {k: statistics.median(v) for k, v in times.items() if v}
+if "container-runner" in m:
+    for peer in ("crun", "runc"):
+        if peer in m:
+            print(f"container-runner / {peer} median: {m['container-runner'] / m[peer]:.2f}x")
+
+print("\n512 KiB memory limit, `true`:")
+for name, exe in rts.items():
+    dt, _, rc, err = run_one(name, exe, f"{work}/bundle512k", "m512")
+    print(f"  {name:18} {'ok' if rc == 0 else 'FAILED rc=' + str(rc)} {ms(dt)} ms {err[:160] if rc else ''}")
+    subprocess.run([exe, "--root", f"{work}/root-{name}", "delete", "--force", "m512"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+EOF
+
+echo "host: $(uname -r), $(nproc) cpus; $("$RUNNER" --version | head -1); $(runc --version | head -1); $(crun --version | head -1)"
+unshare -m --propagation private bash -c '
+    umount /sys/fs/cgroup/unified 2>/dev/null || true
+    exec python3 "$0/bench.py" "$1" "$0" "$2" "$3"
+' "$work" "$RUNNER" "$N" "$WARMUP"
