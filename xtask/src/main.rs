@@ -1,18 +1,21 @@
 //! Project tasks (see README.md and docs/testing.md):
 //!
-//! - `cargo xtask test`: format check, clippy, the workspace's tests (unit, host KVM
-//!   and lab tiers), after building the guest artifacts.
+//! - `cargo xtask test [CARGO TEST ARGS]`: format check, clippy, the workspace's tests
+//!   (unit, host KVM and lab tiers), after building the guest artifacts.
 //! - `cargo xtask guest`: build the test guest's kernel and initramfs (cached).
 //! - `cargo xtask lab [--timeout S] [--file HOST[:NAME]]... [--program PATH]... [--qemu] [--host] -- CMD...`:
 //!   run a command in the lab VM (or, with `--host`, here) and exit with its status.
 //! - `cargo xtask demo`: build the guest and boot it with vm-runner where Linux boots.
+//! - `cargo xtask boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]`:
+//!   boot to the /init marker, vm-runner vs QEMU microvm, in one lab run (see
+//!   benches/scripts/boot-vs-qemu.sh).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use virtkit_lab::{Payload, Venue};
+use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
 
 /// Debian packages the whole test suite needs (also installed by .ci/run).
 const TEST_PACKAGES: &[&str] = &[
@@ -77,13 +80,11 @@ fn guest() -> Result<(virtkit_lab::GuestKernel, PathBuf)> {
     Ok((kernel, initrd))
 }
 
-fn test() -> Result<()> {
+fn test(extra: &[String]) -> Result<()> {
     let start = Instant::now();
-    if virtkit_lab::ensure_packages(TEST_PACKAGES).is_err() {
+    if let Err(e) = virtkit_lab::ensure_packages(TEST_PACKAGES) {
         // Not root: say what is missing but go on; the tests that need it fail clearly.
-        if let Err(e) = virtkit_lab::ensure_packages(TEST_PACKAGES) {
-            eprintln!("xtask: warning: {e}");
-        }
+        eprintln!("xtask: warning: {e}");
     }
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
@@ -103,21 +104,11 @@ fn test() -> Result<()> {
     } else {
         guest()?;
     }
-    cargo(&["test", "--workspace", "--all-features"])?;
+    let mut args = vec!["test", "--workspace", "--all-features"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)?;
     eprintln!("xtask: test passed in {:.0?}", start.elapsed());
     Ok(())
-}
-
-fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
-    }
 }
 
 fn lab(args: &[String]) -> Result<i32> {
@@ -170,7 +161,7 @@ fn lab(args: &[String]) -> Result<i32> {
     if cmd.is_empty() {
         bail!("{usage}");
     }
-    let script: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
+    let script: Vec<String> = cmd.iter().map(|a| virtkit_lab::boot::quote(a)).collect();
     let mut payload = Payload::new(script.join(" ")).timeout(timeout);
     for f in payload_opts {
         payload = f(payload)?;
@@ -194,21 +185,115 @@ fn demo_vm_boot() -> Result<()> {
     let vm_runner = timed("static vm-runner", || {
         Ok(virtkit_lab::static_binary("vm-runner", "vm-runner")?)
     })?;
-    let payload = Payload::new(format!(
-        "./vm-runner --kernel ./bzImage --initrd ./initrd --cpus 2 --memory 256 --cmdline '{}'\n",
-        virtkit_lab::GUEST_CMDLINE
-    ))
-    .file(vm_runner, "vm-runner")
-    .file(kernel.bzimage, "bzImage")
-    .file(initrd, "initrd")
-    .timeout(Duration::from_secs(300));
+    let boot = GuestBoot::new("demo", Vmm::VmRunner, 2, 256, "./bzImage", "./initrd");
+    let payload = virtkit_lab::boot_payload(std::slice::from_ref(&boot))?
+        .file(vm_runner, "vm-runner")
+        .file(kernel.bzimage, "bzImage")
+        .file(initrd, "initrd")
+        .timeout(Duration::from_secs(300));
     let out = virtkit_lab::run(&payload)?;
-    if !out.success() || !out.output.contains(virtkit_lab::INIT_MARKER) {
+    let r = BootResult::parse(&out.output, &boot.name).context("the boot never started")?;
+    if !r.reached_init || r.status != 0 {
         bail!(
-            "vm-runner did not boot the guest to /init (status {})",
-            out.status
+            "vm-runner did not boot the guest to /init and exit 0 (status {})",
+            r.status
         );
     }
+    eprintln!(
+        "xtask: vm-runner booted the guest to /init in {:.0} ms (venue {})",
+        r.marker_us.unwrap_or(0) as f64 / 1000.0,
+        out.venue
+    );
+    Ok(())
+}
+
+/// `boot-bench`: vm-runner against QEMU microvm (KVM), same kernel, initramfs, vCPUs
+/// and memory, interleaved in ONE lab run; prints medians and the ratio.
+fn boot_bench(args: &[String]) -> Result<()> {
+    let mut runs = 5u32;
+    let mut cpus = 1u32;
+    let mut memory = 128u32;
+    let mut kernel_kind = "vmlinux".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("boot-bench: option needs a value");
+        match a.as_str() {
+            "--runs" => runs = val()?.parse()?,
+            "--cpus" => cpus = val()?.parse()?,
+            "--memory" => memory = val()?.parse()?,
+            "--kernel" => kernel_kind = val()?.clone(),
+            other => bail!(
+                "boot-bench: unknown option {other}; usage: boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]"
+            ),
+        }
+    }
+    if runs == 0 {
+        bail!("boot-bench: --runs must be at least 1");
+    }
+    let (kernel, initrd) = guest()?;
+    let kernel_file = match kernel_kind.as_str() {
+        "vmlinux" => kernel.vmlinux,
+        "bzImage" => kernel.bzimage,
+        other => bail!("boot-bench: --kernel {other}: expected vmlinux or bzImage"),
+    };
+    let vm_runner = timed("static vm-runner", || {
+        Ok(virtkit_lab::static_binary("vm-runner", "vm-runner")?)
+    })?;
+    let kpath = format!("./{kernel_kind}");
+    let mut boots = Vec::new();
+    // One warm-up boot each, then the measured runs, interleaved against drift.
+    for i in 0..=runs {
+        for (vmm, tag) in [(Vmm::VmRunner, "vm-runner"), (Vmm::QemuMicrovm, "qemu")] {
+            boots.push(GuestBoot::new(
+                &format!("{tag}-{i}"),
+                vmm,
+                cpus,
+                memory,
+                &kpath,
+                "./initrd",
+            ));
+        }
+    }
+    let payload = virtkit_lab::boot_payload(&boots)?
+        .file(vm_runner, "vm-runner")
+        .file(kernel_file, &kernel_kind)
+        .file(initrd, "initrd")
+        .echo(false)
+        .timeout(Duration::from_secs(120 + 60 * u64::from(runs)));
+    let out = virtkit_lab::run(&payload)?;
+    println!(
+        "boot to /init marker: {cpus} vCPU(s), {memory} MiB, {kernel_kind}, {runs} runs each (venue {})",
+        out.venue
+    );
+    let mut medians = Vec::new();
+    for tag in ["vm-runner", "qemu"] {
+        let mut ms = Vec::new();
+        for i in 1..=runs {
+            let r = BootResult::parse(&out.output, &format!("{tag}-{i}"))
+                .with_context(|| format!("{tag} run {i} never started"))?;
+            let Some(us) = r.marker_us.filter(|_| r.reached_init) else {
+                bail!(
+                    "{tag} run {i} did not reach /init (status {}):\n{}",
+                    r.status,
+                    r.console
+                );
+            };
+            ms.push(us as f64 / 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        let median = ms[ms.len() / 2];
+        println!(
+            "  {tag:<10} median {median:8.1} ms   min {:8.1} ms   max {:8.1} ms",
+            ms[0],
+            ms[ms.len() - 1]
+        );
+        medians.push(median);
+    }
+    let ratio = medians[0] / medians[1];
+    println!(
+        "  ratio vm-runner / qemu = {ratio:.2} (target <= 0.80): {}",
+        if ratio <= 0.8 { "met" } else { "NOT met" }
+    );
     Ok(())
 }
 
@@ -221,15 +306,16 @@ fn demo() -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tasks = "tasks: test, guest, lab, demo";
+    let tasks = "tasks: test, guest, lab, demo, boot-bench";
     match args.first().map(String::as_str) {
-        Some("test") => test(),
+        Some("test") => test(&args[1..]),
         Some("guest") => guest().map(|_| ()),
         Some("lab") => {
             let code = lab(&args[1..])?;
             std::process::exit(code);
         }
         Some("demo") => demo(),
+        Some("boot-bench") => boot_bench(&args[1..]),
         Some(other) => bail!("unknown task `{other}`; {tasks}"),
         None => bail!("usage: cargo xtask <task>; {tasks}"),
     }

@@ -87,6 +87,14 @@ fn batch() -> &'static Batch {
                     "./initrd",
                 ));
             }
+            boots.push(GuestBoot::new(
+                "vm-runner-bzimage-1cpu-128m",
+                Vmm::VmRunner,
+                1,
+                128,
+                "./bzImage",
+                "./initrd",
+            ));
             let mut bad = GuestBoot::new(
                 "vm-runner-no-init",
                 Vmm::VmRunner,
@@ -107,6 +115,7 @@ fn batch() -> &'static Batch {
             .expect("building the boot payload")
             .prepend_script(&sanity)
             .file(&kernel.vmlinux, "vmlinux")
+            .file(&kernel.bzimage, "bzImage")
             .file(&initrd, "initrd")
             .file(no_init.path(), "no-init")
             .timeout(Duration::from_secs(600));
@@ -136,21 +145,22 @@ fn output() -> &'static LabOutput {
     }
 }
 
-fn boot(vmm: Vmm, cpus: u32, mib: u32) -> BootResult {
-    if vmm == Vmm::VmRunner {
+fn boot(name: &str) -> BootResult {
+    if name.starts_with("vm-runner") {
         if let Err(e) = &batch().vm_runner_build {
             panic!("the static vm-runner build failed: {e}");
         }
     }
-    let name = boot_name(vmm, cpus, mib);
-    BootResult::parse(&output().output, &name)
-        .unwrap_or_else(|| panic!("boot {name} never started"))
+    BootResult::parse(&output().output, name).unwrap_or_else(|| panic!("boot {name} never started"))
 }
 
 /// Asserts a boot reached /init, saw its shape, and ended with a clean power-off.
 fn assert_boot(vmm: Vmm, cpus: u32, mib: u32) {
-    let r = boot(vmm, cpus, mib);
-    let name = boot_name(vmm, cpus, mib);
+    assert_boot_named(&boot_name(vmm, cpus, mib), cpus, mib);
+}
+
+fn assert_boot_named(name: &str, cpus: u32, mib: u32) {
+    let r = boot(name);
     let ctx = format!("boot {name}, console:\n{}", r.console);
     assert!(r.reached_init, "the guest did not reach /init: {ctx}");
     assert_eq!(r.check_status, Some(0), "the guest's check failed: {ctx}");
@@ -222,6 +232,13 @@ fn lab_vm_runner_boots_2cpu_512m() {
 }
 
 #[test]
+fn lab_vm_runner_boots_bzimage() {
+    if !lab_opted_out("lab_vm_runner_boots_bzimage") {
+        assert_boot_named("vm-runner-bzimage-1cpu-128m", 1, 128);
+    }
+}
+
+#[test]
 fn lab_vm_runner_guest_without_init_is_caught() {
     if lab_opted_out("lab_vm_runner_guest_without_init_is_caught") {
         return;
@@ -229,9 +246,24 @@ fn lab_vm_runner_guest_without_init_is_caught() {
     if let Err(e) = &batch().vm_runner_build {
         panic!("the static vm-runner build failed: {e}");
     }
-    let r = BootResult::parse(&output().output, "vm-runner-no-init")
-        .expect("the no-init boot never started");
-    // The same checks assert_boot makes must reject this guest.
+    assert_no_init_caught("vm-runner-no-init");
+}
+
+#[test]
+fn lab_qemu_peer_guest_without_init_is_caught() {
+    if !lab_opted_out("lab_qemu_peer_guest_without_init_is_caught") {
+        assert_no_init_caught("qemu-no-init");
+    }
+}
+
+/// The guest kernel booted but found no /init: what assert_boot checks must reject it.
+fn assert_no_init_caught(name: &str) {
+    let r = BootResult::parse(&output().output, name).expect("the no-init boot never started");
+    assert!(
+        r.console.contains("Kernel panic"),
+        "the guest kernel should have started and found no /init:\n{}",
+        r.console
+    );
     assert!(
         !r.reached_init,
         "a guest without /init cannot print the marker:\n{}",
