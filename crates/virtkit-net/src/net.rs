@@ -368,7 +368,9 @@ impl<B: NetBackend> Net<B> {
                 error!("virtio-net: tx queue: {e}");
                 break;
             }
+            let mut popped = 0usize;
             while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
+                popped += 1;
                 let head = chain.head_index();
                 self.tx_iov.0.clear();
                 let mut result = Ok(0usize);
@@ -433,7 +435,15 @@ impl<B: NetBackend> Net<B> {
                 }
             }
             match a.tx.enable_notification(&a.mem) {
-                Ok(true) => continue,
+                // New chains arrived meanwhile: go on. When none could be
+                // taken although the index moved, the driver published a
+                // bogus avail index: wait for the next notification rather
+                // than spin.
+                Ok(true) if popped > 0 => continue,
+                Ok(true) => {
+                    warn!("virtio-net: tx avail index is invalid; waiting for the driver");
+                    break;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     error!("virtio-net: tx queue: {e}");
@@ -452,15 +462,17 @@ impl<B: NetBackend> Net<B> {
     }
 
     /// Take receive chains from the ring until one frame surely fits.
-    /// Returns whether any chain was returned to the guest as malformed.
-    fn fill_rx(&mut self) -> bool {
+    /// Returns whether any chain was returned to the guest as malformed, and
+    /// how many chains were taken.
+    fn fill_rx(&mut self) -> (bool, usize) {
         let needed = self.rx_needed();
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let Some(a) = self.active.as_mut() else {
-            return false;
+            return (false, 0);
         };
         let bufs = &mut self.rx_bufs;
         let mut used_any = false;
+        let mut popped = 0;
         let enough = |b: &RxBuffers| {
             if mrg {
                 b.capacity >= needed || b.iov.0.len() >= MAX_IOV
@@ -472,6 +484,7 @@ impl<B: NetBackend> Net<B> {
             let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
                 break;
             };
+            popped += 1;
             let head = chain.head_index();
             let iov_start = bufs.iov.0.len();
             let desc_start = bufs.desc.len();
@@ -521,7 +534,7 @@ impl<B: NetBackend> Net<B> {
                 }
             }
         }
-        used_any
+        (used_any, popped)
     }
 
     /// Move frames from the backend into the guest's receive buffers now.
@@ -533,8 +546,13 @@ impl<B: NetBackend> Net<B> {
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let mut delivered = 0;
         let mut used_any = false;
+        let mut rechecked = false;
         loop {
-            used_any |= self.fill_rx();
+            let (malformed, popped) = self.fill_rx();
+            used_any |= malformed;
+            if popped > 0 {
+                rechecked = false;
+            }
             let ready = if mrg {
                 self.rx_bufs.capacity >= self.rx_needed() || self.rx_bufs.iov.0.len() >= MAX_IOV
             } else {
@@ -544,11 +562,16 @@ impl<B: NetBackend> Net<B> {
                 return delivered;
             };
             if !ready {
-                // Out of buffers: ask for a kick, re-check, else stall.
+                // Out of buffers: ask for a kick, re-check once (buffers
+                // published after that will come with a kick), else stall.
                 match a.rx.enable_notification(&a.mem) {
-                    Ok(true) => {
+                    Ok(true) if !rechecked => {
                         self.rx_notify_on = true;
+                        rechecked = true;
                         continue;
+                    }
+                    Ok(true) => {
+                        warn!("virtio-net: rx avail index is invalid; waiting for the driver")
                     }
                     Ok(false) => {}
                     Err(e) => error!("virtio-net: rx queue: {e}"),
@@ -1129,6 +1152,46 @@ mod tests {
     }
 
     #[test]
+    fn indirect_chains_work_both_ways() {
+        let mut r = rig(base_features() | bit(VIRTIO_RING_F_INDIRECT_DESC), None);
+        let f = [vec![0u8; 12], frame(300, 4)].concat();
+        r.mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+        r.txq
+            .add_indirect_chain(
+                GuestAddress(BUF + 0x10000),
+                &[
+                    (GuestAddress(BUF), 12, false),
+                    (GuestAddress(BUF + 12), 300, false),
+                ],
+            )
+            .unwrap();
+        r.tx_kick.write(1).unwrap();
+        r.run();
+        let mut got = vec![0u8; 1024];
+        let n = r.peer.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], &f[..]);
+
+        r.rxq
+            .add_indirect_chain(
+                GuestAddress(BUF + 0x20000),
+                &[
+                    (GuestAddress(BUF + 0x30000), 100, true),
+                    (GuestAddress(BUF + 0x40000), 1000, true),
+                ],
+            )
+            .unwrap();
+        r.peer.send(&f).unwrap();
+        r.rx_kick.write(1).unwrap();
+        r.run();
+        let used = r.rxq.take_used();
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].1 as usize, f.len());
+        let mut back = r.read(BUF + 0x30000, 100);
+        back.extend(r.read(BUF + 0x40000, f.len() - 100));
+        assert_eq!(&back[12..], &f[12..]);
+    }
+
+    #[test]
     fn rx_frame_lands_in_one_chain_without_mrg() {
         let mut r = rig(base_features(), None);
         r.rxq
@@ -1325,6 +1388,28 @@ mod tests {
         assert_eq!(used[..3].iter().map(|u| u.1).collect::<Vec<_>>(), [0, 0, 0]);
         assert_eq!(used[3].1 as usize, ok.len());
         assert_eq!(r.stats().rx_malformed, 3);
+    }
+
+    #[test]
+    fn bogus_avail_index_does_not_hang() {
+        for mrg in [false, true] {
+            let mut f = base_features();
+            if mrg {
+                f |= bit(VIRTIO_NET_F_MRG_RXBUF);
+            }
+            let mut r = rig(f, None);
+            r.rxq.set_avail_idx(1000);
+            r.txq.set_avail_idx(1000);
+            r.peer.send(&[0u8; 64]).unwrap();
+            r.tx_kick.write(1).unwrap();
+            r.rx_kick.write(1).unwrap();
+            r.run();
+            assert!(r.txq.take_used().is_empty());
+            assert!(r.rxq.take_used().is_empty());
+            assert!(r.net.lock().unwrap().rx_stalled());
+            // Stalled, not spinning.
+            assert_eq!(r.em.run_with_timeout(20).unwrap(), 0);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use virtkit_virtio::GuestMem;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
 
 /// The driver side of one split virtqueue, laid out at a fixed guest address.
 #[derive(Debug)]
@@ -116,6 +117,35 @@ impl DriverQueue {
         Some(head)
     }
 
+    /// Make a chain available through one `VIRTQ_DESC_F_INDIRECT`
+    /// descriptor whose table of `bufs` is written at `table`.
+    pub fn add_indirect_chain(&mut self, table: GuestAddress, bufs: &[Buf]) -> Option<u16> {
+        if bufs.is_empty() {
+            return None;
+        }
+        let head = self.free.pop()?;
+        for (k, &(addr, len, write)) in bufs.iter().enumerate() {
+            let last = k + 1 == bufs.len();
+            let mut flags = if write { F_WRITE } else { 0 };
+            if !last {
+                flags |= F_NEXT;
+            }
+            let a = table.0 + 16 * k as u64;
+            self.mem
+                .write_obj(addr.0.to_le(), GuestAddress(a))
+                .expect("desc");
+            self.mem
+                .write_obj(len.to_le(), GuestAddress(a + 8))
+                .expect("desc");
+            self.w16(GuestAddress(a + 12), flags);
+            self.w16(GuestAddress(a + 14), if last { 0 } else { k as u16 + 1 });
+        }
+        self.write_desc(head, table.0, 16 * bufs.len() as u32, F_INDIRECT, 0);
+        self.chains.insert(head, vec![head]);
+        self.publish(head);
+        Some(head)
+    }
+
     /// Write raw descriptors (addr, len, flags, next) at indices
     /// `0..descs.len()` and make `head` available, whatever they contain.
     /// For malformed-chain tests; don't mix with [`DriverQueue::add_chain`].
@@ -124,6 +154,12 @@ impl DriverQueue {
             self.write_desc(i as u16, a, l, f, n);
         }
         self.publish(head);
+    }
+
+    /// Publish a raw avail index, valid or not (for malformed-ring tests).
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.avail_idx = idx;
+        self.w16(GuestAddress(self.avail.0 + 2), idx);
     }
 
     /// The used entries (id, len) added since the last call; frees their
