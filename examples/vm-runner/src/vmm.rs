@@ -146,8 +146,10 @@ fn serial_out(mode: &SerialMode) -> Result<SerialOut> {
 /// Runs the VM; returns the line describing how the guest ended it.
 pub fn run(opts: &Options) -> Result<String> {
     let ram = GuestMemoryBuilder::from_mib(opts.memory_mib)
+        .huge_pages(opts.huge_pages)
         .build()
         .context("guest memory")?;
+    log::debug!("guest memory mapped");
     let mut vm = Vm::new(VmConfig::default()).context("creating the VM")?;
     let max = vm
         .max_vcpus()
@@ -156,8 +158,10 @@ pub fn run(opts: &Options) -> Result<String> {
         bail!("--cpus {} is above the maximum of {max} vCPUs", opts.cpus);
     }
     let cpus = opts.cpus as u8;
+    log::debug!("VM created");
     vm.register_memory(&ram)
         .context("registering guest memory")?;
+    log::debug!("memory slots registered");
 
     let exit_evt = EventFd::new(libc::EFD_NONBLOCK).context("creating the exit event")?;
     let exit = ExitNotifier::new(exit_evt.try_clone().context("cloning the exit event")?);
@@ -170,6 +174,7 @@ pub fn run(opts: &Options) -> Result<String> {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
+    log::debug!("devices added");
     let boot = LinuxBoot {
         kernel: opts.kernel.clone(),
         initrd: opts.initrd.clone(),
@@ -184,6 +189,7 @@ pub fn run(opts: &Options) -> Result<String> {
     }
     .load(&ram)
     .context("loading the guest")?;
+    log::debug!("guest loaded");
     log::info!(
         "kernel {:?} entry {:#x}, {} vCPUs, {} MiB",
         boot.kernel.kind,
@@ -202,6 +208,7 @@ pub fn run(opts: &Options) -> Result<String> {
         vcpus.push(vcpu);
     }
 
+    log::debug!("vCPUs configured");
     let vcpu_exit = EventFd::new(libc::EFD_NONBLOCK).context("creating the vCPU exit event")?;
     let done = Arc::new(AtomicBool::new(false));
     let mut em: EventManager<Subscriber> =
