@@ -1094,6 +1094,67 @@ mod tests {
     }
 
     #[test]
+    fn works_behind_the_mmio_transport_and_a_dyn_event_loop() {
+        use virtkit_virtio::mmio::MmioTransport;
+        type DynSub = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+        fn send<T: Send>() {}
+        send::<Net<Tap>>();
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let (dev, peer) = UnixDatagram::pair().unwrap();
+        dev.set_nonblocking(true).unwrap();
+        let net = Arc::new(Mutex::new(Net::new(dev, MacAddr::default(), None).unwrap()));
+        let mut em = EventManager::<DynSub>::new().unwrap();
+        em.add_subscriber(net.clone());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut t = MmioTransport::new(net.clone(), mem.clone(), irq.try_clone().unwrap()).unwrap();
+        let w = |t: &mut MmioTransport, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+        w(&mut t, 0x70, 1);
+        w(&mut t, 0x70, 3);
+        let acked = base_features() | bit(VIRTIO_RING_F_EVENT_IDX);
+        w(&mut t, 0x24, 0);
+        w(&mut t, 0x20, acked as u32);
+        w(&mut t, 0x24, 1);
+        w(&mut t, 0x20, (acked >> 32) as u32);
+        w(&mut t, 0x70, 0xb);
+        let rxq = DriverQueue::new(&mem, RXQ, 256);
+        let mut txq = DriverQueue::new(&mem, TXQ, 256);
+        for (i, q) in [&rxq, &txq].into_iter().enumerate() {
+            let qq = q.queue();
+            w(&mut t, 0x30, i as u32);
+            w(&mut t, 0x38, 256);
+            w(&mut t, 0x80, qq.desc_table() as u32);
+            w(&mut t, 0x84, 0);
+            w(&mut t, 0x90, qq.avail_ring() as u32);
+            w(&mut t, 0x94, 0);
+            w(&mut t, 0xa0, qq.used_ring() as u32);
+            w(&mut t, 0xa4, 0);
+            w(&mut t, 0x44, 1);
+        }
+        w(&mut t, 0x70, 0xf);
+        assert!(t.is_activated());
+        assert_eq!(net.lock().unwrap().acked_features(), acked);
+        while em.run_with_timeout(0).unwrap() > 0 {}
+
+        let f = [vec![0u8; 12], frame(80, 1)].concat();
+        mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+        txq.add_chain(&[(GuestAddress(BUF), f.len() as u32, false)])
+            .unwrap();
+        w(&mut t, 0x50, 1); // QueueNotify without an ioeventfd
+        while em.run_with_timeout(0).unwrap() > 0 {}
+        let mut got = [0u8; 256];
+        assert_eq!(peer.recv(&mut got).unwrap(), f.len());
+        assert_eq!(txq.take_used().len(), 1);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(t.interrupt_status() & 1, 1);
+
+        // Driver reset: the device stops and forgets its queues.
+        w(&mut t, 0x70, 0);
+        while em.run_with_timeout(0).unwrap() > 0 {}
+        assert!(!net.lock().unwrap().is_active());
+    }
+
+    #[test]
     fn activate_needs_two_queues() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let (a, _b) = UnixDatagram::pair().unwrap();

@@ -344,13 +344,14 @@ impl Tap {
         // No offloads until the guest acks them: the kernel then hands us
         // only complete, checksummed frames.
         tap.set_offload(0)?;
-        tap.set_persistent(opts.persistent)?;
         if let Some(mtu) = opts.mtu {
             tap.set_mtu(mtu)?;
         }
         if opts.up {
             tap.set_up(true)?;
         }
+        // Last, so that a failure above leaves no persistent interface.
+        tap.set_persistent(opts.persistent)?;
         Ok(tap)
     }
 
