@@ -29,6 +29,9 @@ fn v1_files(controller: &str, is_root: bool) -> Vec<(&'static str, &'static str)
             ("cpu.cfs_period_us", "100000\n"),
             ("cpu.cfs_quota_us", "-1\n"),
             ("cpu.cfs_burst_us", "0\n"),
+            ("cpu.idle", "0\n"),
+            ("cpu.rt_period_us", "1000000\n"),
+            ("cpu.rt_runtime_us", "0\n"),
             (
                 "cpu.stat",
                 "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n",
@@ -106,6 +109,7 @@ fn v2_files(is_root: bool) -> Vec<(&'static str, &'static str)> {
             ("cpu.weight", "100\n"),
             ("cpu.max", "max 100000\n"),
             ("cpu.max.burst", "0\n"),
+            ("cpu.idle", "0\n"),
             ("cpuset.cpus", "\n"),
             ("cpuset.mems", "\n"),
             ("pids.max", "max\n"),

@@ -504,3 +504,53 @@ fn v1_device_rules_are_written_in_order() {
     cg.apply(&Resources::default()).unwrap();
     assert_eq!(fake.read("devices/d/devices.deny").unwrap(), "untouched");
 }
+
+#[test]
+fn idle_realtime_and_oom_killer_switch() {
+    let fake = FakeCgroupFs::v1().unwrap();
+    fake.populate("x").unwrap();
+    let cg = open(&fake.hierarchies(), "x").unwrap();
+    let mut r = Resources::default();
+    r.cpu.idle = Some(1);
+    r.cpu.realtime_period = Some(500_000);
+    r.cpu.realtime_runtime = Some(10_000);
+    r.memory.disable_oom_killer = Some(true);
+    cg.apply(&r).unwrap();
+    assert_eq!(fake.read("cpu/x/cpu.idle").unwrap(), "1");
+    assert_eq!(fake.read("cpu/x/cpu.rt_period_us").unwrap(), "500000");
+    assert_eq!(fake.read("cpu/x/cpu.rt_runtime_us").unwrap(), "10000");
+    assert_eq!(fake.read("memory/x/memory.oom_control").unwrap(), "1");
+
+    let fake = FakeCgroupFs::v2().unwrap();
+    fake.populate("x").unwrap();
+    let cg = open(&fake.hierarchies(), "x").unwrap();
+    let mut idle = Resources::default();
+    idle.cpu.idle = Some(1);
+    cg.apply(&idle).unwrap();
+    assert_eq!(fake.read("x/cpu.idle").unwrap(), "1");
+    // v1-only knobs are refused on v2, before anything is written.
+    for r in [
+        Resources {
+            memory: MemoryResources {
+                disable_oom_killer: Some(true),
+                ..Default::default()
+            },
+            pids: PidsResources { limit: Some(3) },
+            ..Default::default()
+        },
+        Resources {
+            cpu: CpuResources {
+                realtime_runtime: Some(1000),
+                ..Default::default()
+            },
+            pids: PidsResources { limit: Some(3) },
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(cg.apply(&r), Err(Error::InvalidResource { .. })));
+        assert_eq!(fake.read("x/pids.max").unwrap(), "max");
+    }
+    let mut bad = Resources::default();
+    bad.cpu.idle = Some(2);
+    assert!(bad.validate().is_err());
+}

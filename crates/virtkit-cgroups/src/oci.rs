@@ -43,12 +43,16 @@ impl Resources {
             out.memory.reservation = m.reservation();
             out.memory.swap = m.swap();
             out.memory.swappiness = m.swappiness();
+            out.memory.disable_oom_killer = m.disable_oom_killer();
         }
         if let Some(c) = r.cpu() {
             out.cpu.shares = c.shares();
             out.cpu.quota = c.quota();
             out.cpu.period = c.period();
             out.cpu.burst = c.burst();
+            out.cpu.idle = c.idle();
+            out.cpu.realtime_runtime = c.realtime_runtime();
+            out.cpu.realtime_period = c.realtime_period();
             out.cpu.cpus.clone_from(c.cpus());
             out.cpu.mems.clone_from(c.mems());
         }
@@ -129,7 +133,7 @@ mod tests {
     fn from_oci_json() {
         let json = r#"{
             "memory": {"limit": 104857600, "reservation": 52428800, "swap": 209715200, "swappiness": 10},
-            "cpu": {"shares": 512, "quota": 20000, "period": 100000, "burst": 1000, "cpus": "0-1", "mems": "0"},
+            "cpu": {"shares": 512, "quota": 20000, "period": 100000, "burst": 1000, "cpus": "0-1", "mems": "0", "idle": 1, "realtimeRuntime": 950000, "realtimePeriod": 1000000},
             "pids": {"limit": 32},
             "blockIO": {
                 "weight": 500,
@@ -155,6 +159,9 @@ mod tests {
         assert_eq!(r.cpu.quota, Some(20_000));
         assert_eq!(r.cpu.period, Some(100_000));
         assert_eq!(r.cpu.burst, Some(1000));
+        assert_eq!(r.cpu.idle, Some(1));
+        assert_eq!(r.cpu.realtime_runtime, Some(950_000));
+        assert_eq!(r.cpu.realtime_period, Some(1_000_000));
         assert_eq!(r.cpu.cpus.as_deref(), Some("0-1"));
         assert_eq!(r.pids.limit, Some(32));
         assert_eq!(r.block_io.weight, Some(500));

@@ -47,6 +47,9 @@ pub struct MemoryResources {
     pub swap: Option<i64>,
     /// v1 `memory.swappiness` (0..=100); ignored on v2 (no such knob), as runc does.
     pub swappiness: Option<u64>,
+    /// v1 `memory.oom_control`: true makes tasks wait at the limit instead of
+    /// being OOM-killed. cgroup v2 has no such switch: `Some(true)` is an error there.
+    pub disable_oom_killer: Option<bool>,
 }
 
 /// CPU bandwidth, weight and placement.
@@ -63,6 +66,13 @@ pub struct CpuResources {
     pub period: Option<u64>,
     /// CFS burst in µs (v1 `cpu.cfs_burst_us`, v2 `cpu.max.burst`).
     pub burst: Option<u64>,
+    /// SCHED_IDLE for the group: 1 on, 0 off (`cpu.idle`, kernel ≥ 5.15).
+    pub idle: Option<i64>,
+    /// Real-time runtime in µs per real-time period (v1 `cpu.rt_runtime_us`,
+    /// needs CONFIG_RT_GROUP_SCHED); not available on v2.
+    pub realtime_runtime: Option<i64>,
+    /// Real-time period in µs (v1 `cpu.rt_period_us`); not available on v2.
+    pub realtime_period: Option<u64>,
     /// Allowed CPUs, a list like "0-1,3" (`cpuset.cpus`).
     pub cpus: Option<String>,
     /// Allowed memory nodes, a list like "0" (`cpuset.mems`).
@@ -146,6 +156,9 @@ impl Resources {
             if !(convert::CPU_SHARES_MIN..=convert::CPU_SHARES_MAX).contains(&s) {
                 return bad("cpu.shares", format!("{s} is outside 2..=262144"));
             }
+        }
+        if let Some(idle) = self.cpu.idle.filter(|i| !(0..=1).contains(i)) {
+            return bad("cpu.idle", format!("{idle} is neither 0 nor 1"));
         }
         if let Some(sw) = self.memory.swappiness.filter(|s| *s > 100) {
             return bad("memory.swappiness", format!("{sw} is above 100"));

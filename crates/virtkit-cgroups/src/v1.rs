@@ -115,7 +115,8 @@ impl V1Manager {
         let any = m.limit.is_some_and(|v| v != 0)
             || m.swap.is_some_and(|v| v != 0)
             || m.reservation.is_some()
-            || m.swappiness.is_some();
+            || m.swappiness.is_some()
+            || m.disable_oom_killer.is_some();
         if !any {
             return Ok(());
         }
@@ -151,6 +152,9 @@ impl V1Manager {
         if let Some(sw) = m.swappiness {
             fs::write_in(&dir, "memory.swappiness", &sw.to_string())?;
         }
+        if let Some(off) = m.disable_oom_killer {
+            fs::write_in(&dir, "memory.oom_control", if off { "1" } else { "0" })?;
+        }
         Ok(())
     }
 
@@ -160,6 +164,9 @@ impl V1Manager {
             || c.quota.is_some_and(|q| q != 0)
             || c.period.is_some_and(|p| p != 0)
             || c.burst.is_some()
+            || c.idle.is_some()
+            || c.realtime_runtime.is_some()
+            || c.realtime_period.is_some_and(|p| p != 0)
         {
             let dir = self.need("cpu", "cpu")?;
             if let Some(s) = c.shares.filter(|s| *s != 0) {
@@ -174,6 +181,16 @@ impl V1Manager {
             }
             if let Some(b) = c.burst {
                 fs::write_in(&dir, "cpu.cfs_burst_us", &b.to_string())?;
+            }
+            if let Some(i) = c.idle {
+                fs::write_in(&dir, "cpu.idle", &i.to_string())?;
+            }
+            // Period before runtime, as runc: the runtime is checked against it.
+            if let Some(p) = c.realtime_period.filter(|p| *p != 0) {
+                fs::write_in(&dir, "cpu.rt_period_us", &p.to_string())?;
+            }
+            if let Some(rt) = c.realtime_runtime {
+                fs::write_in(&dir, "cpu.rt_runtime_us", &rt.to_string())?;
             }
         }
         if c.cpus.is_some() || c.mems.is_some() {

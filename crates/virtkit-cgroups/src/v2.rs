@@ -144,6 +144,9 @@ impl V2Manager {
         if let Some(b) = c.burst {
             fs::write_in(&self.dir, "cpu.max.burst", &b.to_string())?;
         }
+        if let Some(i) = c.idle {
+            fs::write_in(&self.dir, "cpu.idle", &i.to_string())?;
+        }
         if let Some(cpus) = &c.cpus {
             fs::write_in(&self.dir, "cpuset.cpus", cpus)?;
         }
@@ -231,6 +234,18 @@ impl CgroupManager for V2Manager {
 
     fn apply(&self, r: &Resources) -> Result<()> {
         r.validate()?;
+        let v1_only = |field, what: &str| {
+            Err(Error::InvalidResource {
+                field,
+                reason: format!("{what} does not exist on cgroup v2"),
+            })
+        };
+        if r.memory.disable_oom_killer == Some(true) {
+            return v1_only("memory.disable_oom_killer", "disabling the OOM killer");
+        }
+        if r.cpu.realtime_runtime.is_some() || r.cpu.realtime_period.is_some_and(|p| p != 0) {
+            return v1_only("cpu.realtime_runtime", "real-time group scheduling");
+        }
         // The swap conversion can fail too: check it before any write.
         convert::memory_swap_to_v2(r.memory.swap.unwrap_or(0), r.memory.limit.unwrap_or(0))?;
         if let Some(limit) = r.pids.limit.filter(|l| *l != 0) {

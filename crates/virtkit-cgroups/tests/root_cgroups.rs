@@ -665,6 +665,26 @@ fn root_apply_reads_back() {
         assert_eq!(read_back(&cg, "cpu.cfs_quota_us"), "-1");
     }
 
+    // SCHED_IDLE for the group, on and off.
+    for idle in [1, 0] {
+        let mut i = Resources::default();
+        i.cpu.idle = Some(idle);
+        cg.apply(&i).unwrap();
+        assert_eq!(read_back(&cg, "cpu.idle"), idle.to_string());
+    }
+    // v1 can switch the OOM killer off; v2 refuses to pretend.
+    let mut o = Resources::default();
+    o.memory.disable_oom_killer = Some(true);
+    if v2 {
+        assert!(cg.apply(&o).is_err());
+    } else {
+        cg.apply(&o).unwrap();
+        assert!(read_back(&cg, "memory.oom_control").contains("oom_kill_disable 1"));
+        o.memory.disable_oom_killer = Some(false);
+        cg.apply(&o).unwrap();
+        assert!(read_back(&cg, "memory.oom_control").contains("oom_kill_disable 0"));
+    }
+
     // Block I/O weight, where the kernel has a weight file (BFQ or io.weight).
     let weight_file = [
         "blkio.weight",
