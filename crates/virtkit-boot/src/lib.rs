@@ -45,23 +45,23 @@ pub use kernel::{KernelKind, LoadedKernel};
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The kernel file could not be opened.
-    #[error("cannot open kernel {path}: {source}")]
+    #[error("cannot open kernel {path}: {error}")]
     OpenKernel {
         /// The path.
         path: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The initrd file could not be opened.
-    #[error("cannot open initrd {path}: {source}")]
+    #[error("cannot open initrd {path}: {error}")]
     OpenInitrd {
         /// The path.
         path: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Loading the kernel or initrd failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     /// The command line is too long or has a NUL byte.
     #[error("kernel command line is invalid: {0}")]
@@ -141,18 +141,18 @@ impl LinuxBoot {
     /// Loads everything into `ram` and returns the boot vCPU's entry state.
     pub fn load(&self, ram: &GuestRam) -> Result<BootSetup, BootError> {
         let mem = ram.memory();
-        let mut kf = open(&self.kernel).map_err(|source| BootError::OpenKernel {
+        let mut kf = open(&self.kernel).map_err(|error| BootError::OpenKernel {
             path: self.kernel.display().to_string(),
-            source,
+            error,
         })?;
         let e820 = params::e820_map(ram.regions())?;
         let kernel = kernel::load_kernel(mem, &mut kf)?;
         let low_end = ram.regions().first().map(|r| r.end().0).unwrap_or(0);
         let initrd = match &self.initrd {
             Some(p) => {
-                let mut f = open(p).map_err(|source| BootError::OpenInitrd {
+                let mut f = open(p).map_err(|error| BootError::OpenInitrd {
                     path: p.display().to_string(),
-                    source,
+                    error,
                 })?;
                 Some(kernel::load_initrd(mem, &kernel, low_end, &mut f)?)
             }

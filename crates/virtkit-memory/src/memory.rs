@@ -26,19 +26,19 @@ pub enum MemoryError {
     #[error("cannot read the host's RAM size from /proc/meminfo: {0}")]
     HostRam(io::Error),
     /// mmap failed.
-    #[error("cannot map {size:#x} bytes of guest memory: {source}")]
+    #[error("cannot map {size:#x} bytes of guest memory: {error}")]
     Mmap {
         /// The region's size.
         size: u64,
         /// The mmap error.
-        source: vm_memory::mmap::MmapRegionError,
+        error: vm_memory::mmap::MmapRegionError,
     },
     /// madvise failed.
     #[error("madvise on guest memory failed: {0}")]
     Madvise(io::Error),
     /// vm-memory refused the region list.
     #[error("cannot assemble guest memory: {0}")]
-    Collection(#[from] vm_memory::GuestRegionCollectionError),
+    Collection(vm_memory::GuestRegionCollectionError),
 }
 
 /// Huge page use for guest RAM.
@@ -179,9 +179,9 @@ impl GuestMemoryBuilder {
                 .with_mmap_flags(flags)
                 .with_hugetlbfs(self.huge_pages == HugePages::Hugetlbfs)
                 .build()
-                .map_err(|source| MemoryError::Mmap {
+                .map_err(|error| MemoryError::Mmap {
                     size: r.size,
-                    source,
+                    error,
                 })?;
             if self.huge_pages == HugePages::Transparent {
                 madvise_hugepage(region.as_ptr(), len)?;
@@ -193,7 +193,7 @@ impl GuestMemoryBuilder {
             mapped.push(region);
         }
         Ok(GuestRam {
-            memory: GuestMemoryMmap::from_regions(mapped)?,
+            memory: GuestMemoryMmap::from_regions(mapped).map_err(MemoryError::Collection)?,
             regions,
             track_dirty: self.track_dirty,
             huge_pages: self.huge_pages,

@@ -19,14 +19,14 @@ use crate::vm::{Vm, VmError};
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     /// An ioctl failed.
-    #[error("vCPU {id}: {what}: {source}")]
+    #[error("vCPU {id}: {what}: {error}")]
     Kvm {
         /// vCPU id.
         id: u8,
         /// What was being done.
         what: &'static str,
         /// The error.
-        source: kvm_ioctls::Error,
+        error: kvm_ioctls::Error,
     },
     /// KVM set fewer MSRs than asked.
     #[error("vCPU {id}: KVM set {set} of {wanted} MSRs")]
@@ -122,7 +122,7 @@ impl Vcpu {
 
     fn err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
         let id = self.id;
-        move |source| VcpuError::Kvm { id, what, source }
+        move |error| VcpuError::Kvm { id, what, error }
     }
 
     /// Sets CPUID (KVM's supported set, filtered for this vCPU in a VM of `cpus` vCPUs), the

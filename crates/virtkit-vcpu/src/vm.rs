@@ -23,12 +23,12 @@ pub enum VmError {
     #[error("KVM lacks the {0} capability")]
     MissingCap(&'static str),
     /// An ioctl failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Kvm {
         /// What was being done.
         what: &'static str,
         /// The error.
-        source: kvm_ioctls::Error,
+        error: kvm_ioctls::Error,
     },
     /// More memory regions than KVM has slots.
     #[error("guest memory has more regions than KVM's {0} slots")]
@@ -36,7 +36,7 @@ pub enum VmError {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { what, source }
+    move |error| VmError::Kvm { what, error }
 }
 
 /// VM options.
