@@ -194,6 +194,19 @@ impl RxBuffers {
         self.capacity = 0;
     }
 
+    /// Whether the buffers held are enough to read a frame: one chain
+    /// without MRG_RXBUF; with it, room for the largest frame, or as many
+    /// buffers as one readv takes, or every descriptor of the ring (a ring
+    /// too small for a 64 KiB frame must not stall receive for good; a frame
+    /// larger than what it holds is then dropped, as a NIC would).
+    fn ready(&self, mrg: bool, needed: u64, ring_size: usize) -> bool {
+        if mrg {
+            self.capacity >= needed || self.iov.0.len() >= MAX_IOV || self.desc.len() >= ring_size
+        } else {
+            !self.chains.is_empty()
+        }
+    }
+
     /// Remove the first `n` chains.
     fn consume(&mut self, n: usize) {
         let mut iovs = 0;
@@ -473,14 +486,8 @@ impl<B: NetBackend> Net<B> {
         let bufs = &mut self.rx_bufs;
         let mut used_any = false;
         let mut popped = 0;
-        let enough = |b: &RxBuffers| {
-            if mrg {
-                b.capacity >= needed || b.iov.0.len() >= MAX_IOV
-            } else {
-                !b.chains.is_empty()
-            }
-        };
-        while !enough(bufs) {
+        let ring = usize::from(a.rx.size());
+        while !bufs.ready(mrg, needed, ring) {
             let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
                 break;
             };
@@ -553,14 +560,11 @@ impl<B: NetBackend> Net<B> {
             if popped > 0 {
                 rechecked = false;
             }
-            let ready = if mrg {
-                self.rx_bufs.capacity >= self.rx_needed() || self.rx_bufs.iov.0.len() >= MAX_IOV
-            } else {
-                !self.rx_bufs.chains.is_empty()
-            };
+            let needed = self.rx_needed();
             let Some(a) = self.active.as_mut() else {
                 return delivered;
             };
+            let ready = self.rx_bufs.ready(mrg, needed, usize::from(a.rx.size()));
             if !ready {
                 // Out of buffers: ask for a kick, re-check once (buffers
                 // published after that will come with a kick), else stall.
@@ -1314,6 +1318,32 @@ mod tests {
         let third = r.read(BUF + 0x2000, small.len());
         assert_eq!(u16::from_le_bytes([third[10], third[11]]), 1);
         assert_eq!(&third[12..], &small[12..]);
+    }
+
+    #[test]
+    fn small_ring_with_gso_and_mrg_still_receives() {
+        let f = base_features()
+            | bit(VIRTIO_NET_F_MRG_RXBUF)
+            | bit(VIRTIO_NET_F_GUEST_CSUM)
+            | bit(VIRTIO_NET_F_GUEST_TSO4);
+        let mut r = rig(f, None);
+        // 256 buffers of 128 bytes: 32 KiB, less than a 64 KiB segment.
+        for i in 0..256u64 {
+            r.rxq
+                .add_chain(&[(GuestAddress(BUF + i * 128), 128, true)])
+                .unwrap();
+        }
+        r.rx_kick.write(1).unwrap();
+        r.run();
+        let small = [vec![0u8; 12], frame(300, 6)].concat();
+        r.peer.send(&small).unwrap();
+        r.run();
+        let used = r.rxq.take_used();
+        assert_eq!(used.len(), 3, "300+12 bytes over 128-byte buffers");
+        let total: u32 = used.iter().map(|u| u.1).sum();
+        assert_eq!(total as usize, small.len());
+        let hdr = r.read(BUF, 12);
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3);
     }
 
     #[test]
