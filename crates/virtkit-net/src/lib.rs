@@ -26,6 +26,10 @@
 //! let net = Arc::new(Mutex::new(Net::new(tap, MacAddr::random_local()?, None)?));
 //! // Hand `net.clone()` to the virtio-mmio transport as `Arc<Mutex<dyn VirtioDevice>>`
 //! // and to the event manager as a `MutEventSubscriber`.
+//!
+//! // Or all in one from a command-line spec:
+//! let spec: virtkit_net::NetSpec = "tap=vmtap1,mac=52:54:00:12:34:56,bridge=br0".parse()?;
+//! let net2 = Arc::new(Mutex::new(spec.build()?));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
@@ -35,8 +39,10 @@ pub mod bridge;
 pub mod features;
 pub mod mac;
 pub mod net;
+pub mod spec;
 pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
 pub use mac::{MacAddr, MacError};
+pub use spec::{NetSpec, SpecError};

@@ -144,6 +144,31 @@ fn root_no_permission_gives_clear_errors() {
 }
 
 #[test]
+fn root_net_spec_builds_a_device_on_a_bridge() {
+    in_netns(|| {
+        let spec: virtkit_net::NetSpec = "tap=vkspec,bridge=vkbr,mtu=4000".parse().unwrap();
+        // Missing bridge: a clear error, and no tap left behind.
+        let e = spec.build().unwrap_err();
+        assert!(
+            e.to_string().contains("bridge \"vkbr\" does not exist"),
+            "{e}"
+        );
+        let mut nl = RtNetlink::new().unwrap();
+        assert!(nl.link("vkspec").unwrap().is_none());
+        bridge::create("vkbr").unwrap();
+        let net = spec.build().unwrap();
+        assert!(net.mac().is_local());
+        assert_eq!(net.backend().mtu().unwrap(), 4000);
+        let br = nl.link("vkbr").unwrap().unwrap();
+        let tap = nl.link("vkspec").unwrap().unwrap();
+        assert_eq!(tap.controller, Some(br.index));
+        let mut cfg = [0u8; 2];
+        net.read_config(10, &mut cfg);
+        assert_eq!(u16::from_le_bytes(cfg), 4000);
+    });
+}
+
+#[test]
 fn root_bridge_attach_detach_up_address() {
     in_netns(|| {
         let mut nl = RtNetlink::new().unwrap();
