@@ -413,7 +413,10 @@ impl<B: NetBackend> Net<B> {
                 match total {
                     Err(why) => {
                         self.stats.tx_malformed += 1;
-                        warn!("virtio-net: dropping malformed tx chain {head}: {why:?}");
+                        log_guest_error(
+                            self.stats.tx_malformed,
+                            format_args!("dropping malformed tx chain {head}: {why:?}"),
+                        );
                     }
                     Ok(total) => match self.backend.write_frame(&self.tx_iov.0) {
                         Ok(_) => {
@@ -533,7 +536,10 @@ impl<B: NetBackend> Net<B> {
                     bufs.iov.0.truncate(iov_start);
                     bufs.desc.truncate(desc_start);
                     self.stats.rx_malformed += 1;
-                    warn!("virtio-net: dropping malformed rx chain {head}: {why:?}");
+                    log_guest_error(
+                        self.stats.rx_malformed,
+                        format_args!("dropping malformed rx chain {head}: {why:?}"),
+                    );
                     if let Err(e) = a.rx.add_used(&a.mem, head, 0) {
                         error!("virtio-net: rx add_used: {e}");
                     }
@@ -744,6 +750,20 @@ impl<B: NetBackend> Net<B> {
     }
 }
 
+/// Log a guest mistake: the first few as warnings, then at debug level, so
+/// that a misbehaving guest cannot flood the host's logs.
+fn log_guest_error(count: u64, msg: fmt::Arguments<'_>) {
+    const LOUD: u64 = 10;
+    if count <= LOUD {
+        warn!("virtio-net: {msg}");
+        if count == LOUD {
+            warn!("virtio-net: further malformed chains are logged at debug level");
+        }
+    } else {
+        debug!("virtio-net: {msg}");
+    }
+}
+
 /// Push iovecs covering guest range `addr..addr+len` (split at region
 /// boundaries); fails when any byte is outside guest memory.
 fn push_iovecs(
@@ -828,7 +848,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // With VERSION_1 the config space is read-only.
-        warn!(
+        debug!(
             "virtio-net: guest wrote {} bytes to read-only config at {offset:#x}",
             data.len()
         );
