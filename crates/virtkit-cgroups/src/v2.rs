@@ -76,7 +76,27 @@ impl V2Manager {
         if want.is_empty() {
             return Ok(());
         }
-        fs::write_in(parent, "cgroup.subtree_control", &want.join(" "))
+        let all = fs::write_in(parent, "cgroup.subtree_control", &want.join(" "));
+        let busy = matches!(&all, Err(Error::Write { source, .. }) if source.raw_os_error() == Some(libc::EBUSY));
+        // EBUSY: the parent holds processes ("no internal processes" rule);
+        // only threaded controllers would go through, a half-working cgroup:
+        // report it instead.
+        if all.is_ok() || busy || want.len() == 1 {
+            return all;
+        }
+        // One refusal fails the whole write (the cpu controller, say, while a
+        // real-time task sits in a child): enable what can be, one by one, as
+        // runc does. A resource needing a missing controller then fails with
+        // its file named.
+        let enabled = want
+            .iter()
+            .filter(|c| fs::write_in(parent, "cgroup.subtree_control", c).is_ok())
+            .count();
+        // None at all (a parent holding processes, say): the first error says why.
+        if enabled == 0 {
+            return all;
+        }
+        Ok(())
     }
 
     fn events_value(&self, key: &str) -> Result<Option<u64>> {

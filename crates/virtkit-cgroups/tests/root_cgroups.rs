@@ -790,6 +790,36 @@ fn root_device_rules() {
     assert_eq!(probe(&cg), "null-r=OK null-w=OK zero-r=OK");
 }
 
+/// A child cgroup under a cgroup holding a process: fine on v1; on v2 the
+/// "no internal processes" rule refuses the controllers, and the error names
+/// the file and the value.
+fn root_child_of_busy_cgroup() {
+    let cg = TestCgroup::new("busy");
+    let mut child = spawn_child("spin");
+    enter_and_go(&cg, &mut child);
+    let sub = open(
+        &Hierarchies::detect().unwrap(),
+        &format!("{}/child", cg.path()),
+    )
+    .unwrap();
+    let res = sub.create();
+    if cg.version() == CgroupVersion::V2 {
+        let e = res.unwrap_err().to_string();
+        eprintln!("  {e}");
+        assert!(
+            e.contains("cgroup.subtree_control: Device or resource busy"),
+            "{e}"
+        );
+        assert!(e.starts_with("writing \"+"), "{e}");
+        assert!(!sub.exists());
+    } else {
+        res.unwrap();
+        assert!(sub.exists());
+    }
+    cg.kill_all().unwrap();
+    let _ = child.wait();
+}
+
 // ---------------------------------------------------------------- runner
 
 fn main() {
@@ -822,6 +852,7 @@ fn main() {
         ),
         ("root_apply_reads_back", root_apply_reads_back),
         ("root_device_rules", root_device_rules),
+        ("root_child_of_busy_cgroup", root_child_of_busy_cgroup),
     ];
     let mut filters = Vec::new();
     let mut skips = Vec::new();
