@@ -431,13 +431,25 @@ pub fn lab_kernel() -> Result<(PathBuf, PathBuf)> {
         let dl = cache.join("download");
         let _ = fs::remove_dir_all(&dl);
         fs::create_dir_all(&dl).map_err(LabError::io("creating", &dl))?;
-        util::run_captured(
-            Command::new("apt-get")
-                .arg("download")
-                .arg(&pkg)
-                .current_dir(&dl),
-        )
-        .map_err(|e| LabError::LabKernelNotFound(format!("apt-get download {pkg}: {e}")))?;
+        let download = || {
+            util::run_captured(
+                Command::new("apt-get")
+                    .arg("download")
+                    .arg(&pkg)
+                    .current_dir(&dl),
+            )
+        };
+        if let Err(first) = download() {
+            // Stale package lists name a version the mirror no longer has: refresh, retry.
+            if !util::is_root() {
+                return Err(LabError::LabKernelNotFound(format!(
+                    "apt-get download {pkg}: {first}"
+                )));
+            }
+            let _ = util::run_captured(Command::new("apt-get").args(["update", "-q"]));
+            download()
+                .map_err(|e| LabError::LabKernelNotFound(format!("apt-get download {pkg}: {e}")))?;
+        }
         let deb = fs::read_dir(&dl)
             .map_err(LabError::io("reading", &dl))?
             .filter_map(|e| e.ok())

@@ -41,7 +41,7 @@ pub use guest::{
     KERNEL_BUILD_PACKAGES,
 };
 pub use lab::{lab_kernel, run, run_in, LabOutput, Payload, LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES};
-pub use static_bin::{has_interpreter, static_binary, STATIC_TARGET};
+pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET};
 pub use util::{ensure_packages, workspace_root};
 pub use venue::{detect_venue, probe_speed, Venue};
 

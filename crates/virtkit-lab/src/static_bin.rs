@@ -51,6 +51,52 @@ pub fn static_binary(package: &str, bin: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Builds integration test `test` of workspace package `package` statically (debug
+/// profile, all features, gnu target, `+crt-static`) in `<workspace>/target/static`,
+/// without running it, and returns the test binary's path: run it in the lab with
+/// [`Payload::file`](crate::Payload::file) (for tests that need what only the lab has).
+pub fn static_test(package: &str, test: &str) -> Result<PathBuf> {
+    let root = util::workspace_root()?;
+    let target_dir = root.join("target/static");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args([
+            "test",
+            "--no-run",
+            "--all-features",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["--target", STATIC_TARGET, "-p", package, "--test", test])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS");
+    eprintln!("virtkit-lab: static build of test {package}/{test}");
+    let out = util::run_captured(&mut cmd)?;
+    let needle = format!("\"name\":\"{test}\"");
+    let exe = out
+        .lines()
+        .filter(|l| l.contains(&needle) && l.contains("\"test\":true"))
+        .find_map(|l| {
+            let rest = &l[l.find("\"executable\":\"")? + 14..];
+            Some(PathBuf::from(&rest[..rest.find('"')?]))
+        })
+        .ok_or_else(|| {
+            LabError::BadInput(format!(
+                "cargo reported no executable for test {package}/{test}"
+            ))
+        })?;
+    let bytes = std::fs::read(&exe).map_err(LabError::io("reading", &exe))?;
+    if has_interpreter(&bytes) {
+        return Err(LabError::BadInput(format!(
+            "{} is not statically linked",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
 /// True when an ELF64 file has a `PT_INTERP` program header (it is dynamically linked).
 pub fn has_interpreter(elf: &[u8]) -> bool {
     let rd16 = |o: usize| {
