@@ -387,6 +387,49 @@ fn root_cpu_quota_throttles_spinner() {
     let _ = child.wait();
 }
 
+/// Two spinners pinned to one CPU share it by weight: shares 2048 against
+/// 512 is 4:1 on v1; on v2 the weights are 174 and 59 (runc's log-quadratic
+/// conversion), about 2.95:1.
+fn root_cpu_shares_split_a_cpu() {
+    let make = |name: &str, shares: u64| {
+        let cg = TestCgroup::new(name);
+        let mut r = Resources::default();
+        r.cpu.shares = Some(shares);
+        r.cpu.cpus = Some("0".into());
+        r.cpu.mems = Some("0".into());
+        cg.apply(&r).unwrap();
+        let mut child = spawn_child("spin");
+        enter_and_go(&cg, &mut child);
+        (cg, child)
+    };
+    let (hi, mut hi_child) = make("shares-hi", 2048);
+    let (lo, mut lo_child) = make("shares-lo", 512);
+    sleep(Duration::from_millis(300));
+    let usage = |cg: &TestCgroup| cg.stats().unwrap().cpu.usage_ns.unwrap() as f64;
+    let (h0, l0) = (usage(&hi), usage(&lo));
+    sleep(Duration::from_millis(1500));
+    let (h1, l1) = (usage(&hi), usage(&lo));
+    let ratio = (h1 - h0) / (l1 - l0).max(1.0);
+    let expect = if hi.version() == CgroupVersion::V2 {
+        174.0 / 59.0
+    } else {
+        4.0
+    };
+    eprintln!(
+        "  hi {:.0} ms, lo {:.0} ms of CPU: ratio {ratio:.2} (expected {expect:.2})",
+        (h1 - h0) / 1e6,
+        (l1 - l0) / 1e6
+    );
+    for c in [&mut hi_child, &mut lo_child] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
+        ratio > expect * 0.6 && ratio < expect * 1.6,
+        "ratio {ratio:.2}, expected about {expect:.2}"
+    );
+}
+
 /// Freezing stops a spinner from using CPU; thawing resumes it.
 fn root_freeze_and_thaw() {
     let cg = TestCgroup::new("freeze");
@@ -839,6 +882,7 @@ fn main() {
             "root_cpu_quota_throttles_spinner",
             root_cpu_quota_throttles_spinner,
         ),
+        ("root_cpu_shares_split_a_cpu", root_cpu_shares_split_a_cpu),
         ("root_freeze_and_thaw", root_freeze_and_thaw),
         ("root_kill_all_and_delete", root_kill_all_and_delete),
         ("root_signal_all", root_signal_all),
