@@ -8,10 +8,18 @@ use virtkit_cgroups::{
     WeightDevice,
 };
 
-/// Opens the manager for `path` on this host's layout.
+static HIERARCHIES: std::sync::OnceLock<Hierarchies> = std::sync::OnceLock::new();
+
+/// Opens the manager for `path` on this host's layout (detected once per process).
 pub fn open(path: &str) -> Result<Box<dyn CgroupManager>> {
-    let hier = Hierarchies::detect().context("detect cgroup hierarchies")?;
-    Ok(virtkit_cgroups::open(&hier, path)?)
+    let hier = match HIERARCHIES.get() {
+        Some(h) => h,
+        None => {
+            let h = Hierarchies::detect().context("detect cgroup hierarchies")?;
+            HIERARCHIES.get_or_init(|| h)
+        }
+    };
+    Ok(virtkit_cgroups::open(hier, path)?)
 }
 
 /// The cgroup path for a container: `cgroupsPath` from the config or `virtkit/<id>`.

@@ -1,9 +1,14 @@
-//! CVE-2019-5736: never run inside a container from the host binary.
+//! CVE-2019-5736: never run inside a container from a writable host binary.
 //!
-//! Before `create`, `run` and `exec`, the runtime re-executes itself from a sealed
-//! memfd copy of `/proc/self/exe`, so a container process that opens `/proc/<pid>/exe`
-//! (or execs `/proc/self/exe` through a `#!` trick) reaches an immutable anonymous copy,
-//! never the file on the host.
+//! Before `create`, `run` and `exec`, the runtime re-executes itself so that
+//! `/proc/self/exe` cannot be opened for writing by a container process (through
+//! `/proc/<pid>/exe`, or by exec'ing `/proc/self/exe` with a `#!` trick):
+//!
+//! 1. by default (as runc ≥ 1.2 does with overlayfs): in a private mount namespace
+//!    (slave of the host's), the binary is bind-mounted read-only over itself and
+//!    re-executed through that mount, so a reopen for writing fails with EROFS. No copy;
+//!    the namespace dies with the runtime. Set `VIRTKIT_CLONED_BINARY=memfd` to use 2.
+//! 2. fallback: a sealed memfd copy of the binary (its loadable part only).
 
 use std::ffi::CString;
 use std::io;
@@ -22,14 +27,105 @@ const F_SEAL_GROW: i32 = 4;
 const F_SEAL_WRITE: i32 = 8;
 const ALL_SEALS: i32 = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 
-/// Whether the running binary is already a sealed memfd.
+/// Whether the running binary cannot be written through `/proc/self/exe`: a sealed
+/// memfd, or a file reached through a read-only mount.
 pub fn is_sealed() -> bool {
     let Ok(f) = std::fs::File::open("/proc/self/exe") else {
         return false;
     };
     // SAFETY: fcntl on a valid fd.
     let seals = unsafe { libc::fcntl(f.as_raw_fd(), F_GET_SEALS) };
-    seals >= 0 && seals & ALL_SEALS == ALL_SEALS
+    if seals >= 0 && seals & ALL_SEALS == ALL_SEALS {
+        return true;
+    }
+    // SAFETY: a zeroed statvfs is a valid out-buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out-pointer.
+    let r = unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) };
+    r == 0 && st.f_flag & libc::ST_RDONLY != 0
+}
+
+fn sys(r: libc::c_int, what: &str) -> Result<()> {
+    if r < 0 {
+        bail!("{what}: {}", io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Re-executes through a read-only bind mount of the binary over itself, in a private
+/// mount namespace. Returns only on error (the caller then falls back to a memfd copy;
+/// the namespace change is harmless).
+fn ro_bind_reexec() -> Result<()> {
+    let path = std::fs::read_link("/proc/self/exe").context("readlink /proc/self/exe")?;
+    let p = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))?;
+    let root = CString::new("/")?;
+    // SAFETY: plain syscalls on valid NUL-terminated paths; we are single-threaded.
+    unsafe {
+        sys(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)")?;
+        sys(
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ),
+            "make / rslave",
+        )?;
+        sys(
+            libc::mount(
+                p.as_ptr(),
+                p.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+            "bind the runtime binary",
+        )?;
+        sys(
+            libc::mount(
+                std::ptr::null(),
+                p.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                std::ptr::null(),
+            ),
+            "remount the runtime binary read-only",
+        )?;
+    }
+    let fd = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    exec_fd(fd.as_raw_fd())
+}
+
+fn exec_fd(fd: i32) -> Result<()> {
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())))
+        .collect::<Result<_, _>>()?;
+    let env: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut b = std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str()).to_vec();
+            b.push(b'=');
+            b.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()));
+            CString::new(b)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let empty = CString::new("")?;
+    // SAFETY: NULL-terminated arrays of valid C strings; AT_EMPTY_PATH executes the fd.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    bail!("execveat: {}", io::Error::last_os_error())
 }
 
 fn memfd() -> Result<OwnedFd> {
@@ -96,6 +192,10 @@ pub fn ensure() -> Result<()> {
     if is_sealed() {
         return Ok(());
     }
+    if std::env::var_os("VIRTKIT_CLONED_BINARY").is_none_or(|v| v != "memfd") {
+        // Returns only on failure; then copy.
+        let _ = ro_bind_reexec();
+    }
     let exe = std::fs::File::open("/proc/self/exe").context("open /proc/self/exe")?;
     let full = exe.metadata()?.len();
     let trimmed = loadable_len(&exe, full);
@@ -128,34 +228,7 @@ pub fn ensure() -> Result<()> {
     if unsafe { libc::fcntl(mfd.as_raw_fd(), F_ADD_SEALS, ALL_SEALS) } < 0 {
         bail!("seal memfd: {}", io::Error::last_os_error());
     }
-    let args: Vec<CString> = std::env::args_os()
-        .map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())))
-        .collect::<Result<_, _>>()?;
-    let env: Vec<CString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut b = std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str()).to_vec();
-            b.push(b'=');
-            b.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()));
-            CString::new(b)
-        })
-        .collect::<Result<_, _>>()?;
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let empty = CString::new("")?;
-    // SAFETY: NULL-terminated arrays of valid C strings; AT_EMPTY_PATH executes the fd.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            mfd.as_raw_fd(),
-            empty.as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    bail!("execveat memfd: {}", io::Error::last_os_error())
+    exec_fd(mfd.as_raw_fd()).context("exec the memfd copy")
 }
 
 #[cfg(test)]

@@ -251,7 +251,7 @@ impl Drop for Undo {
 
 /// `create`: everything up to init blocking on the exec fifo. Returns the container and
 /// init's pid (our child).
-pub fn create(o: &CreateOpts, foreground: bool) -> Result<Container> {
+pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
     check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .with_context(|| format!("bundle {}", o.bundle.display()))?;
@@ -464,11 +464,16 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<Container> {
         write_pid_file(pf, pid)?;
     }
     undo.armed = false;
-    Ok(c)
+    Ok((c, spec))
 }
 
 /// `start`: releases init from the exec fifo.
 pub fn start(root: &Path, id: &str) -> Result<()> {
+    start_with(root, id, None)
+}
+
+/// `start` with the config already parsed (by `run`).
+fn start_with(root: &Path, id: &str, spec: Option<&Spec>) -> Result<()> {
     let c = Container::load(root, id)?;
     match c.status() {
         Status::Created => {}
@@ -511,7 +516,15 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&fifo);
-    if let Ok(spec) = load_spec(&c.saved.bundle) {
+    let loaded;
+    let spec = match spec {
+        Some(s) => Some(s),
+        None => {
+            loaded = load_spec(&c.saved.bundle).ok();
+            loaded.as_ref()
+        }
+    };
+    if let Some(spec) = spec {
         if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
             if let Err(e) = hooks::run("poststart", &h, &hook_state(&c, "running")) {
                 log_warn(&format!("{e:#}"));
@@ -549,16 +562,16 @@ fn wait_child(pid: i32) -> Result<i32> {
 
 /// `run`: create + start, then (unless detached) wait and delete. Returns the exit code.
 pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
-    let c = create(o, !detach)?;
-    if let Err(e) = start(&o.root, &o.id) {
-        let _ = delete(&o.root, &o.id, true);
+    let (c, spec) = create(o, !detach)?;
+    if let Err(e) = start_with(&o.root, &o.id, Some(&spec)) {
+        let _ = delete_with(&o.root, &o.id, true, Some(&spec));
         return Err(e);
     }
     if detach {
         return Ok(0);
     }
     let code = wait_child(c.saved.pid)?;
-    delete(&o.root, &o.id, true)?;
+    delete_with(&o.root, &o.id, true, Some(&spec))?;
     Ok(code)
 }
 
@@ -591,6 +604,11 @@ fn wait_dead(pid: i32, start: u64, timeout: Duration) -> bool {
 
 /// `delete`.
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    delete_with(root, id, force, None)
+}
+
+/// `delete` with the config already parsed (by `run`).
+fn delete_with(root: &Path, id: &str, force: bool, spec: Option<&Spec>) -> Result<()> {
     check_id(id)?;
     let dir = root.join(id);
     let c = match Container::load(root, id) {
@@ -637,7 +655,15 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
             .with_context(|| format!("remove cgroup {}", c.saved.cgroup_path))?;
     }
     if c.saved.create_done {
-        if let Ok(spec) = load_spec(&c.saved.bundle) {
+        let loaded;
+        let spec = match spec {
+            Some(s) => Some(s),
+            None => {
+                loaded = load_spec(&c.saved.bundle).ok();
+                loaded.as_ref()
+            }
+        };
+        if let Some(spec) = spec {
             if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
                 if let Err(e) = hooks::run("poststop", &h, &hook_state(&c, "stopped")) {
                     log_warn(&format!("{e:#}"));

@@ -43,6 +43,12 @@ fn root_lifecycle_create_start_kill_delete() {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_ne!(comm.trim(), "sleep");
     assert!(cgroup_dir("memory", id).exists());
+    // CVE-2019-5736: hold init's /proc/<pid>/exe (the runtime binary) to reopen it for
+    // writing once the process is gone, as a container process would.
+    let exe = std::ffi::CString::new(format!("/proc/{pid}/exe")).unwrap();
+    // SAFETY: valid path; the fd is closed at the end of the test.
+    let exe_fd = unsafe { libc::open(exe.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    assert!(exe_fd >= 0);
 
     b.ok(&["start", id]);
     b.wait_status(id, "running", 5);
@@ -69,6 +75,14 @@ fn root_lifecycle_create_start_kill_delete() {
     b.ok(&["kill", id, "KILL"]);
     b.wait_status(id, "stopped", 5);
     assert_eq!(b.state(id)["pid"], 0);
+    let reopen = std::ffi::CString::new(format!("/proc/self/fd/{exe_fd}")).unwrap();
+    // SAFETY: valid path.
+    let w = unsafe { libc::open(reopen.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    let err = std::io::Error::last_os_error();
+    assert!(w < 0, "the runtime binary could be opened for writing");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(exe_fd) };
     b.ok(&["delete", id]);
     assert!(!b.state_root.join(id).exists());
     assert!(!cgroup_dir("memory", id).exists());
