@@ -146,6 +146,12 @@ impl DriverQueue {
         Some(head)
     }
 
+    /// Point the single-descriptor chain `head` at another buffer (before
+    /// the device takes it).
+    pub fn rewrite_single(&mut self, head: u16, addr: u64, len: u32) {
+        self.write_desc(head, addr, len, F_WRITE, 0);
+    }
+
     /// Write raw descriptors (addr, len, flags, next) at indices
     /// `0..descs.len()` and make `head` available, whatever they contain.
     /// For malformed-chain tests; don't mix with [`DriverQueue::add_chain`].
