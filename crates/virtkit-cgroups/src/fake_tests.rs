@@ -554,3 +554,56 @@ fn idle_realtime_and_oom_killer_switch() {
     bad.cpu.idle = Some(2);
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn io_stats_v1_and_v2() {
+    let fake = FakeCgroupFs::v1().unwrap();
+    fake.populate("i").unwrap();
+    fake.write(
+        "blkio/i/blkio.throttle.io_service_bytes_recursive",
+        "254:0 Read 4096\n254:0 Write 8192\n254:0 Sync 0\n254:0 Total 12288\n7:1 Read 512\nTotal 12800\n",
+    )
+    .unwrap();
+    fake.write(
+        "blkio/i/blkio.throttle.io_serviced_recursive",
+        "254:0 Read 1\n254:0 Write 2\nTotal 3\n",
+    )
+    .unwrap();
+    let cg = open(&fake.hierarchies(), "i").unwrap();
+    let io = cg.stats().unwrap().io;
+    assert_eq!(io.len(), 2);
+    assert_eq!(io[0].device, DeviceNumber::new(7, 1));
+    assert_eq!(io[0].read_bytes, 512);
+    assert_eq!(
+        io[1],
+        IoDeviceStats {
+            device: DeviceNumber::new(254, 0),
+            read_bytes: 4096,
+            write_bytes: 8192,
+            read_ios: 1,
+            write_ios: 2
+        }
+    );
+    fake.write(
+        "blkio/i/blkio.throttle.io_serviced_recursive",
+        "254:0 Read\n",
+    )
+    .unwrap();
+    assert!(matches!(cg.stats(), Err(Error::Parse { .. })));
+
+    let fake = FakeCgroupFs::v2().unwrap();
+    fake.populate("i").unwrap();
+    fake.write(
+        "i/io.stat",
+        "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n7:0 rbytes=1 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+    )
+    .unwrap();
+    let cg = open(&fake.hierarchies(), "i").unwrap();
+    let io = cg.stats().unwrap().io;
+    assert_eq!(io.len(), 2);
+    assert_eq!(io[1].write_bytes, 8192);
+    assert_eq!(io[1].write_ios, 2);
+    assert_eq!(io[0].read_ios, 1);
+    fake.write("i/io.stat", "254:0 rbytes\n").unwrap();
+    assert!(cg.stats().is_err());
+}

@@ -272,3 +272,86 @@ pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
         source: e,
     })
 }
+
+/// Parses "major:minor" at the start of an io stat line.
+fn parse_device(s: &str) -> Option<crate::resources::DeviceNumber> {
+    let (ma, mi) = s.split_once(':')?;
+    Some(crate::resources::DeviceNumber::new(
+        ma.parse().ok()?,
+        mi.parse().ok()?,
+    ))
+}
+
+fn io_entry(
+    map: &mut std::collections::BTreeMap<
+        crate::resources::DeviceNumber,
+        crate::resources::IoDeviceStats,
+    >,
+    device: crate::resources::DeviceNumber,
+) -> &mut crate::resources::IoDeviceStats {
+    map.entry(device)
+        .or_insert_with(|| crate::resources::IoDeviceStats {
+            device,
+            ..Default::default()
+        })
+}
+
+/// Parses v2 `io.stat`: "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0".
+pub(crate) fn parse_io_stat(
+    path: &Path,
+    text: &str,
+) -> Result<Vec<crate::resources::IoDeviceStats>> {
+    let mut map = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut it = line.split_whitespace();
+        let dev = it
+            .next()
+            .and_then(parse_device)
+            .ok_or_else(|| parse_err(path, line, "expected major:minor first"))?;
+        let e = io_entry(&mut map, dev);
+        for kv in it {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(parse_err(path, line, "expected key=value"));
+            };
+            let v = parse_u64(path, v)?;
+            match k {
+                "rbytes" => e.read_bytes = v,
+                "wbytes" => e.write_bytes = v,
+                "rios" => e.read_ios = v,
+                "wios" => e.write_ios = v,
+                _ => {}
+            }
+        }
+    }
+    Ok(map.into_values().collect())
+}
+
+/// Parses the v1 blkio pair `io_service_bytes` and `io_serviced` ("8:0 Read
+/// 4096" lines, then "Total N").
+pub(crate) fn parse_blkio_stats(
+    bytes: (&Path, &str),
+    ios: (&Path, &str),
+) -> Result<Vec<crate::resources::IoDeviceStats>> {
+    let mut map = std::collections::BTreeMap::new();
+    for (is_bytes, (path, text)) in [(true, bytes), (false, ios)] {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dev, op, v) = match f.as_slice() {
+                [dev, op, v] => (*dev, *op, *v),
+                ["Total", _] | [] => continue,
+                _ => return Err(parse_err(path, line, "expected \"major:minor Op value\"")),
+            };
+            let dev = parse_device(dev).ok_or_else(|| parse_err(path, line, "bad device"))?;
+            let v = parse_u64(path, v)?;
+            let e = io_entry(&mut map, dev);
+            match (is_bytes, op) {
+                (true, "Read") => e.read_bytes = v,
+                (true, "Write") => e.write_bytes = v,
+                (false, "Read") => e.read_ios = v,
+                (false, "Write") => e.write_ios = v,
+                _ => {}
+            }
+        }
+    }
+    Ok(map.into_values().collect())
+}

@@ -95,8 +95,9 @@ pub use detect::{CgroupVersion, Hierarchies, Layout, ProcCgroup, V1_CONTROLLERS,
 pub use devices::{DeviceAccess, DeviceRule, DeviceType};
 pub use error::{Error, Result};
 pub use resources::{
-    BlockIoResources, CpuResources, CpuStats, DeviceNumber, FreezerState, MemoryResources,
-    MemoryStats, PidsResources, PidsStats, Resources, Stats, ThrottleDevice, WeightDevice,
+    BlockIoResources, CpuResources, CpuStats, DeviceNumber, FreezerState, IoDeviceStats,
+    MemoryResources, MemoryStats, PidsResources, PidsStats, Resources, Stats, ThrottleDevice,
+    WeightDevice,
 };
 pub use v1::V1Manager;
 pub use v2::V2Manager;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// A block device number, `major:minor` (as in `/proc/partitions` or
 /// `ls -l /dev/vda`), used by block I/O weights and throttles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceNumber {
     /// The major number.
     pub major: u64,
@@ -247,8 +247,23 @@ pub struct CpuStats {
     pub throttled_ns: Option<u64>,
 }
 
+/// Block I/O done by the cgroup on one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoDeviceStats {
+    /// The device.
+    pub device: DeviceNumber,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read operations.
+    pub read_ios: u64,
+    /// Write operations.
+    pub write_ios: u64,
+}
+
 /// What [`crate::CgroupManager::stats`] returns. Fields whose file or
-/// controller is missing are `None`.
+/// controller is missing are `None` (or empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Memory.
@@ -257,6 +272,9 @@ pub struct Stats {
     pub pids: PidsStats,
     /// CPU.
     pub cpu: CpuStats,
+    /// Block I/O per device, sorted by device (v1
+    /// `blkio.throttle.io_service{d,_bytes}_recursive`, v2 `io.stat`).
+    pub io: Vec<IoDeviceStats>,
 }
 
 /// The freezer state of a cgroup.

@@ -362,6 +362,13 @@ impl CgroupManager for V1Manager {
             s.cpu.user_ns = fs::read_u64_opt(&dir.join("cpuacct.usage_user"))?;
             s.cpu.system_ns = fs::read_u64_opt(&dir.join("cpuacct.usage_sys"))?;
         }
+        if let Some(dir) = self.controller_dir("blkio") {
+            let bf = dir.join("blkio.throttle.io_service_bytes_recursive");
+            let inf = dir.join("blkio.throttle.io_serviced_recursive");
+            if let (Some(b), Some(i)) = (fs::read_opt(&bf)?, fs::read_opt(&inf)?) {
+                s.io = fs::parse_blkio_stats((&bf, &b), (&inf, &i))?;
+            }
+        }
         if let Some(dir) = self.controller_dir("cpu") {
             let f = dir.join("cpu.stat");
             if let Some(text) = fs::read_opt(&f)? {

@@ -299,6 +299,10 @@ impl CgroupManager for V2Manager {
         }
         s.pids.current = fs::read_u64_opt(&d.join("pids.current"))?;
         s.pids.limit = fs::read_u64_opt(&d.join("pids.max"))?;
+        let io = d.join("io.stat");
+        if let Some(text) = fs::read_opt(&io)? {
+            s.io = fs::parse_io_stat(&io, &text)?;
+        }
         let cs = d.join("cpu.stat");
         if let Some(text) = fs::read_opt(&cs)? {
             let us = |k| -> Result<Option<u64>> {
