@@ -38,6 +38,24 @@ pub fn cgroup_path(spec_path: Option<&std::path::Path>, id: &str) -> String {
     }
 }
 
+/// The files through which init (or an exec'd process) moves *itself* into the
+/// cgroup on v1: each hierarchy's `tasks`, written with "0".
+///
+/// Moving another process (writing its pid to `cgroup.procs`) takes the kernel's global
+/// `cgroup_threadgroup_rwsem` for writing, and the first writer after a quiet period
+/// waits for a full RCU grace period (~10 ms on this host). A single-threaded task
+/// moving itself through `tasks` skips that lock. Empty on v2, where the parent writes
+/// `cgroup.procs` (virtkit-cgroups' `add_process`).
+pub fn self_join_files(cg: &dyn CgroupManager) -> Vec<std::ffi::CString> {
+    if cg.version() != CgroupVersion::V1 {
+        return Vec::new();
+    }
+    cg.dirs()
+        .iter()
+        .filter_map(|d| std::ffi::CString::new(d.join("tasks").as_os_str().as_encoded_bytes()).ok())
+        .collect()
+}
+
 /// Converts OCI `linux.resources` to virtkit-cgroups' [`Resources`].
 pub fn to_resources(r: &LinuxResources) -> Resources {
     let mut out = Resources::default();

@@ -397,6 +397,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         plan,
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: o.preserve_fds,
+        cgroup_tasks: cgroup::self_join_files(cg.as_ref()),
         mode: Mode::Create {
             rootfs: Box::new(rootfs_cfg),
             hostname,
@@ -409,6 +410,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         },
     };
 
+    let init_joins_itself = !init.cgroup_tasks.is_empty();
     let pid = clone_fork(flags)?;
     if pid == 0 {
         drop(parent_sock);
@@ -430,12 +432,14 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
             false,
         )?;
     }
-    // Let init build its rootfs while we move it into the cgroup: on cgroup v1 the first
-    // migration waits for an RCU grace period (~10 ms here). Init stops at "hooks" until
-    // we answer, so nothing of the container runs outside the cgroup.
-    send_msg(sock, b"go")?;
-    cg.add_process(pid)
-        .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
+    // On v1 init moves itself into the cgroup (cheaper: see cgroup::self_join_files).
+    if init_joins_itself {
+        send_msg(sock, b"go")?;
+    } else {
+        cg.add_process(pid)
+            .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
+        send_msg(sock, b"go")?;
+    }
     loop {
         let m = recv_msg(sock)?;
         match m.as_slice() {
@@ -808,6 +812,11 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
     if !util::alive(pid, c.saved.start_time) {
         bail!("container {} is not running", o.id);
     }
+    let cg = if c.saved.cgroup_path.is_empty() {
+        None
+    } else {
+        Some(cgroup::open(&c.saved.cgroup_path)?)
+    };
     let (parent_sock, child_sock) = util::seqpacket_pair()?;
     let init = Init {
         sync: child_sock.as_raw_fd(),
@@ -815,8 +824,13 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         plan,
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: o.preserve_fds,
+        cgroup_tasks: cg
+            .as_deref()
+            .map(cgroup::self_join_files)
+            .unwrap_or_default(),
         mode: Mode::Exec,
     };
+    let joins_itself = !init.cgroup_tasks.is_empty();
     let child = clone_fork(0)?;
     if child == 0 {
         drop(parent_sock);
@@ -831,11 +845,12 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
         e
     };
-    if !c.saved.cgroup_path.is_empty() {
-        let cg = cgroup::open(&c.saved.cgroup_path).map_err(fail)?;
-        cg.add_process(child)
-            .context("add exec process to the container's cgroup")
-            .map_err(fail)?;
+    if let Some(cg) = cg.as_deref() {
+        if !joins_itself {
+            cg.add_process(child)
+                .context("add exec process to the container's cgroup")
+                .map_err(fail)?;
+        }
     }
     send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
     let m = recv_msg(sock).map_err(|e| fail(e.into()))?;

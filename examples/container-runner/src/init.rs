@@ -1,8 +1,8 @@
 //! The child side: from `clone` to `execve` of the container process.
 //!
 //! Protocol on the seqpacket sync socket (child's messages in quotes):
-//! parent "go" (id maps written; for create the cgroup join runs meanwhile and is done
-//! before the reply to "hooks"; for exec it is done before "go") → [create: "hooks" (namespaces made,
+//! parent "go" (id maps written; on cgroup v2 the parent has moved us into the cgroup,
+//! on v1 we move ourselves first thing) → [create: "hooks" (namespaces made,
 //! mounts prepared) → parent runs prestart/createRuntime hooks → "go"] → "ready" →
 //! [create: block on exec.fifo until `start`] → execve. Any failure sends "E<message>";
 //! a successful execve closes the (close-on-exec) socket, which the parent reads as EOF.
@@ -60,6 +60,9 @@ pub struct Init {
     pub console: Option<RawFd>,
     /// Number of fds after stdio passed on purpose.
     pub preserve_fds: u32,
+    /// cgroup v1 `tasks` files to write "0" to: the child moves itself into the
+    /// container's cgroup (see `cgroup::self_join_files`).
+    pub cgroup_tasks: Vec<CString>,
     /// Create or exec.
     pub mode: Mode,
 }
@@ -158,6 +161,20 @@ fn run(i: &Init) -> Result<Infallible> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     expect_go(i.sync)?;
+    for f in &i.cgroup_tasks {
+        // SAFETY: valid path; the fd is closed right away.
+        unsafe {
+            let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            let err = std::io::Error::last_os_error();
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            if !ok {
+                bail!("join cgroup through {}: {err}", f.to_string_lossy());
+            }
+        }
+    }
     let sys = LinuxSyscalls;
     for (kind, fd) in &i.joins {
         use std::os::fd::AsFd;
