@@ -87,6 +87,8 @@ pub struct LinkInfoSummary {
     pub up: bool,
     /// The MTU.
     pub mtu: Option<u32>,
+    /// The link-layer address, when it is an Ethernet one.
+    pub mac: Option<crate::MacAddr>,
 }
 
 /// A blocking rtnetlink socket in the calling thread's network namespace.
@@ -211,6 +213,7 @@ impl RtNetlink {
                     controller: None,
                     up: l.header.flags.contains(LinkFlags::Up),
                     mtu: None,
+                    mac: None,
                 };
                 for a in &l.attributes {
                     match a {
@@ -223,6 +226,9 @@ impl RtNetlink {
                         }
                         LinkAttribute::Controller(c) => s.controller = Some(*c),
                         LinkAttribute::Mtu(m) => s.mtu = Some(*m),
+                        LinkAttribute::Address(a) => {
+                            s.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(Into::into)
+                        }
                         _ => {}
                     }
                 }

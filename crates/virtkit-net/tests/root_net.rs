@@ -60,6 +60,9 @@ fn root_tap_lifecycle_mtu_up_persist() {
         tap.set_up(false).unwrap();
         assert!(!tap.is_up().unwrap());
         assert!(!nl.link("vk0").unwrap().unwrap().up);
+        let host_mac: MacAddr = "02:aa:bb:cc:dd:ee".parse().unwrap();
+        tap.set_host_mac(host_mac).unwrap();
+        assert_eq!(nl.link("vk0").unwrap().unwrap().mac, Some(host_mac));
         tap.set_mtu(1400).unwrap();
         assert_eq!(tap.mtu().unwrap(), 1400);
         assert!(matches!(
