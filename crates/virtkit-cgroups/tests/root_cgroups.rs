@@ -446,33 +446,42 @@ impl LoopDevice {
             .unwrap();
         backing.set_len(size).unwrap();
         let ctl = std::fs::File::open("/dev/loop-control").expect("/dev/loop-control");
-        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
-        let n = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), LOOP_CTL_GET_FREE) };
-        assert!(
-            n >= 0,
-            "LOOP_CTL_GET_FREE: {}",
-            std::io::Error::last_os_error()
-        );
-        let path = format!("/dev/loop{n}");
-        let dev = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        // SAFETY: LOOP_SET_FD takes the backing file's descriptor, open for the call.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&dev),
-                LOOP_SET_FD,
-                std::os::fd::AsRawFd::as_raw_fd(&backing),
-            )
+        // Another process may grab the same free device between the two
+        // ioctls: LOOP_SET_FD then says EBUSY, and we ask again.
+        let mut tries = 0;
+        let path = loop {
+            // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
+            let n =
+                unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), LOOP_CTL_GET_FREE) };
+            assert!(
+                n >= 0,
+                "LOOP_CTL_GET_FREE: {}",
+                std::io::Error::last_os_error()
+            );
+            let path = format!("/dev/loop{n}");
+            let dev = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            // SAFETY: LOOP_SET_FD takes the backing file's descriptor, open for the call.
+            let rc = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&dev),
+                    LOOP_SET_FD,
+                    std::os::fd::AsRawFd::as_raw_fd(&backing),
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            if rc == 0 {
+                break path;
+            }
+            tries += 1;
+            assert!(
+                err.raw_os_error() == Some(libc::EBUSY) && tries < 10,
+                "LOOP_SET_FD {path}: {err}"
+            );
         };
-        assert_eq!(
-            rc,
-            0,
-            "LOOP_SET_FD {path}: {}",
-            std::io::Error::last_os_error()
-        );
         let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&path).unwrap());
         let device = DeviceNumber::new(u64::from(libc::major(rdev)), u64::from(libc::minor(rdev)));
         LoopDevice { path, device, file }
