@@ -406,7 +406,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
             fifo: fifo.as_raw_fd(),
             create_container: hooks.create_container().clone().unwrap_or_default(),
             start_container: hooks.start_container().clone().unwrap_or_default(),
-            state_json: hook_state(&c, "created"),
+            state_json: hook_state(&c, "creating"),
         },
     };
 
@@ -444,14 +444,16 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         let m = recv_msg(sock)?;
         match m.as_slice() {
             b"hooks" => {
-                let st = hook_state(&c, "created");
+                let st = hook_state(&c, "creating");
                 hooks::run("prestart", hooks.prestart().as_deref().unwrap_or(&[]), &st)?;
                 hooks::run(
                     "createRuntime",
                     hooks.create_runtime().as_deref().unwrap_or(&[]),
                     &st,
                 )?;
-                send_msg(sock, b"go")?;
+                let mut reply = b"go".to_vec();
+                reply.extend_from_slice(&st);
+                send_msg(sock, &reply)?;
             }
             b"ready" => break,
             [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),

@@ -182,6 +182,7 @@ fn run(i: &Init) -> Result<Infallible> {
             .with_context(|| format!("join {} namespace", kind.proc_name()))?;
     }
     i.plan.apply_early()?;
+    let mut state_for_start = Vec::new();
     if let Mode::Create {
         rootfs,
         hostname,
@@ -200,8 +201,19 @@ fn run(i: &Init) -> Result<Infallible> {
         }
         prepare_rootfs(&sys, rootfs)?;
         send_msg(i.sync, b"hooks")?;
-        expect_go(i.sync)?;
-        crate::hooks::run("createContainer", create_container, state_json)?;
+        // "go" followed by the state JSON with our host pid, for the container hooks.
+        let m = recv_msg(i.sync).context("read from parent")?;
+        let Some(state) = m.strip_prefix(b"go") else {
+            // SAFETY: _exit ends this process at once.
+            unsafe { libc::_exit(1) }
+        };
+        let state = if state.is_empty() {
+            state_json.as_slice()
+        } else {
+            state
+        };
+        crate::hooks::run("createContainer", create_container, state)?;
+        state_for_start = state.to_vec();
         pivot(&sys, rootfs)?;
         write_sysctl(sysctl)?;
         finalize_rootfs(&sys, rootfs)?;
@@ -222,7 +234,6 @@ fn run(i: &Init) -> Result<Infallible> {
     if let Mode::Create {
         fifo,
         start_container,
-        state_json,
         ..
     } = &i.mode
     {
@@ -241,7 +252,7 @@ fn run(i: &Init) -> Result<Infallible> {
             libc::close(w);
             libc::close(*fifo);
         }
-        crate::hooks::run("startContainer", start_container, state_json)?;
+        crate::hooks::run("startContainer", start_container, &state_for_start)?;
     }
     let _ = i.sync.as_raw_fd();
     Err(i.plan.exec(&exe))

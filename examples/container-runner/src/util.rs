@@ -152,7 +152,7 @@ pub fn send_msg(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 
 /// Receives one message (empty on EOF).
 pub fn recv_msg(fd: RawFd) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 65536];
     loop {
         // SAFETY: valid writable buffer of the given length.
         let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };

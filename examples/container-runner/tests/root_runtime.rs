@@ -466,3 +466,53 @@ fn root_seccomp_profile_is_enforced() {
     assert!(out.contains("Operation not permitted"), "{out}");
     assert!(out.contains("touch=0"), "{out}");
 }
+
+#[test]
+fn root_all_six_hooks_run_with_state_on_stdin() {
+    let _g = lock();
+    require_root_and_busybox();
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path().to_str().unwrap().to_string();
+    let hook = |name: &str, dir: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {dir}/{name}.json")]});
+    let b = Bundle::new(&["sh", "-c", "ls /hostdir > /hostdir/seen"], |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/hostdir", "type": "bind", "source": h, "options": ["rbind", "rw"]
+        }));
+        c["hooks"] = serde_json::json!({
+            "prestart": [hook("prestart", &h)],
+            "createRuntime": [hook("createRuntime", &h)],
+            "createContainer": [hook("createContainer", &h)],
+            // Runs inside the container: the bind mount is at /hostdir there.
+            "startContainer": [hook("startContainer", "/hostdir")],
+            "poststart": [hook("poststart", &h)],
+            "poststop": [hook("poststop", &h)],
+        });
+    });
+    let bs = b.path().to_str().unwrap().to_string();
+    b.ok(&["run", "--bundle", &bs, "vk-hooks"]);
+    for name in [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ] {
+        let p = host.path().join(format!("{name}.json"));
+        let text =
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{name} hook did not run: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        assert_eq!(v["id"], "vk-hooks", "{name}");
+        assert!(v["pid"].as_i64().unwrap() > 0, "{name}: {v}");
+    }
+    let seen = std::fs::read_to_string(host.path().join("seen")).unwrap();
+    assert!(
+        seen.contains("startContainer.json"),
+        "startContainer ran before the process: {seen}"
+    );
+    let stop: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(host.path().join("poststop.json")).unwrap())
+            .unwrap();
+    assert_eq!(stop["status"], "stopped");
+}
