@@ -1009,6 +1009,34 @@ fn root_child_of_busy_cgroup() {
     let _ = child.wait();
 }
 
+/// Removes test cgroups left by runs that died (their pid suffix is gone).
+fn remove_stale_test_cgroups() {
+    let Ok(h) = Hierarchies::detect() else { return };
+    let Ok(parent) = open(&h, "virtkit-test") else {
+        return;
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for d in parent.dirs() {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                names.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    for name in names {
+        let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            if let Ok(cg) = open(&h, &format!("virtkit-test/{name}")) {
+                let _ = cg.kill_all();
+                match cg.delete() {
+                    Ok(()) => eprintln!("removed stale test cgroup virtkit-test/{name}"),
+                    Err(e) => eprintln!("stale test cgroup virtkit-test/{name}: {e}"),
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- runner
 
 fn main() {
@@ -1083,6 +1111,9 @@ fn main() {
     }
     // SAFETY: geteuid() has no preconditions.
     let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        remove_stale_test_cgroups();
+    }
     let version = Hierarchies::detect().map(|h| h.version());
     println!(
         "\nrunning {} tests (cgroup {:?})",
