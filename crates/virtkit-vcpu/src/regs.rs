@@ -19,8 +19,9 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-/// MSRs set on every vCPU and their values: SYSENTER/SYSCALL state cleared, TSC at 0, fast
-/// strings on, MTRRs on with write-back default.
+/// MSRs set on every vCPU and their values: SYSENTER/SYSCALL state cleared, fast strings on,
+/// MTRRs on with write-back default. The TSC is left alone: KVM synchronizes the vCPUs' TSCs
+/// when it creates them, and a later write per vCPU would make Linux find them unsynchronized.
 pub const DEFAULT_MSRS: &[(u32, u64)] = &[
     (0x174, 0),             // IA32_SYSENTER_CS
     (0x175, 0),             // IA32_SYSENTER_ESP
@@ -30,7 +31,6 @@ pub const DEFAULT_MSRS: &[(u32, u64)] = &[
     (0xc000_0083, 0),       // CSTAR
     (0xc000_0084, 0),       // SYSCALL_MASK
     (0xc000_0102, 0),       // KERNEL_GS_BASE
-    (0x10, 0),              // IA32_TSC
     (0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
     (0x2ff, (1 << 11) | 6), // MTRRdefType: enabled, write-back
 ];
@@ -192,8 +192,8 @@ mod tests {
 
     #[test]
     fn msr_filtering() {
-        let m = default_msrs(&[0x10, 0x2ff, 0x9999]).unwrap();
+        let m = default_msrs(&[0x174, 0x2ff, 0x9999]).unwrap();
         let idx: Vec<u32> = m.as_slice().iter().map(|e| e.index).collect();
-        assert_eq!(idx, vec![0x10, 0x2ff]);
+        assert_eq!(idx, vec![0x174, 0x2ff]);
     }
 }
