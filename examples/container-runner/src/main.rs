@@ -156,6 +156,16 @@ enum Cmd {
         resources: Option<String>,
         id: String,
     },
+    /// Print resource statistics as runc's event JSON (once with --stats, else every
+    /// --interval until the container stops).
+    Events {
+        #[arg(long)]
+        stats: bool,
+        /// Seconds between reports (a trailing "s" is accepted).
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
     /// Print the features this runtime supports (JSON).
     Features,
     /// Write a default config.json (like `runc spec`).
@@ -351,6 +361,42 @@ fn ps(root: &std::path::Path, id: &str, format: &str, ps_args: &[String]) -> Res
     Ok(())
 }
 
+/// One `events` record, shaped like runc's (`type`, `id`, `data` with cpu, memory, pids).
+fn events_json(c: &state::Container) -> Result<serde_json::Value> {
+    let cg = cgroup::open(&c.saved.cgroup_path)?;
+    let s = cg.stats()?;
+    Ok(serde_json::json!({
+        "type": "stats",
+        "id": c.saved.id,
+        "data": {
+            "cpu": {
+                "usage": {
+                    "total": s.cpu.usage_ns.unwrap_or(0),
+                    "kernel": s.cpu.system_ns.unwrap_or(0),
+                    "user": s.cpu.user_ns.unwrap_or(0),
+                },
+                "throttling": {
+                    "periods": s.cpu.nr_periods.unwrap_or(0),
+                    "throttledPeriods": s.cpu.nr_throttled.unwrap_or(0),
+                    "throttledTime": s.cpu.throttled_ns.unwrap_or(0),
+                },
+            },
+            "memory": {
+                "usage": {
+                    "usage": s.memory.usage.unwrap_or(0),
+                    "max": s.memory.peak.unwrap_or(0),
+                    "limit": s.memory.limit.unwrap_or(0),
+                },
+                "oom_kills": s.memory.oom_kills.unwrap_or(0),
+            },
+            "pids": {
+                "current": s.pids.current.unwrap_or(0),
+                "limit": s.pids.limit.unwrap_or(0),
+            },
+        },
+    }))
+}
+
 fn write_spec(bundle: &std::path::Path) -> Result<()> {
     let path = bundle.join("config.json");
     if path.exists() {
@@ -483,6 +529,30 @@ fn real_main(cli: Cli) -> Result<i32> {
                 Some(f) => std::fs::read(f).with_context(|| format!("read {f}"))?,
             };
             container::update(&root, &id, &data)?;
+        }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let secs: f64 = interval
+                .trim_end_matches('s')
+                .parse()
+                .with_context(|| format!("invalid --interval {interval:?}"))?;
+            loop {
+                let c = state::Container::load(&root, &id)?;
+                if c.status() == state::Status::Stopped {
+                    if stats {
+                        bail!("container {id} is not running");
+                    }
+                    break;
+                }
+                println!("{}", events_json(&c)?);
+                if stats {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.1)));
+            }
         }
         Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
         Cmd::Spec { bundle } => write_spec(&bundle)?,

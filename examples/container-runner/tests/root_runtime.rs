@@ -327,6 +327,16 @@ fn root_limits_memory_pids_cpu_enforced() {
         .unwrap();
     let share = (u1 - u0) as f64 / t0.elapsed().as_nanos() as f64;
     assert!(share < 0.3 && share > 0.05, "cpu share {share}");
+    // events --stats reports the cgroup's figures as runc does.
+    let ev: serde_json::Value =
+        serde_json::from_str(&b.ok(&["events", "--stats", "vk-cpu"])).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert_eq!(ev["id"], "vk-cpu");
+    assert!(
+        ev["data"]["cpu"]["usage"]["total"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
     // update --resources raises the quota on the fly.
     let r = b.path().join("res.json");
     std::fs::write(&r, r#"{"cpu":{"quota":60000,"period":100000}}"#).unwrap();
