@@ -6,6 +6,9 @@
 #
 # Env: N (runs per runtime, default 100), WARMUP (default 5).
 #
+# "container-runner ro" is the same binary through a read-only bind mount (as when
+# installed on a read-only /usr), which needs no protective re-exec.
+#
 # Measures `run` of busybox `true` (create + start + wait + delete in one command):
 # median / p90 / mean per run, the total of N sequential runs, the runtime's peak RSS
 # (GNU time's maximum resident set size of the runtime command), and whether a container under a 512 KiB
@@ -55,7 +58,10 @@ mk_bundle "$work/bundle512k" 524288
 cat >"$work/bench.py" <<'EOF'
 import os, statistics, subprocess, sys, time
 runner, work, n, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rts = {"container-runner": runner, "runc": "runc", "crun": "crun"}
+# "container-runner ro": the same binary reached through a read-only bind mount, as when
+# installed on a read-only /usr: it is already safe from CVE-2019-5736 and skips the
+# protective re-exec that the plain install does on create/run/exec.
+rts = {"container-runner": runner, "container-runner ro": f"{work}/cr-ro", "runc": "runc", "crun": "crun"}
 times = {k: [] for k in rts}
 rss = {k: 0 for k in rts}
 errors = {k: 0 for k in rts}
@@ -102,29 +108,31 @@ for name, exe in rts.items():
 
 def ms(x): return f"{x * 1000:.1f}"
 print(f"run of busybox `true`, {n} sequential runs each (interleaved), {warmup} warm-up runs")
-print(f"{'runtime':18} {'median ms':>10} {'p90 ms':>8} {'mean ms':>8} {'total s':>8} {'peak RSS KiB':>13} {'failed':>7}")
+print(f"{'runtime':20} {'median ms':>10} {'p90 ms':>8} {'mean ms':>8} {'total s':>8} {'peak RSS KiB':>13} {'failed':>7}")
 for name in rts:
     t = sorted(times[name])
     if not t:
-        print(f"{name:18} {'-':>10}"); continue
-    print(f"{name:18} {ms(statistics.median(t)):>10} {ms(t[int(len(t) * 0.9) - 1]):>8} "
+        print(f"{name:20} {'-':>10}"); continue
+    print(f"{name:20} {ms(statistics.median(t)):>10} {ms(t[int(len(t) * 0.9) - 1]):>8} "
           f"{ms(statistics.mean(t)):>8} {sum(t):>8.2f} {rss[name]:>13} {errors[name]:>7}")
 m = {k: statistics.median(v) for k, v in times.items() if v}
-if "container-runner" in m:
+for ours in ("container-runner", "container-runner ro"):
     for peer in ("crun", "runc"):
-        if peer in m:
-            print(f"container-runner / {peer} median: {m['container-runner'] / m[peer]:.2f}x")
+        if ours in m and peer in m:
+            print(f"{ours} / {peer} median: {m[ours] / m[peer]:.2f}x")
 
 print("\n512 KiB memory limit, `true`:")
 for name, exe in rts.items():
     dt, _, rc, err = run_one(name, exe, f"{work}/bundle512k", "m512")
-    print(f"  {name:18} {'ok' if rc == 0 else 'FAILED rc=' + str(rc)} {ms(dt)} ms {err[:160] if rc else ''}")
+    print(f"  {name:20} {'ok' if rc == 0 else 'FAILED rc=' + str(rc)} {ms(dt)} ms {err[:160] if rc else ''}")
     subprocess.run([exe, "--root", f"{work}/root-{name}", "delete", "--force", "m512"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 EOF
 
 echo "host: $(uname -r), $(nproc) cpus; $("$RUNNER" --version | head -1); $(runc --version | head -1); $(crun --version | head -1)"
+touch "$work/cr-ro"
 unshare -m --propagation private bash -c '
     umount /sys/fs/cgroup/unified 2>/dev/null || true
+    mount --bind "$1" "$0/cr-ro" && mount -o remount,bind,ro "$0/cr-ro"
     exec python3 "$0/bench.py" "$1" "$0" "$2" "$3"
 ' "$work" "$RUNNER" "$N" "$WARMUP"
