@@ -106,6 +106,15 @@ fn mkfifo(path: &Path) -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
+    // The umask took the write bit for others, which init needs in a user namespace.
+    // SAFETY: valid path.
+    if unsafe { libc::chmod(c.as_ptr(), 0o622) } < 0 {
+        bail!(
+            "chmod {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }
 
@@ -391,6 +400,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         .collect();
     let hooks = spec.hooks().clone().unwrap_or_default();
     let (parent_sock, child_sock) = util::seqpacket_pair()?;
+    let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
     let init = Init {
         sync: child_sock.as_raw_fd(),
         joins,
@@ -398,6 +408,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: o.preserve_fds,
         cgroup_tasks: cgroup::self_join_files(cg.as_ref()),
+        userns: new_user || joins_user,
         mode: Mode::Create {
             rootfs: Box::new(rootfs_cfg),
             hostname,
@@ -820,6 +831,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         Some(cgroup::open(&c.saved.cgroup_path)?)
     };
     let (parent_sock, child_sock) = util::seqpacket_pair()?;
+    let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
     let init = Init {
         sync: child_sock.as_raw_fd(),
         joins,
@@ -830,6 +842,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
             .as_deref()
             .map(cgroup::self_join_files)
             .unwrap_or_default(),
+        userns: joins_user,
         mode: Mode::Exec,
     };
     let joins_itself = !init.cgroup_tasks.is_empty();

@@ -60,6 +60,8 @@ pub struct Init {
     pub console: Option<RawFd>,
     /// Number of fds after stdio passed on purpose.
     pub preserve_fds: u32,
+    /// In a new or joined user namespace: become its root before anything else.
+    pub userns: bool,
     /// cgroup v1 `tasks` files to write "0" to: the child moves itself into the
     /// container's cgroup (see `cgroup::self_join_files`).
     pub cgroup_tasks: Vec<CString>,
@@ -180,6 +182,19 @@ fn run(i: &Init) -> Result<Infallible> {
         use std::os::fd::AsFd;
         sys.setns(fd.as_fd(), kind.clone_flag())
             .with_context(|| format!("join {} namespace", kind.proc_name()))?;
+    }
+    if i.userns {
+        // After clone(CLONE_NEWUSER) we are the overflow uid until we switch to ids
+        // mapped in the new namespace (files we create would otherwise fail EOVERFLOW).
+        // SAFETY: plain id syscalls.
+        unsafe {
+            if libc::setresgid(0, 0, 0) < 0 || libc::setresuid(0, 0, 0) < 0 {
+                bail!(
+                    "become root in the user namespace (are uid/gid 0 mapped?): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
     i.plan.apply_early()?;
     let mut state_for_start = Vec::new();

@@ -526,3 +526,62 @@ fn root_all_six_hooks_run_with_state_on_stdin() {
             .unwrap();
     assert_eq!(stop["status"], "stopped");
 }
+
+#[test]
+fn root_user_namespace_with_id_maps() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; sleep 1000",
+        ],
+        |c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "user"}));
+            c["linux"]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+            c["linux"]["gidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        },
+    );
+    let id = "vk-userns";
+    b.create(id);
+    b.ok(&["start", id]);
+    let pid = b.state(id)["pid"].as_i64().unwrap();
+    // Seen from the host, the container's root is uid 200000.
+    let t0 = Instant::now();
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = st
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string();
+        if uid.split_whitespace().nth(1) == Some("200000") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{uid}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = b.ok(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox",
+    ]);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "0", "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "200000", "65536"],
+        "{out}"
+    );
+    // Host root's files are unmapped inside: the overflow uid.
+    assert_eq!(lines[2], "65534", "{out}");
+    b.ok(&["delete", "--force", id]);
+}

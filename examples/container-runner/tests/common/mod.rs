@@ -77,6 +77,9 @@ impl Bundle {
     pub fn rt(&self, args: &[&str]) -> Output {
         let out_p = self.path().join(".rt.out");
         let err_p = self.path().join(".rt.err");
+        // Fresh inodes each time: a created container keeps the previous ones open.
+        let _ = std::fs::remove_file(&out_p);
+        let _ = std::fs::remove_file(&err_p);
         let status = Command::new(BIN)
             .arg("--root")
             .arg(&self.state_root)
