@@ -136,6 +136,14 @@ impl Vcpu {
                 cpus,
             },
         );
+        let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        log::debug!(
+            "vCPU {}: KVM_CAP_TSC_DEADLINE_TIMER {tsc_deadline}",
+            self.id
+        );
+        if vm.config().irqchip && tsc_deadline {
+            cpuid::set_tsc_deadline(&mut cpuid);
+        }
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.err("KVM_SET_CPUID2"))?;

@@ -323,6 +323,13 @@ fn kvm_irqchip_vm_sets_lint_and_cpuid() {
     let cpuid = vcpu.fd().get_cpuid2(256).unwrap();
     let l1 = virtkit_vcpu::cpuid::find(&cpuid, 1, 0).unwrap();
     assert_ne!(l1.ecx & (1 << 31), 0);
+    let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    eprintln!("KVM_CAP_TSC_DEADLINE_TIMER: {tsc_deadline}");
+    assert_eq!(
+        l1.ecx & (1 << 24) != 0,
+        tsc_deadline,
+        "TSC-deadline bit follows the cap"
+    );
     let fpu = vcpu.fd().get_fpu().unwrap();
     assert_eq!(fpu.fcw, 0x37f);
     let evt = virtkit_vcpu::EventFd::new(0).unwrap();
