@@ -178,7 +178,77 @@ fn lab(args: &[String]) -> Result<i32> {
 type DemoPart = (&'static str, fn() -> Result<()>);
 
 /// The demo's parts, in order; add new parts here.
-const DEMO_PARTS: &[DemoPart] = &[("boot the guest with vm-runner", demo_vm_boot)];
+const DEMO_PARTS: &[DemoPart] = &[
+    ("boot the guest with vm-runner", demo_vm_boot),
+    ("run a container with container-runner", demo_container),
+];
+
+/// Where containers run: the host when it has a unified cgroup v2 hierarchy, else the
+/// lab (which has one).
+fn container_venue() -> Venue {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup cgroup2 "))
+    {
+        Venue::Host
+    } else {
+        Venue::Lab
+    }
+}
+
+fn demo_container() -> Result<()> {
+    let runner = timed("static container-runner", || {
+        Ok(virtkit_lab::static_binary(
+            "container-runner",
+            "container-runner",
+        )?)
+    })?;
+    // The bundle's config.json: `container-runner spec`, with our command and no tty.
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(&runner)
+        .arg("spec")
+        .arg("-b")
+        .arg(dir.path())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "container-runner spec failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!([
+        "sh",
+        "-c",
+        "echo \"container: hello from $(hostname), pid $$, cgroup $(cat /proc/self/cgroup)\""
+    ]);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+    // The rootfs is busybox, made where the container runs.
+    let script = "set -e\n\
+        mkdir -p bundle/rootfs/bin bundle/rootfs/proc bundle/rootfs/sys bundle/rootfs/dev bundle/rootfs/tmp\n\
+        cp /bin/busybox bundle/rootfs/bin/busybox\n\
+        for a in $(/bin/busybox --list); do [ \"$a\" = busybox ] || ln -sf busybox bundle/rootfs/bin/$a; done\n\
+        mv config.json bundle/config.json\n\
+        ./container-runner --root \"$PWD/state\" run -b \"$PWD/bundle\" virtkit-demo </dev/null\n";
+    let venue = container_venue();
+    let payload = Payload::new(script)
+        .file(runner, "container-runner")
+        .file(cfg_path, "config.json")
+        .timeout(Duration::from_secs(300));
+    let out = virtkit_lab::run_in(venue, &payload)?;
+    if !out.success() || !out.output.contains("container: hello from") {
+        bail!(
+            "the container did not run (status {}):\n{}",
+            out.status,
+            out.output
+        );
+    }
+    eprintln!("xtask: container-runner ran the container (venue {venue})");
+    Ok(())
+}
 
 fn demo_vm_boot() -> Result<()> {
     let (kernel, initrd) = guest()?;
