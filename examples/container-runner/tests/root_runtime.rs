@@ -295,9 +295,26 @@ fn root_limits_memory_pids_cpu_enforced() {
     );
     b.create("vk-pids");
     b.ok(&["start", "vk-pids"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let ps: Vec<i32> = serde_json::from_str(&b.ok(&["ps", "--format", "json", "vk-pids"])).unwrap();
-    assert!(ps.len() <= 8 && ps.len() >= 4, "{} tasks: {ps:?}", ps.len());
+    // Wait until the fork loop has hit the limit (the inner shell gives up on the first
+    // failed fork), then the count must stay at or under pids.max.
+    let t0 = Instant::now();
+    let mut ps: Vec<i32> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        ps = serde_json::from_str(&b.ok(&["ps", "--format", "json", "vk-pids"])).unwrap();
+        if ps.len() >= 6 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let ps2: Vec<i32> =
+        serde_json::from_str(&b.ok(&["ps", "--format", "json", "vk-pids"])).unwrap();
+    assert!(ps.len() >= 6, "the fork loop never got going: {ps:?}");
+    assert!(
+        ps2.len() <= 8,
+        "{} tasks under pids.max 8: {ps2:?}",
+        ps2.len()
+    );
     assert_eq!(
         std::fs::read_to_string(cgroup_dir("pids", "vk-pids").join("pids.max"))
             .unwrap()
