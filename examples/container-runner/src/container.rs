@@ -745,7 +745,7 @@ pub struct ExecOpts {
     pub env: Vec<String>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
-    /// "uid[:gid]".
+    /// `uid[:gid]`.
     pub user: Option<String>,
     /// Allocate a pty.
     pub tty: bool,

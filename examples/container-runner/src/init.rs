@@ -4,7 +4,7 @@
 //! parent "go" (id maps written; on cgroup v2 the parent has moved us into the cgroup,
 //! on v1 we move ourselves first thing) → [create: "hooks" (namespaces made,
 //! mounts prepared) → parent runs prestart/createRuntime hooks → "go"] → "ready" →
-//! [create: block on exec.fifo until `start`] → execve. Any failure sends "E<message>";
+//! [create: block on exec.fifo until `start`] → execve. Any failure sends `E<message>`;
 //! a successful execve closes the (close-on-exec) socket, which the parent reads as EOF.
 
 use std::convert::Infallible;

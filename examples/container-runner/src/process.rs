@@ -125,7 +125,7 @@ pub struct Plan {
     pub args: Vec<CString>,
     /// envp.
     pub env: Vec<CString>,
-    /// `PATH` from env, for looking up a bare args[0].
+    /// `PATH` from env, for looking up a bare `args[0]`.
     pub path_var: String,
     /// Working directory inside the container.
     pub cwd: PathBuf,
@@ -393,7 +393,7 @@ impl Plan {
         Ok(())
     }
 
-    /// Resolves args[0] (a bare name is looked up in `PATH`) inside the container.
+    /// Resolves `args[0]` (a bare name is looked up in `PATH`) inside the container.
     pub fn resolve_exe(&self) -> Result<CString> {
         let a0 = self.args[0].as_bytes();
         if a0.contains(&b'/') {
