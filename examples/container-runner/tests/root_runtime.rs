@@ -602,3 +602,51 @@ fn root_user_namespace_with_id_maps() {
     assert_eq!(lines[2], "65534", "{out}");
     b.ok(&["delete", "--force", id]);
 }
+
+#[test]
+fn root_preserve_fds_passes_only_what_was_asked() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "cat <&3 2>&1; cat <&4 2>&1; echo; ls /proc/self/fd | wc -l",
+        ],
+        |_| {},
+    );
+    let bs = b.path().to_str().unwrap().to_string();
+    let f3 = b.path().join("fd3.txt");
+    let f4 = b.path().join("fd4.txt");
+    std::fs::write(&f3, "from-fd-3").unwrap();
+    std::fs::write(&f4, "from-fd-4").unwrap();
+    let run = |preserve: &str| {
+        let script = format!(
+            "exec 3<{} 4<{}; exec {BIN} --root {} run --preserve-fds {preserve} --bundle {bs} vk-fds",
+            f3.display(),
+            f4.display(),
+            b.state_root.display()
+        );
+        let o = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // fd 3 passed, fd 4 not: it was open in the runtime but close-on-exec.
+    let out = run("1");
+    assert!(out.contains("from-fd-3"), "{out}");
+    assert!(!out.contains("from-fd-4"), "{out}");
+    let out = run("2");
+    assert!(
+        out.contains("from-fd-3") && out.contains("from-fd-4"),
+        "{out}"
+    );
+    let out = run("0");
+    assert!(
+        !out.contains("from-fd-3") && !out.contains("from-fd-4"),
+        "{out}"
+    );
+}
