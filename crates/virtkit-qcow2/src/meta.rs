@@ -162,6 +162,8 @@ pub(crate) struct Meta {
     growing: bool,
     /// Metadata ranges never handed out by the allocator (offset, end).
     pub fixed: Vec<(u64, u64)>,
+    /// Guest clusters whose new data is being written outside the lock.
+    pub inflight: std::collections::HashSet<u64>,
 }
 
 impl Meta {
@@ -208,6 +210,7 @@ impl Meta {
             compressed_cursor: 0,
             growing: false,
             fixed,
+            inflight: Default::default(),
             h,
         })
     }
@@ -562,6 +565,10 @@ impl Meta {
     /// Queue `n` clusters from `c` for a refcount decrement at the next flush.
     pub fn free_later(&mut self, c: u64, n: u64) {
         self.pending_frees.push((c, n));
+    }
+
+    pub fn has_pending_frees(&self) -> bool {
+        !self.pending_frees.is_empty()
     }
 
     /// Add one reference to cluster `c` (a compressed cluster sharing a host cluster).
