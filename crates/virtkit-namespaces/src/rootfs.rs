@@ -254,8 +254,11 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
     let fstype = m.fstype.as_deref().unwrap_or("none");
     let is_bind = opts.flags & libc::MS_BIND != 0 || fstype == "bind";
     let err = mount_err(dest);
-    if fstype == "cgroup" || fstype == "cgroup2" {
-        // The host's cgroup tree, read-only unless asked otherwise.
+    if fstype == "cgroup" {
+        // cgroup v1 has no single filesystem to mount: without anything better from the
+        // caller, the host's cgroup tree, read-only unless asked otherwise. (Callers that
+        // know the container's own cgroup dirs should bind those instead; cgroup2 is
+        // mounted as a filesystem below.)
         let t = sys
             .resolve_in_root(root, dest, TargetKind::Dir)
             .map_err(mount_err(dest))?;

@@ -146,12 +146,49 @@ fn hook_state(c: &Container, status: &str) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// A `cgroup` mount on v1: a tmpfs with the container's own directory of each
+/// hierarchy bound at `<dest>/<hierarchy>` (as runc does), never the host's whole tree.
+fn cgroup_v1_mounts(
+    dest: &Path,
+    options: &[String],
+    cg_path: &str,
+    dirs: &[PathBuf],
+) -> Vec<MountSpec> {
+    let keep: Vec<String> = options
+        .iter()
+        .filter(|o| ["nosuid", "noexec", "nodev"].contains(&o.as_str()))
+        .cloned()
+        .collect();
+    let mut out = vec![MountSpec {
+        source: Some(PathBuf::from("tmpfs")),
+        destination: dest.to_path_buf(),
+        fstype: Some("tmpfs".into()),
+        options: [keep.clone(), vec!["mode=755".into(), "size=64k".into()]].concat(),
+    }];
+    let depth = Path::new(cg_path).components().count();
+    for d in dirs {
+        let Some(name) = d.ancestors().nth(depth).and_then(|m| m.file_name()) else {
+            continue;
+        };
+        let mut o = vec!["rbind".to_string()];
+        o.extend(keep.iter().cloned());
+        out.push(MountSpec {
+            source: Some(d.clone()),
+            destination: dest.join(name),
+            fstype: Some("bind".into()),
+            options: o,
+        });
+    }
+    out
+}
+
 fn rootfs_config(
     spec: &Spec,
     bundle: &Path,
     rootfs: &Path,
     no_pivot: bool,
     userns: bool,
+    cg: &dyn virtkit_cgroups::CgroupManager,
 ) -> Result<RootfsConfig> {
     let mut cfg = RootfsConfig::new(rootfs);
     cfg.no_pivot = no_pivot;
@@ -180,11 +217,36 @@ fn rootfs_config(
                 s.clone()
             }
         });
+        let options = m.options().clone().unwrap_or_default();
+        let ty = m.typ().as_deref();
+        if matches!(ty, Some("cgroup") | Some("cgroup2")) {
+            let ro = options.iter().any(|o| o == "ro");
+            if cg.version() == virtkit_cgroups::CgroupVersion::V1 {
+                cfg.mounts.extend(cgroup_v1_mounts(
+                    m.destination(),
+                    &options,
+                    cg.path(),
+                    &cg.dirs(),
+                ));
+                if ro {
+                    cfg.readonly_paths.push(m.destination().clone());
+                }
+            } else {
+                // In the container's cgroup namespace cgroup2 shows its own subtree.
+                cfg.mounts.push(MountSpec {
+                    source: Some(PathBuf::from("cgroup")),
+                    destination: m.destination().clone(),
+                    fstype: Some("cgroup2".into()),
+                    options,
+                });
+            }
+            continue;
+        }
         cfg.mounts.push(MountSpec {
             source: src,
             destination: m.destination().clone(),
             fstype: m.typ().clone(),
-            options: m.options().clone().unwrap_or_default(),
+            options,
         });
     }
     let mut devs = default_devices();
@@ -210,12 +272,8 @@ fn rootfs_config(
             .flatten()
             .map(PathBuf::from)
             .collect();
-        cfg.readonly_paths = l
-            .readonly_paths()
-            .iter()
-            .flatten()
-            .map(PathBuf::from)
-            .collect();
+        cfg.readonly_paths
+            .extend(l.readonly_paths().iter().flatten().map(PathBuf::from));
     }
     cfg.devices = devs;
     Ok(cfg)
@@ -354,6 +412,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
     let mut flags = 0;
     let mut joins: Vec<(NamespaceType, OwnedFd)> = Vec::new();
     let mut new_user = false;
+    let mut new_cgroupns = false;
     let mut have_mount = false;
     for ns in linux.namespaces().iter().flatten() {
         let t = ns_type(ns.typ());
@@ -377,6 +436,11 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
                     );
                 }
             }
+            None if t == NamespaceType::Cgroup => {
+                // Made by init once it is in its cgroup, so that cgroup is the root of
+                // the namespace (a clone flag would root it at ours).
+                new_cgroupns = true;
+            }
             None => {
                 if t == NamespaceType::User {
                     new_user = true;
@@ -390,7 +454,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
     }
     // User namespace first, mount namespace last.
     joins.sort_by_key(|(t, _)| NamespaceType::JOIN_ORDER.iter().position(|x| x == t));
-    let rootfs_cfg = rootfs_config(&spec, &bundle, &rootfs, o.no_pivot, new_user)?;
+    let rootfs_cfg = rootfs_config(&spec, &bundle, &rootfs, o.no_pivot, new_user, cg.as_ref())?;
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     let sysctl: Vec<(String, String)> = linux
         .sysctl()
@@ -409,6 +473,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         preserve_fds: o.preserve_fds,
         cgroup_tasks: cgroup::self_join_files(cg.as_ref()),
         userns: new_user || joins_user,
+        new_cgroupns,
         mode: Mode::Create {
             rootfs: Box::new(rootfs_cfg),
             hostname,
@@ -843,6 +908,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
             .map(cgroup::self_join_files)
             .unwrap_or_default(),
         userns: joins_user,
+        new_cgroupns: false,
         mode: Mode::Exec,
     };
     let joins_itself = !init.cgroup_tasks.is_empty();

@@ -62,6 +62,8 @@ pub struct Init {
     pub preserve_fds: u32,
     /// In a new or joined user namespace: become its root before anything else.
     pub userns: bool,
+    /// Unshare a cgroup namespace after joining the cgroup (so it is the root).
+    pub new_cgroupns: bool,
     /// cgroup v1 `tasks` files to write "0" to: the child moves itself into the
     /// container's cgroup (see `cgroup::self_join_files`).
     pub cgroup_tasks: Vec<CString>,
@@ -178,6 +180,10 @@ fn run(i: &Init) -> Result<Infallible> {
         }
     }
     let sys = LinuxSyscalls;
+    if i.new_cgroupns {
+        sys.unshare(libc::CLONE_NEWCGROUP)
+            .context("create the cgroup namespace")?;
+    }
     for (kind, fd) in &i.joins {
         use std::os::fd::AsFd;
         sys.setns(fd.as_fd(), kind.clone_flag())

@@ -100,10 +100,13 @@ fn root_run_sees_namespaces_masks_and_readonly_paths() {
         echo timer_list=$(wc -c < /proc/timer_list); echo firmware=$(ls /sys/firmware | wc -l); echo null=$(ls -l /dev/null | cut -c1-10); \
         if echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null; then echo sys=rw; else echo sys=ro; fi; \
         echo fds=$(ls /proc/self/fd | wc -l); echo cwd=$(pwd); \
-        echo caps=$(grep CapEff /proc/self/status)";
+        echo caps=$(grep CapEff /proc/self/status); \
+        echo pidsmax=$(cat /sys/fs/cgroup/pids/pids.max); echo cgns=$(grep :pids: /proc/self/cgroup); \
+        if echo 5 > /sys/fs/cgroup/pids/pids.max 2>/dev/null; then echo cg=rw; else echo cg=ro; fi";
     let b = Bundle::new(&["sh", "-c", script], |c| {
         c["hostname"] = "vk-host".into();
         c["process"]["cwd"] = "/tmp".into();
+        c["linux"]["resources"]["pids"] = serde_json::json!({"limit": 99});
     });
     let bs = b.path().to_str().unwrap().to_string();
     let o = b.rt(&["run", "--bundle", &bs, "vk-ns"]);
@@ -124,6 +127,15 @@ fn root_run_sees_namespaces_masks_and_readonly_paths() {
     assert!(has("null=crw-rw-rw-"), "{out}");
     assert!(has("sys=ro"), "{out}");
     assert!(has("cwd=/tmp"), "{out}");
+    // /sys/fs/cgroup holds the container's own cgroups (read-only), and the cgroup
+    // namespace is rooted at them.
+    assert!(has("pidsmax=99"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("cgns=") && l.ends_with(":pids:/")),
+        "{out}"
+    );
+    assert!(has("cg=ro"), "{out}");
     // stdin, stdout, stderr and the fd ls itself opened: nothing leaked from the runtime.
     assert!(has("fds=4"), "{out}");
     // runc's default set (from `spec`): no CAP_SYS_ADMIN (bit 21).
