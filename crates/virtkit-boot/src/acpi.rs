@@ -72,6 +72,20 @@ pub enum AcpiDevice {
         /// GSI.
         irq: u32,
     },
+    /// A virtio-mmio device window (`LNRO0005`, which Linux's virtio_mmio driver matches) with
+    /// an edge-triggered GSI. Under hardware-reduced ACPI this is how the guest learns of the
+    /// device with a usable interrupt: a `virtio_mmio.device=` command-line entry names a raw
+    /// IRQ number that has no legacy mapping there.
+    VirtioMmio {
+        /// `_UID`, unique among the virtio-mmio devices (also names the device `V<uid>`).
+        uid: u16,
+        /// Start of the register window (32-bit MMIO).
+        base: u32,
+        /// Length of the window.
+        len: u32,
+        /// GSI.
+        irq: u32,
+    },
     /// Raw AML bytes appended to the DSDT as they are.
     Aml(Vec<u8>),
 }
@@ -88,6 +102,23 @@ impl AcpiDevice {
                 let uid = *uid;
                 let hid = aml::Name::new("_HID".into(), &hid);
                 let uid = aml::Name::new("_UID".into(), &uid);
+                let crs = aml::Name::new("_CRS".into(), &crs);
+                let dev = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
+                bytes_of(&dev)
+            }
+            AcpiDevice::VirtioMmio {
+                uid,
+                base,
+                len,
+                irq,
+            } => {
+                let name = format!("_SB_.V{:03X}", uid & 0xfff);
+                let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+                let uid = u32::from(*uid);
+                let uid = aml::Name::new("_UID".into(), &uid);
+                let mem = aml::Memory32Fixed::new(true, *base, *len);
+                let int = aml::Interrupt::new(true, true, false, false, *irq);
+                let crs = aml::ResourceTemplate::new(vec![&mem, &int]);
                 let crs = aml::Name::new("_CRS".into(), &crs);
                 let dev = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
                 bytes_of(&dev)

@@ -3,7 +3,14 @@
 //! ```text
 //! vm-runner --kernel PATH [--initrd PATH] [--cmdline STR] [--cpus N] [--memory MiB]
 //!           [--serial stdio|file:PATH|none]
+//!           [--disk path=PATH[,format=raw|qcow2][,readonly=on][,backing=on]]...
+//!           [--net tap=NAME[,mac=MAC][,bridge=BR][,mtu=N]]...
 //! ```
+//!
+//! Each `--disk` adds a virtio-blk device on virtio-mmio (`/dev/vda`, `/dev/vdb`, ... in
+//! the guest). Formats are never probed (raw unless `format=qcow2`), and a qcow2 image's
+//! backing file is followed only with `backing=on`. Each `--net` creates the tap (attached to
+//! the existing bridge `BR` when given) and adds a virtio-net device (`eth0`, `eth1`, ...).
 //!
 //! `--huge-pages` picks the guest RAM backing (default `thp`).
 //!
@@ -12,6 +19,9 @@
 //! prints the process CPU time right before the first KVM_RUN.
 
 mod devices;
+mod disk;
+mod net;
+mod virtio;
 mod vmm;
 
 use std::path::PathBuf;
@@ -53,11 +63,17 @@ pub struct Options {
     pub serial: SerialMode,
     /// Huge pages for guest RAM.
     pub huge_pages: virtkit_memory::HugePages,
+    /// virtio-blk disks, in guest order.
+    pub disks: Vec<disk::DiskSpec>,
+    /// virtio-net interfaces, in guest order.
+    pub nets: Vec<virtkit_net::NetSpec>,
 }
 
 const USAGE: &str = "usage: vm-runner --kernel PATH [--initrd PATH] [--cmdline STR] [--cpus N] \
                      [--memory MiB] [--serial stdio|file:PATH|none] \
-                     [--huge-pages none|thp|hugetlbfs]";
+                     [--huge-pages none|thp|hugetlbfs] \
+                     [--disk path=PATH[,format=raw|qcow2][,readonly=on][,backing=on]]... \
+                     [--net tap=NAME[,mac=MAC][,bridge=BR][,mtu=N]]...";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options> {
     let mut kernel = None;
@@ -66,6 +82,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options> {
     let mut cpus = 1u32;
     let mut memory_mib = 128u64;
     let mut serial = SerialMode::Stdio;
+    let mut disks = Vec::new();
+    let mut nets = Vec::new();
     // THP by default: loading the kernel then faults in a few huge pages instead of thousands of
     // small ones (start-up CPU time), and the guest gets huge pages where the host has them.
     let mut huge_pages = virtkit_memory::HugePages::Transparent;
@@ -121,6 +139,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options> {
                     _ => bail!("--huge-pages: expected none, thp or hugetlbfs, not {v:?}"),
                 };
             }
+            "--disk" => disks.push(disk::parse_disk(&value()?)?),
+            "--net" => nets.push(value()?.parse().context("--net")?),
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -141,6 +161,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options> {
         memory_mib,
         serial,
         huge_pages,
+        disks,
+        nets,
     })
 }
 

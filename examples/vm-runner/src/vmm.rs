@@ -168,6 +168,9 @@ pub fn run(opts: &Options) -> Result<String> {
     let mut devices = DeviceManager::new();
     devices.add_serial(&vm, serial_out(&opts.serial)?)?;
     devices.add_power_devices(&exit)?;
+    let mut virtio = crate::virtio::VirtioDevices::default();
+    crate::disk::attach_disks(&vm, &mut devices, ram.memory(), &opts.disks, &mut virtio)?;
+    crate::net::attach_nets(&vm, &mut devices, ram.memory(), &opts.nets, &mut virtio)?;
 
     let mut cmdline = opts.cmdline.clone();
     for extra in devices.cmdline_extra() {
@@ -181,11 +184,13 @@ pub fn run(opts: &Options) -> Result<String> {
         cmdline,
         cpus,
         acpi: true,
-        acpi_devices: vec![AcpiDevice::Serial {
+        acpi_devices: std::iter::once(AcpiDevice::Serial {
             uid: 0,
             port: COM1_PORT,
             irq: COM1_IRQ.0,
-        }],
+        })
+        .chain(std::mem::take(&mut virtio.acpi))
+        .collect(),
     }
     .load(&ram)
     .context("loading the guest")?;
@@ -213,6 +218,9 @@ pub fn run(opts: &Options) -> Result<String> {
     let done = Arc::new(AtomicBool::new(false));
     let mut em: EventManager<Subscriber> =
         EventManager::new().map_err(|e| anyhow!("event manager: {e:?}"))?;
+    for d in virtio.subscribers {
+        em.add_subscriber(d);
+    }
     em.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
         fds: vec![exit_evt, vcpu_exit.try_clone()?],
         done: done.clone(),
