@@ -61,6 +61,63 @@ impl Src {
     }
 }
 
+/// A heap buffer whose start is 4 KiB aligned (for O_DIRECT).
+struct AlignedBuf {
+    v: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let v = vec![0u8; len + 4096];
+        let mis = v.as_ptr() as usize % 4096;
+        let start = if mis == 0 { 0 } else { 4096 - mis };
+        AlignedBuf { v, start, len }
+    }
+    fn as_ref(&self) -> &[u8] {
+        &self.v[self.start..self.start + self.len]
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.start..self.start + self.len]
+    }
+}
+
+fn write_chunk(out: &Dst, compress: bool, cs: u64, b: &[u8], pos: u64) -> Result<()> {
+    let n = b.len() as u64;
+    let mut i = 0u64;
+    while i < n {
+        let l = cs.min(n - i);
+        if is_zero(&b[i as usize..(i + l) as usize]) {
+            i += l;
+            continue;
+        }
+        if compress {
+            if let Dst::Qcow2(q) = out {
+                q.write_compressed(&b[i as usize..(i + l) as usize], pos + i)?;
+            }
+            i += l;
+            continue;
+        }
+        // A run of non-zero clusters goes out in one write.
+        let mut j = i + l;
+        while j < n {
+            let l2 = cs.min(n - j);
+            if is_zero(&b[j as usize..(j + l2) as usize]) {
+                break;
+            }
+            j += l2;
+        }
+        let data = &b[i as usize..j as usize];
+        match out {
+            Dst::Raw(f) => f.write_at(data, pos + i)?,
+            Dst::Qcow2(q) => q.write_at(data, pos + i)?,
+        }
+        i = j;
+    }
+    Ok(())
+}
+
 enum Dst {
     Raw(HostFile),
     Qcow2(Box<Qcow2>),
@@ -119,7 +176,19 @@ pub fn convert(
                 ..o.create.clone()
             };
             create(dst, &c)?;
-            Dst::Qcow2(Box::new(Qcow2::open(dst, OpenOptions::default())?))
+            // Like `qemu-img convert -t none`: bypass the page cache (falling
+            // back to it on file systems without O_DIRECT).
+            let q = match Qcow2::open(
+                dst,
+                OpenOptions {
+                    direct: true,
+                    ..Default::default()
+                },
+            ) {
+                Ok(q) => q,
+                Err(_) => Qcow2::open(dst, OpenOptions::default())?,
+            };
+            Dst::Qcow2(Box::new(q))
         }
     };
     let cs = match &out {
@@ -127,57 +196,53 @@ pub fn convert(
         Dst::Raw(_) => 65536,
     };
     let chunk = cs.max(2 << 20);
-    let mut buf = vec![0u8; chunk as usize];
-    let mut pos = 0u64;
-    while pos < size {
-        let n = chunk.min(size - pos);
-        // Holes in a raw source are skipped without reading them.
-        if let Src::Raw(r) = &source {
-            match r.host_file().next_data(pos)? {
-                None => break,
-                Some(d) if d >= pos + n => {
-                    pos = (d / cs * cs).max(pos + n);
-                    progress(pos.min(size), size);
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        let b = &mut buf[..n as usize];
-        source.dev().read_at(b, pos)?;
-        let mut i = 0u64;
-        while i < n {
-            let l = cs.min(n - i);
-            if is_zero(&b[i as usize..(i + l) as usize]) {
-                i += l;
-                continue;
-            }
-            if o.compress {
-                if let Dst::Qcow2(q) = &out {
-                    q.write_compressed(&b[i as usize..(i + l) as usize], pos + i)?;
-                }
-                i += l;
-                continue;
-            }
-            // A run of non-zero clusters goes out in one write.
-            let mut j = i + l;
-            while j < n {
-                let l2 = cs.min(n - j);
-                if is_zero(&b[j as usize..(j + l2) as usize]) {
-                    break;
-                }
-                j += l2;
-            }
-            let data = &b[i as usize..j as usize];
-            match &out {
-                Dst::Raw(f) => f.write_at(data, pos + i)?,
-                Dst::Qcow2(q) => q.write_at(data, pos + i)?,
-            }
-            i = j;
-        }
-        pos += n;
-        progress(pos, size);
+    // A reader thread fills aligned buffers (skipping holes of a raw source)
+    // while this thread writes: reads and writes overlap.
+    let (to_writer, from_reader) =
+        std::sync::mpsc::sync_channel::<Result<(u64, AlignedBuf, u64)>>(3);
+    let (to_reader, free_bufs) = std::sync::mpsc::channel::<AlignedBuf>();
+    for _ in 0..4 {
+        let _ = to_reader.send(AlignedBuf::new(chunk as usize));
     }
+    let src_dev = &source;
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            let mut pos = 0u64;
+            while pos < size {
+                let n = chunk.min(size - pos);
+                if let Src::Raw(r) = src_dev {
+                    match r.host_file().next_data(pos) {
+                        Ok(None) => break,
+                        Ok(Some(d)) if d >= pos + n => {
+                            pos = (d / cs * cs).max(pos + n);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = to_writer.send(Err(e.into()));
+                            return;
+                        }
+                    }
+                }
+                let Ok(mut b) = free_bufs.recv() else { return };
+                if let Err(e) = src_dev.dev().read_at(&mut b.as_mut()[..n as usize], pos) {
+                    let _ = to_writer.send(Err(e.into()));
+                    return;
+                }
+                if to_writer.send(Ok((pos, b, n))).is_err() {
+                    return;
+                }
+                pos += n;
+            }
+        });
+        for msg in from_reader {
+            let (pos, b, n) = msg?;
+            write_chunk(&out, o.compress, cs, &b.as_ref()[..n as usize], pos)?;
+            progress(pos + n, size);
+            let _ = to_reader.send(b);
+        }
+        Ok(())
+    })?;
     match out {
         Dst::Raw(f) => f.sync()?,
         Dst::Qcow2(q) => (*q).close()?,
