@@ -5,7 +5,9 @@
 //! - `cargo xtask guest`: build the test guest's kernel and initramfs (cached).
 //! - `cargo xtask lab [--timeout S] [--file HOST[:NAME]]... [--program PATH]... [--qemu] [--host] -- CMD...`:
 //!   run a command in the lab VM (or, with `--host`, here) and exit with its status.
-//! - `cargo xtask demo`: build the guest and boot it with vm-runner where Linux boots.
+//! - `cargo xtask demo [WORD...]`: build the guest and boot it with vm-runner where Linux
+//!   boots, with a qcow2 disk, on a bridged tap; run a container (only the parts whose
+//!   names contain a WORD, when given).
 //! - `cargo xtask boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]`:
 //!   boot to the /init marker, vm-runner vs QEMU microvm, in one lab run (see
 //!   benches/scripts/boot-vs-qemu.sh).
@@ -180,8 +182,106 @@ type DemoPart = (&'static str, fn() -> Result<()>);
 /// The demo's parts, in order; add new parts here.
 const DEMO_PARTS: &[DemoPart] = &[
     ("boot the guest with vm-runner", demo_vm_boot),
+    (
+        "guest reads and writes a qcow2 disk (vm-runner --disk)",
+        demo_disk,
+    ),
+    (
+        "guest pings its host over a bridged tap (vm-runner --net)",
+        demo_net,
+    ),
     ("run a container with container-runner", demo_container),
 ];
+
+/// Boots the guest with vm-runner and `check` as its script, after `setup` ran in the
+/// payload; `files` go into the payload; the boot must reach /init, the check must pass
+/// and the output must contain `expect`.
+fn demo_guest(
+    name: &str,
+    check: &str,
+    vm_args: &[&str],
+    (setup, teardown): (&str, &str),
+    files: Vec<(PathBuf, &str)>,
+    expect: &str,
+) -> Result<()> {
+    let kernel = virtkit_lab::guest_kernel()?;
+    let initrd = virtkit_lab::initramfs(check, &[])?;
+    let vm_runner = virtkit_lab::static_binary("vm-runner", "vm-runner")?;
+    let mut boot = GuestBoot::new(name, Vmm::VmRunner, 1, 256, "./vmlinux", "./initrd");
+    boot.extra_args = vm_args.iter().map(|a| a.to_string()).collect();
+    let mut payload = virtkit_lab::boot_payload(std::slice::from_ref(&boot))?
+        .prepend_script(setup)
+        .append_script(teardown)
+        .file(vm_runner, "vm-runner")
+        .file(kernel.vmlinux, "vmlinux")
+        .file(initrd, "initrd")
+        .timeout(Duration::from_secs(300));
+    for (host, inner) in files {
+        payload = payload.file(host, inner);
+    }
+    let out = virtkit_lab::run(&payload)?;
+    let r = BootResult::parse(&out.output, name).context("the boot never started")?;
+    if !r.reached_init || r.check_status != Some(0) || r.status != 0 || !r.console.contains(expect)
+    {
+        bail!(
+            "{name}: failed (reached /init: {}, check status {:?}, vm-runner status {}):\n{}",
+            r.reached_init,
+            r.check_status,
+            r.status,
+            r.console
+        );
+    }
+    Ok(())
+}
+
+fn demo_disk() -> Result<()> {
+    // An ext4 file system holding one file, converted to qcow2 on the host.
+    let dir = tempfile::tempdir()?;
+    let content = dir.path().join("content");
+    std::fs::create_dir(&content)?;
+    std::fs::write(content.join("hello.txt"), "hello from a qcow2 disk\n")?;
+    let raw = dir.path().join("disk.raw");
+    let qcow2 = dir.path().join("disk.qcow2");
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&raw)
+        .arg("16M"))?;
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2))?;
+    demo_guest(
+        "demo-disk",
+        "mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt && echo written-by-guest > /mnt/out.txt \
+         && umount /mnt && mount -t ext4 /dev/vda /mnt && echo \"read back: $(cat /mnt/out.txt)\" && umount /mnt\n",
+        &["--disk", "path=./disk.qcow2,format=qcow2"],
+        ("", ""),
+        vec![(qcow2, "disk.qcow2")],
+        "read back: written-by-guest",
+    )
+}
+
+fn demo_net() -> Result<()> {
+    demo_guest(
+        "demo-net",
+        "ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0 && ping -c 3 -W 5 10.0.2.1\n",
+        &["--net", "tap=vktap0,bridge=vkbr0"],
+        (
+            "ip link add vkbr0 type bridge && ip addr add 10.0.2.1/24 dev vkbr0 && ip link set vkbr0 up\n",
+            "ip link del vktap0 2>/dev/null; ip link del vkbr0 2>/dev/null; true\n",
+        ),
+        Vec::new(),
+        "3 packets received",
+    )
+}
 
 /// Where containers run: the host when it has a unified cgroup v2 hierarchy, else the
 /// lab (which has one).
@@ -381,10 +481,22 @@ fn boot_bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn demo() -> Result<()> {
-    for (name, part) in DEMO_PARTS {
-        timed(name, part)?;
+fn demo(only: &[String]) -> Result<()> {
+    let mut failed = Vec::new();
+    let parts: Vec<&DemoPart> = DEMO_PARTS
+        .iter()
+        .filter(|(name, _)| only.is_empty() || only.iter().any(|o| name.contains(o.as_str())))
+        .collect();
+    for (name, part) in parts.iter().copied() {
+        if let Err(e) = timed(name, part) {
+            eprintln!("xtask: demo part `{name}` FAILED: {e:#}");
+            failed.push(*name);
+        }
     }
+    if !failed.is_empty() {
+        bail!("demo parts failed: {}", failed.join("; "));
+    }
+    eprintln!("xtask: demo: all {} parts passed", parts.len());
     Ok(())
 }
 
@@ -398,7 +510,7 @@ fn main() -> Result<()> {
             let code = lab(&args[1..])?;
             std::process::exit(code);
         }
-        Some("demo") => demo(),
+        Some("demo") => demo(&args[1..]),
         Some("boot-bench") => boot_bench(&args[1..]),
         Some(other) => bail!("unknown task `{other}`; {tasks}"),
         None => bail!("usage: cargo xtask <task>; {tasks}"),
