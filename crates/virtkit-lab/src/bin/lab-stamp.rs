@@ -109,6 +109,9 @@ fn main() -> ExitCode {
     };
     use std::os::unix::process::ExitStatusExt;
     let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    // The reader thread may see the marker line only after the exit was observed (a
+    // busy machine schedules it late): the VMM ended no earlier than its last output.
+    let total = total.max(marker_at.unwrap_or_default());
     let marker_us = marker_at.map(|d| d.as_micros() as i64).unwrap_or(-1);
     println!(
         "BOOT-STAMP status={code} marker_us={marker_us} total_us={}",
