@@ -1,6 +1,7 @@
 //! Fuzz virtio-blk request parsing over arbitrary guest memory and descriptor
 //! tables: the input is laid into guest memory at address 0, where the
-//! descriptor table (0x0), avail ring (0x1000) and used ring (0x2000) of a
+//! avail ring (0x0, so the first bytes are its index), descriptor table
+//! (0x40) and used ring (0x200) of a
 //! 16-entry queue live, so descriptors, headers, segments and ring indices
 //! are all fuzzer-controlled.
 //!
@@ -38,9 +39,9 @@ fuzz_target!(|data: &[u8]| {
     blk.set_acked_features(blk.device_features());
     let Ok(mut q) = Queue::new(16) else { return };
     q.set_size(16);
-    q.set_desc_table_address(Some(0), Some(0));
-    q.set_avail_ring_address(Some(0x1000), Some(0));
-    q.set_used_ring_address(Some(0x2000), Some(0));
+    q.set_desc_table_address(Some(0x40), Some(0));
+    q.set_avail_ring_address(Some(0), Some(0));
+    q.set_used_ring_address(Some(0x200), Some(0));
     q.set_ready(true);
     blk.process_queue(&mem, &mut q);
 });
