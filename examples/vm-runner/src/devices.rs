@@ -84,7 +84,14 @@ pub type SerialOut = Box<dyn Write + Send>;
 pub type SerialDevice = Serial<EventTrigger, vm_superio::serial::NoEvents, SerialOut>;
 
 /// COM1 on the bus.
-pub struct SerialPort(pub SerialDevice);
+pub struct SerialPort(pub SerialDevice, pub bool);
+
+impl SerialPort {
+    /// A port; output errors are logged once, then the output is dropped.
+    pub fn new(dev: SerialDevice) -> Self {
+        SerialPort(dev, false)
+    }
+}
 
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -95,7 +102,10 @@ impl BusDevice for SerialPort {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(b) = data.first() {
             if let Err(e) = self.0.write(offset as u8, *b) {
-                log::warn!("serial write failed: {e:?}");
+                if !self.1 {
+                    log::warn!("serial output failed, dropping further output errors: {e:?}");
+                    self.1 = true;
+                }
             }
         }
     }
@@ -177,7 +187,10 @@ impl DeviceManager {
         let evt = EventFd::new(libc::EFD_NONBLOCK).context("creating the serial irqfd")?;
         vm.register_irqfd(&evt, COM1_IRQ)
             .context("registering the serial irqfd")?;
-        let port = Arc::new(Mutex::new(SerialPort(Serial::new(EventTrigger(evt), out))));
+        let port = Arc::new(Mutex::new(SerialPort::new(Serial::new(
+            EventTrigger(evt),
+            out,
+        ))));
         self.buses
             .pio
             .insert(port.clone(), u64::from(COM1_PORT), 8)
