@@ -279,18 +279,19 @@ impl Qcow2 {
         if *d == on {
             return Ok(());
         }
-        let m = lock(&self.meta);
+        // Header writes happen under the metadata lock (with O_DIRECT they
+        // are read-modify-write of the first sector).
+        let mut m = lock(&self.meta);
         let mut feat = m.h.incompatible_features & !INCOMPAT_DIRTY;
         if on {
             feat |= INCOMPAT_DIRTY;
         }
-        drop(m);
         if !on {
             self.file.sync()?;
         }
         self.file.write_at(&feat.to_be_bytes(), off::INCOMPAT)?;
         self.file.sync()?;
-        lock(&self.meta).h.incompatible_features = feat;
+        m.h.incompatible_features = feat;
         *d = on;
         Ok(())
     }
@@ -298,6 +299,12 @@ impl Qcow2 {
     fn check_writable(&self, offset: u64, len: u64) -> Result<()> {
         if self.read_only {
             return Err(Qcow2Error::ReadOnly);
+        }
+        if self.header.backing_file.is_some() && self.backing.is_none() {
+            // Copy-on-write would copy zeroes instead of the backing data.
+            return Err(Qcow2Error::InvalidOption(
+                "an image opened with BackingMode::Ignore takes no guest writes".into(),
+            ));
         }
         check_range(offset, len, self.size)?;
         Ok(())
