@@ -118,8 +118,8 @@ fn walk_l1(
             continue;
         }
         cnt.inc(rep, "L2 table", l2_off, 1);
-        let l2 = read_table(q, l2_off, m.l2_entries)?;
-        for (j, &e) in l2.iter().enumerate() {
+        let l2 = read_table(q, l2_off, m.l2_entries * m.l2_words)?;
+        for (j, &e) in l2.iter().step_by(m.l2_words as usize).enumerate() {
             let gc = i as u64 * m.l2_entries + j as u64;
             let map = match decode_l2(e, m.cb) {
                 Ok(map) => map,

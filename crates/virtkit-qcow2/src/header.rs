@@ -141,6 +141,11 @@ impl Header {
         1 << self.refcount_order
     }
 
+    /// Whether L2 entries are extended (128 bits, 32 subclusters).
+    pub fn extended_l2(&self) -> bool {
+        self.incompatible_features & INCOMPAT_EXTL2 != 0
+    }
+
     /// Whether lazy refcounts are enabled.
     pub fn lazy_refcounts(&self) -> bool {
         self.compatible_features & COMPAT_LAZY_REFCOUNTS != 0
@@ -241,8 +246,10 @@ impl Header {
         if h.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             return Err(Qcow2Error::UnsupportedFeature("external data file"));
         }
-        if h.incompatible_features & INCOMPAT_EXTL2 != 0 {
-            return Err(Qcow2Error::UnsupportedFeature("extended L2 entries"));
+        if h.extended_l2() && h.cluster_bits < 14 {
+            return Err(Qcow2Error::Corrupt(
+                "extended L2 entries need clusters of at least 16 KiB".into(),
+            ));
         }
         h.parse_backing_name(buf)?;
         h.validate_tables(file_len)?;
@@ -354,7 +361,7 @@ impl Header {
             Ok(end)
         };
         // L1.
-        let l2_entries = cs / 8;
+        let l2_entries = cs / if self.extended_l2() { 16 } else { 8 };
         let per_l1 = cs
             .checked_mul(l2_entries)
             .ok_or_else(|| Qcow2Error::TooLarge("cluster size".into()))?;

@@ -179,6 +179,11 @@ impl Qcow2 {
         file.read_at(&mut hbuf, 0)?;
         let header = Header::parse(&hbuf, len)?;
         let mut read_only = opts.read_only;
+        if header.extended_l2() && !read_only {
+            return Err(Qcow2Error::UnsupportedFeature(
+                "writing images with extended L2 entries (open them read-only)",
+            ));
+        }
         if header.incompatible_features & INCOMPAT_CORRUPT != 0 {
             if !read_only {
                 log::warn!(
@@ -319,8 +324,33 @@ impl Qcow2 {
         while pos < end {
             let gc = pos >> self.cb;
             let inoff = pos & (cs - 1);
-            let n = (cs - inoff).min(end - pos);
-            let seg = match m.mapping(&self.file, gc)? {
+            let mut n = (cs - inoff).min(end - pos);
+            let mut map = m.mapping(&self.file, gc)?;
+            if m.l2_words == 2 && !matches!(map, Mapping::Compressed { .. }) {
+                // Extended L2: 32 subclusters, each allocated, zero or absent.
+                let sub = cs / 32;
+                let sc = inoff / sub;
+                n = n.min(sub - inoff % sub);
+                let bitmap = m.l2_bitmap(&self.file, gc)?;
+                map = if bitmap & (1 << sc) != 0 {
+                    match map {
+                        Mapping::Data { .. } => map,
+                        _ => {
+                            return Err(Qcow2Error::Corrupt(format!(
+                                "guest cluster {gc}: allocated subcluster without a host cluster"
+                            )))
+                        }
+                    }
+                } else if bitmap & (1 << (32 + sc)) != 0 {
+                    Mapping::Zero {
+                        off: 0,
+                        copied: false,
+                    }
+                } else {
+                    Mapping::Unallocated
+                };
+            }
+            let seg = match map {
                 Mapping::Unallocated if self.backing.is_some() => Seg::Backing(pos),
                 Mapping::Unallocated | Mapping::Zero { .. } => Seg::Zero,
                 Mapping::Data { off, .. } => Seg::Data(off + inoff),

@@ -132,6 +132,11 @@ impl Qcow2 {
     }
 
     fn map_range(&self, start: u64, len: u64, depth: u32, out: &mut Vec<MapEntry>) -> Result<()> {
+        if self.header().extended_l2() {
+            return Err(crate::Qcow2Error::UnsupportedFeature(
+                "maps of images with extended L2 entries",
+            ));
+        }
         let cs = 1u64 << self.cb;
         let end = start + len;
         let mut pos = start;

@@ -147,6 +147,8 @@ pub(crate) struct Meta {
     pub cb: u32,
     pub cs: u64,
     pub l2_entries: u64,
+    /// Words per L2 entry: 1, or 2 with extended L2 entries.
+    pub l2_words: u64,
     pub l1: Vec<u64>,
     l1_dirty: Vec<usize>,
     pub l2: Cache<Vec<u64>>,
@@ -183,6 +185,7 @@ impl Meta {
         f.read_at(&mut rtbuf, h.refcount_table_offset)?;
         let reftable = decode_table(&rtbuf);
         let rb_bits = cb + 3 - h.refcount_order;
+        let l2_words = if h.extended_l2() { 2 } else { 1 };
         let l2_cap = (l2_cache_bytes as u64 / cs).clamp(4, 65536) as usize;
         let rb_cap = (rb_cache_bytes as u64 / cs).clamp(4, 65536) as usize;
         let fixed = vec![
@@ -196,7 +199,8 @@ impl Meta {
         Ok(Meta {
             cb,
             cs,
-            l2_entries: cs / 8,
+            l2_entries: cs / (8 * l2_words),
+            l2_words,
             l1,
             l1_dirty: Vec::new(),
             l2: Cache::new(l2_cap),
@@ -279,7 +283,23 @@ impl Meta {
             return Ok(0);
         }
         self.l2_load(f, l2_off)?;
-        let i = (gc % self.l2_entries) as usize;
+        let i = ((gc % self.l2_entries) * self.l2_words) as usize;
+        Ok(self.l2.get(l2_off).map_or(0, |s| s.data[i]))
+    }
+
+    /// The subcluster bitmap of guest cluster `gc` (extended L2 only):
+    /// bits 0..32 allocated, bits 32..64 reads-as-zero.
+    pub fn l2_bitmap(&mut self, f: &HostFile, gc: u64) -> Result<u64> {
+        let l1i = (gc / self.l2_entries) as usize;
+        let Some(&l1e) = self.l1.get(l1i) else {
+            return Ok(0);
+        };
+        let l2_off = l1e & OFF_MASK;
+        if l2_off == 0 || self.l2_words != 2 {
+            return Ok(0);
+        }
+        self.l2_load(f, l2_off)?;
+        let i = ((gc % self.l2_entries) * 2 + 1) as usize;
         Ok(self.l2.get(l2_off).map_or(0, |s| s.data[i]))
     }
 

@@ -257,7 +257,7 @@ fn info(file: &Path, format: Option<&str>, output: Output) -> Result<()> {
             if h.version >= 3 {
                 data["lazy-refcounts"] = json!(h.lazy_refcounts());
                 data["corrupt"] = json!(h.incompatible_features & 2 != 0);
-                data["extended-l2"] = json!(false);
+                data["extended-l2"] = json!(h.extended_l2());
             }
             v["format-specific"] = json!({"type": "qcow2", "data": data});
             if let Some(b) = &h.backing_file {

@@ -65,6 +65,7 @@ fn info_agrees_with_qemu_img() {
             vec!["-o", "lazy_refcounts=on,compression_type=zstd"],
         ),
         ("d.qcow2".into(), vec!["-b", "base.raw", "-F", "raw"]),
+        ("e.qcow2".into(), vec!["-o", "extended_l2=on"]),
     ];
     for (name, opts) in cases {
         let img = d.join(&name);
