@@ -58,6 +58,10 @@ impl CheckReport {
     }
 }
 
+/// Most host clusters a check (or a dirty-image rebuild) will count: the
+/// count table then takes at most 1 GiB.
+pub const MAX_CHECK_CLUSTERS: u64 = 1 << 27;
+
 struct Counter {
     refs: Vec<u64>,
     cb: u32,
@@ -182,8 +186,14 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
         total_clusters: q.size.div_ceil(cs),
         ..Default::default()
     };
+    let clusters = flen.div_ceil(cs);
+    if clusters > MAX_CHECK_CLUSTERS {
+        return Err(Qcow2Error::TooLarge(format!(
+            "image file of {clusters} clusters is too large to check (limit {MAX_CHECK_CLUSTERS})"
+        )));
+    }
     let mut cnt = Counter {
-        refs: vec![0; flen.div_ceil(cs) as usize],
+        refs: vec![0; clusters as usize],
         cb: m.cb,
     };
     cnt.inc(&mut rep, "header", 0, 1);

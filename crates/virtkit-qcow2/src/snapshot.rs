@@ -6,6 +6,9 @@ use virtkit_block::HostFile;
 use crate::error::{Qcow2Error, Result};
 use crate::header::{Header, MAX_L1_BYTES};
 
+/// Largest snapshot table accepted (as QEMU): 64 MiB.
+pub const MAX_SNAPSHOT_TABLE: u64 = 64 << 20;
+
 /// One internal snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -43,6 +46,7 @@ fn be64(b: &[u8], o: usize) -> u64 {
 pub(crate) fn read_snapshots(f: &HostFile, h: &Header, file_len: u64) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
     let mut pos = h.snapshots_offset;
+    let mut total = 0u64;
     let cs = h.cluster_size();
     for i in 0..h.nb_snapshots {
         let bad = |why: String| Qcow2Error::BadSnapshot(format!("entry {i}: {why}"));
@@ -60,6 +64,12 @@ pub(crate) fn read_snapshots(f: &HostFile, h: &Header, file_len: u64) -> Result<
             return Err(bad(format!("extra data of {extra_len} bytes")));
         }
         let body = extra_len + id_len + name_len;
+        total += 40 + body;
+        if total > MAX_SNAPSHOT_TABLE {
+            return Err(bad(format!(
+                "snapshot table larger than {MAX_SNAPSHOT_TABLE} bytes"
+            )));
+        }
         if (pos + 40).checked_add(body).is_none_or(|e| e > file_len) {
             return Err(bad("past the end of the file".into()));
         }

@@ -286,7 +286,14 @@ fn misc_header_errors() {
         ),
         "{e}"
     );
-    let e = broken(|p| patch(p, 72, &(1u64 << 4).to_be_bytes()));
+    // Extended L2 entries: readable, but not writable.
+    let dir = tempfile::tempdir().unwrap();
+    let img = sample(dir.path());
+    patch(&img, 72, &(1u64 << 4).to_be_bytes());
+    let e = Qcow2::open(&img, OpenOptions::default()).unwrap_err();
+    assert!(matches!(e, Qcow2Error::UnsupportedFeature(_)), "{e}");
+    // External data files are refused.
+    let e = broken(|p| patch(p, 72, &(1u64 << 2).to_be_bytes()));
     assert!(matches!(e, Qcow2Error::UnsupportedFeature(_)), "{e}");
     let e = broken(|p| patch(p, 24, &(1u64 << 61).to_be_bytes()));
     assert!(matches!(e, Qcow2Error::L1TooSmall { .. }), "{e}");
@@ -347,4 +354,35 @@ fn random_metadata_damage_never_panics() {
             let _ = q.flush();
         }
     }
+}
+
+#[test]
+fn huge_sparse_dirty_image_is_refused_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("huge.qcow2");
+    virtkit_qcow2::create(
+        &img,
+        &virtkit_qcow2::CreateOptions {
+            size: 1 << 20,
+            cluster_size: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A 1 TiB sparse file of 512-byte clusters, marked dirty: rebuilding
+    // refcounts would need a count per cluster (2^31 of them).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    patch(&img, 72, &1u64.to_be_bytes());
+    let e = Qcow2::open(&img, OpenOptions::default()).unwrap_err();
+    assert!(matches!(e, Qcow2Error::TooLarge(_)), "{e}");
+    // Read-only opens still work (no rebuild needed to read).
+    let q = Qcow2::open(&img, ro()).unwrap();
+    let mut b = [1u8; 512];
+    q.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, [0u8; 512]);
 }
