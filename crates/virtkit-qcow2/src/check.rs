@@ -175,6 +175,9 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
     if repair != Repair::None && q.is_read_only() {
         return Err(Qcow2Error::ReadOnly);
     }
+    // No guest write may be between allocating a cluster and pointing an L2
+    // entry at it while refcounts are compared (and perhaps repaired).
+    let _g = q.exclusive();
     let mut m = q.meta.lock().unwrap_or_else(|e| e.into_inner());
     if !q.is_read_only() {
         m.flush(&q.file)?;

@@ -245,6 +245,11 @@ impl Qcow2 {
         Ok(q)
     }
 
+    /// Exclude all guest I/O (held while a check repairs refcounts).
+    pub(crate) fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The image's path.
     pub fn path(&self) -> &Path {
         &self.path
