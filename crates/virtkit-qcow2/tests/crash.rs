@@ -47,6 +47,32 @@ fn content(i: usize) -> Vec<u8> {
     v
 }
 
+const DISCARD: u64 = 65536;
+
+enum Action {
+    None,
+    Flush,
+    /// Discard the 64 KiB range at this offset.
+    Discard(u64),
+    /// Write zeroes over the 64 KiB range at this offset.
+    Zero(u64),
+}
+
+/// What the writer does after write `i` (a pure function, so the parent
+/// can replay it).
+fn action(seed: u64, i: usize) -> Action {
+    let mut r = rng((seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    r();
+    let x = r();
+    let off = (r() % (SIZE / DISCARD)) * DISCARD;
+    match x % 32 {
+        0 | 1 => Action::Flush,
+        2 => Action::Discard(off),
+        3 => Action::Zero(off),
+        _ => Action::None,
+    }
+}
+
 /// Child side: runs only when the parent sets the environment variable.
 #[test]
 fn crash_child() {
@@ -67,14 +93,16 @@ fn crash_child() {
         },
     )
     .unwrap();
-    let mut r = rng(seed);
     for (i, &blk) in perm.iter().enumerate() {
-        // Mix whole-cluster and partial writes, discards of untouched areas
-        // and flushes.
         q.write_at(&content(i), blk * BLOCK).unwrap();
-        if r() % 16 == 0 {
-            q.flush().unwrap();
-            println!("FLUSHED {i}");
+        match action(seed, i) {
+            Action::Flush => {
+                q.flush().unwrap();
+                println!("FLUSHED {i}");
+            }
+            Action::Discard(off) => q.discard(off, DISCARD).unwrap(),
+            Action::Zero(off) => q.write_zeroes(off, DISCARD).unwrap(),
+            Action::None => {}
         }
     }
     println!("DONE");
@@ -145,13 +173,29 @@ fn check_after_crash(img: &Path, seed: u64, flushed: Option<usize>) {
         },
     )
     .unwrap();
+    // Blocks a discard or write-zeroes may have touched: data or zeroes.
+    let mut maybe_zero = std::collections::HashSet::new();
+    for i in 0..perm.len() {
+        if let Action::Discard(off) | Action::Zero(off) = action(seed, i) {
+            for b in off / BLOCK..(off + DISCARD) / BLOCK {
+                maybe_zero.insert(b);
+            }
+        }
+    }
     let mut b = vec![0u8; BLOCK as usize];
     for (i, &blk) in perm.iter().enumerate().take(last + 1) {
         q.read_at(&mut b, blk * BLOCK).unwrap();
-        assert!(
-            b == content(i),
-            "seed {seed}: write {i} (flushed by {last}) lost"
-        );
+        if maybe_zero.contains(&blk) {
+            assert!(
+                b == content(i) || b.iter().all(|&x| x == 0),
+                "seed {seed}: block {blk} garbled"
+            );
+        } else {
+            assert!(
+                b == content(i),
+                "seed {seed}: write {i} (flushed by {last}) lost"
+            );
+        }
     }
     // Writes after the last flush: each block holds its data or zeroes.
     for (i, &blk) in perm.iter().enumerate().skip(last + 1).take(2000) {
