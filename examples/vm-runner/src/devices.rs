@@ -269,6 +269,39 @@ impl Default for DeviceManager {
 mod tests {
     use super::*;
 
+    type Log = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+    struct Scratch(Log);
+    impl BusDevice for Scratch {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.lock().unwrap().push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn kvm_mmio_device_registration() {
+        let vm = Vm::new(virtkit_vcpu::VmConfig::default()).unwrap();
+        let mut dm = DeviceManager::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (range, irq, evt) = dm
+            .add_mmio_device(&vm, Arc::new(Mutex::new(Scratch(log.clone()))), 0x200, true)
+            .unwrap();
+        assert_eq!(range.start.0, 0xd000_0000);
+        assert_eq!(range.len, 0x1000);
+        assert_eq!(irq, Irq(5));
+        assert_eq!(dm.cmdline_extra(), ["virtio_mmio.device=4K@0xd0000000:5"]);
+        evt.write(1).unwrap();
+        assert!(dm.buses.mmio.write(0xd000_0050, &[1, 0, 0, 0]));
+        assert_eq!(*log.lock().unwrap(), vec![(0x50, vec![1, 0, 0, 0])]);
+        let (r2, irq2, _) = dm
+            .add_mmio_device(&vm, Arc::new(Mutex::new(Scratch(log))), 0x1000, false)
+            .unwrap();
+        assert_eq!((r2.start.0, irq2), (0xd000_1000, Irq(6)));
+        assert_eq!(dm.cmdline_extra().len(), 1);
+    }
+
     #[test]
     fn acpi_ports_decode_sleep_and_reset() {
         let exit = ExitNotifier::new(EventFd::new(0).unwrap());
