@@ -241,6 +241,16 @@ fn v1_stats_freeze_procs_delete() {
     assert!(cg.add_process(0).is_err());
     fake.write("freezer/virtkit/s/cgroup.procs", "").unwrap();
 
+    // join_self: "0" to `tasks` (the calling thread alone) in every hierarchy.
+    cg.join_self().unwrap();
+    for c in ["cpu", "memory", "pids", "freezer", "devices"] {
+        assert_eq!(
+            fake.read(&format!("{c}/virtkit/s/tasks")).unwrap(),
+            "0",
+            "{c}"
+        );
+    }
+
     cg.delete().unwrap();
     assert!(!cg.exists());
     assert!(!fake.path("memory/virtkit/s").exists());
@@ -272,6 +282,11 @@ fn v2_create_enables_controllers_down_the_path() {
         );
     }
     assert!(fake.path("virtkit/c").is_dir());
+    // join_self writes "0" to the leaf's cgroup.procs.
+    fake.populate("virtkit/c").unwrap();
+    cg.join_self().unwrap();
+    assert_eq!(fake.read("virtkit/c/cgroup.procs").unwrap(), "0");
+    fake.write("virtkit/c/cgroup.procs", "").unwrap();
     // Already enabled: nothing is written again.
     fake.write(
         "virtkit/cgroup.subtree_control",

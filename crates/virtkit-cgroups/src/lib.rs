@@ -132,6 +132,18 @@ pub trait CgroupManager: fmt::Debug + Send + Sync {
     /// Moves process `pid` (all its threads) into the cgroup.
     fn add_process(&self, pid: i32) -> Result<()>;
 
+    /// Moves the calling process into the cgroup, for a freshly forked child before it
+    /// execs. Call it only while the process has a single thread: on v1 it writes "0"
+    /// to each hierarchy's `tasks`, which moves the calling thread alone; on v2 it
+    /// writes "0" to `cgroup.procs`.
+    ///
+    /// On v1 this is much cheaper than [`add_process`](Self::add_process) from the
+    /// parent: moving a whole process (writing a pid to `cgroup.procs`) takes the
+    /// kernel's global `cgroup_threadgroup_rwsem` for writing, and the first writer
+    /// after a quiet period waits a full RCU grace period (~10 ms on a v1 host);
+    /// a task moving only itself skips that lock.
+    fn join_self(&self) -> Result<()>;
+
     /// The pids in the cgroup and its descendants (sorted, deduplicated).
     fn pids(&self) -> Result<Vec<i32>>;
 

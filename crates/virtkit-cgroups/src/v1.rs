@@ -292,6 +292,13 @@ impl CgroupManager for V1Manager {
         Ok(())
     }
 
+    fn join_self(&self) -> Result<()> {
+        for (_, dir) in self.unique_dirs() {
+            fs::write_in(&dir, "tasks", "0")?;
+        }
+        Ok(())
+    }
+
     fn pids(&self) -> Result<Vec<i32>> {
         let mut all = BTreeSet::new();
         for dir in self.procs_dirs() {

@@ -246,6 +246,10 @@ impl CgroupManager for V2Manager {
         add_pid(&self.dir, pid)
     }
 
+    fn join_self(&self) -> Result<()> {
+        fs::write_in(&self.dir, "cgroup.procs", "0")
+    }
+
     fn pids(&self) -> Result<Vec<i32>> {
         let mut all = BTreeSet::new();
         collect_pids(&self.dir, &mut all)?;

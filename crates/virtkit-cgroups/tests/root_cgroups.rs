@@ -42,12 +42,28 @@ fn child_main(mode: &str) -> ! {
         "forkchurn" => forkchurn(),
         "devices" => try_devices(),
         m if m.starts_with("readdev:") => read_device(&m["readdev:".len()..]),
+        m if m.starts_with("joinself:") => join_self(&m["joinself:".len()..]),
         other => {
             eprintln!("unknown child mode {other}");
             2
         }
     };
     std::process::exit(code)
+}
+
+/// Moves itself into cgroup `path` with `join_self`, says so, then waits for stdin to
+/// close.
+fn join_self(path: &str) -> i32 {
+    let cg = open(&Hierarchies::detect().unwrap(), path).unwrap();
+    if let Err(e) = cg.join_self() {
+        println!("error {e}");
+        return 1;
+    }
+    println!("joined");
+    std::io::stdout().flush().unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    0
 }
 
 /// Allocates and touches 1 MiB at a time up to 1 GiB; reports progress.
@@ -311,6 +327,24 @@ fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 }
 
 // ---------------------------------------------------------------- tests
+
+/// A process moves itself in with `join_self`: it is then listed by `pids` and its
+/// /proc/<pid>/cgroup names the cgroup (in every v1 hierarchy).
+fn root_join_self_moves_the_caller() {
+    let cg = TestCgroup::new("joinself");
+    let mut child = spawn_child(&format!("joinself:{}", cg.path()));
+    child.stdin.as_mut().unwrap().write_all(b"g").unwrap();
+    assert_eq!(read_line(&mut child).trim(), "joined");
+    let pid = i32::try_from(child.id()).unwrap();
+    assert_eq!(cg.pids().unwrap(), vec![pid]);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let want = format!("/{}", cg.path());
+    // One line per hierarchy the manager uses (v1: each controller's; v2: the one).
+    let in_cg = own.lines().filter(|l| l.ends_with(&want)).count();
+    assert_eq!(in_cg, cg.dirs().len(), "{own} vs {:?}", cg.dirs());
+    drop(child.stdin.take());
+    assert!(wait_for(&mut child, Duration::from_secs(10)).success());
+}
 
 /// A process allocating past the memory limit is OOM-killed at the limit.
 fn root_memory_hog_is_oom_killed() {
@@ -1075,6 +1109,10 @@ fn main() {
             root_io_throttle_slows_a_reader,
         ),
         ("root_child_of_busy_cgroup", root_child_of_busy_cgroup),
+        (
+            "root_join_self_moves_the_caller",
+            root_join_self_moves_the_caller,
+        ),
     ];
     let mut filters = Vec::new();
     let mut skips = Vec::new();

@@ -1,12 +1,10 @@
-//! cgroups through virtkit-cgroups: path choice, OCI resources → `Resources`, and the v1
-//! devices controller (which virtkit-cgroups leaves to its callers).
+//! cgroups through virtkit-cgroups: path choice, OCI resources → `Resources` (through
+//! `Resources::from_oci`) with runc's default device policy (v1 device lists, v2 eBPF).
 
 use anyhow::{Context, Result};
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
-use virtkit_cgroups::{
-    CgroupManager, CgroupVersion, DeviceNumber, Hierarchies, Resources, ThrottleDevice,
-    WeightDevice,
-};
+use oci_spec::runtime::LinuxResources;
+use virtkit_cgroups::devices::{DeviceAccess, DeviceRule, DeviceType};
+use virtkit_cgroups::{CgroupManager, Hierarchies, Resources};
 
 static HIERARCHIES: std::sync::OnceLock<Hierarchies> = std::sync::OnceLock::new();
 
@@ -38,142 +36,60 @@ pub fn cgroup_path(spec_path: Option<&std::path::Path>, id: &str) -> String {
     }
 }
 
-/// The files through which init (or an exec'd process) moves *itself* into the
-/// cgroup on v1: each hierarchy's `tasks`, written with "0".
-///
-/// Moving another process (writing its pid to `cgroup.procs`) takes the kernel's global
-/// `cgroup_threadgroup_rwsem` for writing, and the first writer after a quiet period
-/// waits for a full RCU grace period (~10 ms on this host). A single-threaded task
-/// moving itself through `tasks` skips that lock. Empty on v2, where the parent writes
-/// `cgroup.procs` (virtkit-cgroups' `add_process`).
-pub fn self_join_files(cg: &dyn CgroupManager) -> Vec<std::ffi::CString> {
-    if cg.version() != CgroupVersion::V1 {
-        return Vec::new();
-    }
-    cg.dirs()
-        .iter()
-        .filter_map(|d| std::ffi::CString::new(d.join("tasks").as_os_str().as_encoded_bytes()).ok())
-        .collect()
-}
-
-/// Converts OCI `linux.resources` to virtkit-cgroups' [`Resources`].
-pub fn to_resources(r: &LinuxResources) -> Resources {
-    let mut out = Resources::default();
-    if let Some(m) = r.memory() {
-        out.memory.limit = m.limit();
-        out.memory.reservation = m.reservation();
-        out.memory.swap = m.swap();
-        out.memory.swappiness = m.swappiness();
-    }
-    if let Some(c) = r.cpu() {
-        out.cpu.shares = c.shares();
-        out.cpu.quota = c.quota();
-        out.cpu.period = c.period();
-        out.cpu.burst = c.burst();
-        out.cpu.cpus = c.cpus().clone();
-        out.cpu.mems = c.mems().clone();
-    }
-    if let Some(p) = r.pids() {
-        out.pids.limit = Some(p.limit());
-    }
-    if let Some(b) = r.block_io() {
-        out.block_io.weight = b.weight();
-        if let Some(wd) = b.weight_device() {
-            for w in wd {
-                if let Some(weight) = w.weight() {
-                    out.block_io.weight_device.push(WeightDevice {
-                        device: DeviceNumber::new(w.major() as u64, w.minor() as u64),
-                        weight,
-                    });
-                }
-            }
-        }
-        let conv = |v: &Option<Vec<oci_spec::runtime::LinuxThrottleDevice>>| {
-            v.iter()
-                .flatten()
-                .map(|t| ThrottleDevice {
-                    device: DeviceNumber::new(t.major() as u64, t.minor() as u64),
-                    rate: t.rate(),
-                })
-                .collect::<Vec<_>>()
-        };
-        out.block_io.throttle_read_bps_device = conv(b.throttle_read_bps_device());
-        out.block_io.throttle_write_bps_device = conv(b.throttle_write_bps_device());
-        out.block_io.throttle_read_iops_device = conv(b.throttle_read_iops_device());
-        out.block_io.throttle_write_iops_device = conv(b.throttle_write_iops_device());
-    }
-    if let Some(u) = r.unified() {
-        out.unified = u.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    }
-    out
-}
-
-fn dev_rule(d: &LinuxDeviceCgroup) -> String {
-    let t = match d.typ() {
-        Some(LinuxDeviceType::B) => 'b',
-        Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => 'c',
-        Some(LinuxDeviceType::P) => 'p',
-        Some(LinuxDeviceType::A) | None => 'a',
-    };
-    let n = |x: Option<i64>| x.map_or("*".to_string(), |v| v.to_string());
-    format!(
-        "{t} {}:{} {}",
-        n(d.major()),
-        n(d.minor()),
-        d.access().as_deref().unwrap_or("rwm")
-    )
-}
-
-/// The device rules every container gets (runc's defaults): null, zero, full, random,
-/// urandom, tty, console, ptmx and the pts devices.
-const DEFAULT_ALLOWED: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
+/// runc's default device rules, allowed in every container after "deny all": mknod of
+/// any char or block device, and null, zero, full, random, urandom, tty, console, ptmx
+/// and the pts devices.
+const DEFAULT_ALLOWED: &[(DeviceType, Option<u32>, Option<u32>, &str)] = &[
+    (DeviceType::Char, None, None, "m"),
+    (DeviceType::Block, None, None, "m"),
+    (DeviceType::Char, Some(1), Some(3), "rwm"),
+    (DeviceType::Char, Some(1), Some(5), "rwm"),
+    (DeviceType::Char, Some(1), Some(7), "rwm"),
+    (DeviceType::Char, Some(1), Some(8), "rwm"),
+    (DeviceType::Char, Some(1), Some(9), "rwm"),
+    (DeviceType::Char, Some(5), Some(0), "rwm"),
+    (DeviceType::Char, Some(5), Some(1), "rwm"),
+    (DeviceType::Char, Some(5), Some(2), "rwm"),
+    (DeviceType::Char, Some(136), None, "rwm"),
 ];
 
-/// Applies the device rules on cgroup v1 (`devices.deny` / `devices.allow`): everything
-/// denied, then runc's default devices, then the config's rules in order.
-pub fn apply_devices(cg: &dyn CgroupManager, rules: &[LinuxDeviceCgroup]) -> Result<()> {
-    if cg.version() != CgroupVersion::V1 {
-        return Ok(());
-    }
-    let Some(dir) = cg
-        .dirs()
-        .into_iter()
-        .find(|d| d.join("devices.allow").exists())
-    else {
-        return Ok(());
+/// The resources of a new container: `linux.resources` through virtkit-cgroups'
+/// [`Resources::from_oci`], with the device policy completed: everything denied, then
+/// runc's defaults, then the config's rules in order (a later rule wins). On v1 that is
+/// written to `devices.deny`/`devices.allow`; on v2 it becomes an eBPF device program.
+pub fn create_resources(r: Option<&LinuxResources>) -> Result<Resources> {
+    let mut out = match r {
+        Some(r) => Resources::from_oci(r).context("linux.resources")?,
+        None => Resources::default(),
     };
-    let write = |file: &str, v: &str| -> Result<()> {
-        std::fs::write(dir.join(file), v)
-            .with_context(|| format!("write {v:?} to {}", dir.join(file).display()))
-    };
-    write("devices.deny", "a")?;
-    for r in DEFAULT_ALLOWED {
-        write("devices.allow", r)?;
+    let mut rules = vec![DeviceRule::DENY_ALL];
+    for (kind, major, minor, access) in DEFAULT_ALLOWED {
+        rules.push(DeviceRule {
+            allow: true,
+            kind: *kind,
+            major: *major,
+            minor: *minor,
+            access: DeviceAccess::parse(access)?,
+        });
     }
-    for d in rules {
-        // A blanket "deny all" is what we start from.
-        if !d.allow() && dev_rule(d).starts_with("a *:* ") {
-            continue;
-        }
-        let file = if d.allow() {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        write(file, &dev_rule(d))?;
-    }
-    Ok(())
+    // A blanket "deny all" is what we start from.
+    rules.extend(
+        out.devices
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| *d != DeviceRule::DENY_ALL),
+    );
+    out.devices = Some(rules);
+    Ok(out)
+}
+
+/// The resources for `update`: as [`create_resources`] but the device policy is left
+/// alone (runc's `update` does not change it either).
+pub fn update_resources(r: &LinuxResources) -> Result<Resources> {
+    let mut out = Resources::from_oci(r).context("resources")?;
+    out.devices = None;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -196,26 +112,48 @@ mod tests {
     #[test]
     fn resources_convert() {
         let r: LinuxResources = serde_json::from_str(
-            r#"{"memory":{"limit":1048576,"swap":2097152},"cpu":{"shares":512,"quota":20000,"period":100000},"pids":{"limit":10}}"#,
+            r#"{"memory":{"limit":1048576,"swap":2097152},"cpu":{"shares":512,"quota":20000,"period":100000},"pids":{"limit":10},
+                "devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"minor":200,"access":"rwm"},
+                           {"allow":false,"type":"c","major":1,"minor":9,"access":"rwm"}]}"#,
         )
         .unwrap();
-        let c = to_resources(&r);
+        let c = create_resources(Some(&r)).unwrap();
         assert_eq!(c.memory.limit, Some(1 << 20));
         assert_eq!(c.memory.swap, Some(2 << 20));
         assert_eq!(c.cpu.shares, Some(512));
         assert_eq!(c.cpu.quota, Some(20000));
         assert_eq!(c.pids.limit, Some(10));
-    }
-
-    #[test]
-    fn device_rules() {
-        let d: LinuxDeviceCgroup = serde_json::from_str(
-            r#"{"allow":true,"type":"c","major":10,"minor":200,"access":"rwm"}"#,
+        let rules = c.devices.unwrap();
+        let lines: Vec<String> = rules.iter().map(|r| r.v1_line()).collect();
+        // Deny all once, runc's defaults, then the config's rules in order.
+        assert_eq!(rules[0], DeviceRule::DENY_ALL);
+        assert_eq!(
+            rules.iter().filter(|r| **r == DeviceRule::DENY_ALL).count(),
+            1
+        );
+        assert_eq!(lines[1], "c *:* m");
+        assert_eq!(lines[3], "c 1:3 rwm");
+        assert_eq!(lines[lines.len() - 2], "c 10:200 rwm");
+        assert!(!rules[rules.len() - 1].allow);
+        use virtkit_cgroups::devices::evaluate;
+        let rw = DeviceAccess::parse("rw").unwrap();
+        assert!(evaluate(&rules, DeviceType::Char, 1, 3, rw)); // /dev/null
+        assert!(evaluate(&rules, DeviceType::Char, 10, 200, rw)); // config allows tun
+        assert!(!evaluate(&rules, DeviceType::Char, 1, 9, rw)); // config denies urandom
+        assert!(!evaluate(&rules, DeviceType::Block, 254, 0, rw)); // host disk
+                                                                   // No resources at all: still the default device policy.
+        let d = create_resources(None).unwrap();
+        assert_eq!(
+            d.devices.as_ref().map(Vec::len),
+            Some(1 + DEFAULT_ALLOWED.len())
+        );
+        // update leaves devices alone.
+        assert!(update_resources(&r).unwrap().devices.is_none());
+        // Bad input is an error, not a panic.
+        let bad: LinuxResources = serde_json::from_str(
+            r#"{"devices":[{"allow":true,"type":"c","major":1,"minor":3,"access":"rwx"}]}"#,
         )
         .unwrap();
-        assert_eq!(dev_rule(&d), "c 10:200 rwm");
-        let d: LinuxDeviceCgroup =
-            serde_json::from_str(r#"{"allow":false,"access":"rwm"}"#).unwrap();
-        assert_eq!(dev_rule(&d), "a *:* rwm");
+        assert!(create_resources(Some(&bad)).is_err());
     }
 }

@@ -4,10 +4,11 @@
 //! `/proc/self/exe` cannot be opened for writing by a container process (through
 //! `/proc/<pid>/exe`, or by exec'ing `/proc/self/exe` with a `#!` trick):
 //!
-//! 1. by default (as runc ≥ 1.2 does with overlayfs): in a private mount namespace
-//!    (slave of the host's), the binary is bind-mounted read-only over itself and
-//!    re-executed through that mount, so a reopen for writing fails with EROFS. No copy;
-//!    the namespace dies with the runtime. Set `VIRTKIT_CLONED_BINARY=memfd` to use 2.
+//! 1. by default (as crun does): a detached read-only bind mount of the binary
+//!    (`open_tree(OPEN_TREE_CLONE)` + `mount_setattr(MOUNT_ATTR_RDONLY)`), attached
+//!    nowhere, and re-executed through it with `execveat`, so a reopen of
+//!    `/proc/<pid>/exe` for writing fails with EROFS. No copy, no mount namespace.
+//!    Set `VIRTKIT_CLONED_BINARY=memfd` to use 2.
 //! 2. fallback: a sealed memfd copy of the binary (its loadable part only).
 
 use std::ffi::CString;
@@ -45,55 +46,66 @@ pub fn is_sealed() -> bool {
     r == 0 && st.f_flag & libc::ST_RDONLY != 0
 }
 
-fn sys(r: libc::c_int, what: &str) -> Result<()> {
-    if r < 0 {
-        bail!("{what}: {}", io::Error::last_os_error());
-    }
-    Ok(())
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
-/// Re-executes through a read-only bind mount of the binary over itself, in a private
-/// mount namespace. Returns only on error (the caller then falls back to a memfd copy;
-/// the namespace change is harmless).
+/// Re-executes through a detached, read-only bind mount of the binary. Returns only on
+/// error (the caller then falls back to a memfd copy).
+///
+/// `open_tree(OPEN_TREE_CLONE)` makes a bind mount of the running binary that is never
+/// attached anywhere (no path, no propagation to other mount namespaces, no mount
+/// namespace of our own to tear down at exit), `mount_setattr` makes it read-only, and
+/// `execveat` runs the binary through it. `/proc/<pid>/exe` then names the file through
+/// that read-only mount: reopening it for writing fails with EROFS. The mount cannot be
+/// made writable again from a container: it is in no mount namespace the container can
+/// reach, and changing it needs CAP_SYS_ADMIN in the initial user namespace. crun reaches
+/// the same state with a bind mount on a temporary file that it detaches at once.
 fn ro_bind_reexec() -> Result<()> {
-    let path = std::fs::read_link("/proc/self/exe").context("readlink /proc/self/exe")?;
-    let p = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))?;
-    let root = CString::new("/")?;
-    // SAFETY: plain syscalls on valid NUL-terminated paths; we are single-threaded.
-    unsafe {
-        sys(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)")?;
-        sys(
-            libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            ),
-            "make / rslave",
-        )?;
-        sys(
-            libc::mount(
-                p.as_ptr(),
-                p.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ),
-            "bind the runtime binary",
-        )?;
-        sys(
-            libc::mount(
-                std::ptr::null(),
-                p.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                std::ptr::null(),
-            ),
-            "remount the runtime binary read-only",
-        )?;
+    let exe = CString::new("/proc/self/exe")?;
+    let empty = CString::new("")?;
+    // SAFETY: valid NUL-terminated path; we own the returned fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            exe.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        bail!("open_tree(/proc/self/exe): {}", io::Error::last_os_error());
     }
-    let fd = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, and a correctly sized mount_attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        bail!("mount_setattr(read-only): {}", io::Error::last_os_error());
+    }
     exec_fd(fd.as_raw_fd())
 }
 

@@ -316,9 +316,18 @@ impl Drop for Undo {
     }
 }
 
-/// `create`: everything up to init blocking on the exec fifo. Returns the container and
-/// init's pid (our child).
-pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
+/// `create`: everything up to init blocking on the exec fifo.
+pub fn create(o: &CreateOpts) -> Result<()> {
+    create_with(o, false, false).map(|_| ())
+}
+
+/// `create` for `create` and `run`. With `run_mode` there is no exec fifo: init waits
+/// for "start" on the returned sync socket (see [`start_run`]).
+fn create_with(
+    o: &CreateOpts,
+    foreground: bool,
+    run_mode: bool,
+) -> Result<(Container, Spec, OwnedFd)> {
     check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .with_context(|| format!("bundle {}", o.bundle.display()))?;
@@ -383,17 +392,16 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
     cg.create()
         .with_context(|| format!("create cgroup {cg_path}"))?;
     undo.cgroup = Some(cgroup::open(&cg_path)?);
-    if let Some(r) = linux.resources() {
-        cg.apply(&cgroup::to_resources(r))
-            .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
-        cgroup::apply_devices(cg.as_ref(), r.devices().as_deref().unwrap_or(&[]))?;
-    } else {
-        cgroup::apply_devices(cg.as_ref(), &[])?;
-    }
+    cg.apply(&cgroup::create_resources(linux.resources().as_ref())?)
+        .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
 
-    let fifo_path = c.fifo();
-    mkfifo(&fifo_path)?;
-    let fifo = open_path(&fifo_path)?;
+    let fifo = if run_mode {
+        None
+    } else {
+        let fifo_path = c.fifo();
+        mkfifo(&fifo_path)?;
+        Some(open_path(&fifo_path)?)
+    };
 
     let mut p = process.clone();
     let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
@@ -471,28 +479,45 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         plan,
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: o.preserve_fds,
-        cgroup_tasks: cgroup::self_join_files(cg.as_ref()),
+        // In a user namespace the parent moves us (our ids may not own cgroupfs files).
+        join_cgroup: if new_user || joins_user {
+            None
+        } else {
+            Some(cgroup::open(&cg_path)?)
+        },
         userns: new_user || joins_user,
         new_cgroupns,
+        wait_go: true,
+        hooks_msg: [
+            hooks.prestart(),
+            hooks.create_runtime(),
+            hooks.create_container(),
+        ]
+        .iter()
+        .any(|h| h.as_ref().is_some_and(|h| !h.is_empty())),
         mode: Mode::Create {
             rootfs: Box::new(rootfs_cfg),
             hostname,
             domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
             sysctl,
-            fifo: fifo.as_raw_fd(),
+            fifo: fifo.as_ref().map(|f| f.as_raw_fd()),
             create_container: hooks.create_container().clone().unwrap_or_default(),
             start_container: hooks.start_container().clone().unwrap_or_default(),
             state_json: hook_state(&c, "creating"),
         },
     };
 
-    let init_joins_itself = !init.cgroup_tasks.is_empty();
+    let init_joins_itself = init.join_cgroup.is_some();
+    let mut init = init;
+    // "go" only when we have work to do before init may go on.
+    init.wait_go = new_user || !init_joins_itself;
     let pid = clone_fork(flags)?;
     if pid == 0 {
         drop(parent_sock);
         init::child(&init);
     }
     drop(child_sock);
+    let wait_go = init.wait_go;
     drop(init);
     undo.pid = pid;
     c.saved.pid = pid;
@@ -508,12 +533,12 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
             false,
         )?;
     }
-    // On v1 init moves itself into the cgroup (cheaper: see cgroup::self_join_files).
-    if init_joins_itself {
-        send_msg(sock, b"go")?;
-    } else {
+    // Usually init moves itself into the cgroup (cheaper: see CgroupManager::join_self).
+    if !init_joins_itself {
         cg.add_process(pid)
             .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
+    }
+    if wait_go {
         send_msg(sock, b"go")?;
     }
     loop {
@@ -546,7 +571,7 @@ pub fn create(o: &CreateOpts, foreground: bool) -> Result<(Container, Spec)> {
         write_pid_file(pf, pid)?;
     }
     undo.armed = false;
-    Ok((c, spec))
+    Ok((c, spec, parent_sock))
 }
 
 /// `start`: releases init from the exec fifo.
@@ -620,6 +645,17 @@ fn log_warn(msg: &str) {
     crate::log::warn(msg);
 }
 
+/// `start` within `run`: init waits on the sync socket rather than an exec fifo.
+fn start_run(c: &Container, spec: &Spec, sock: &OwnedFd) -> Result<()> {
+    send_msg(sock.as_raw_fd(), b"start").context("start init")?;
+    if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
+        if let Err(e) = hooks::run("poststart", &h, &hook_state(c, "running")) {
+            log_warn(&format!("{e:#}"));
+        }
+    }
+    Ok(())
+}
+
 /// Waits for our child `pid`; returns its exit code (128+signal when killed).
 fn wait_child(pid: i32) -> Result<i32> {
     let mut st = 0;
@@ -644,8 +680,8 @@ fn wait_child(pid: i32) -> Result<i32> {
 
 /// `run`: create + start, then (unless detached) wait and delete. Returns the exit code.
 pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
-    let (c, spec) = create(o, !detach)?;
-    if let Err(e) = start_with(&o.root, &o.id, Some(&spec)) {
+    let (c, spec, sock) = create_with(o, !detach, true)?;
+    if let Err(e) = start_run(&c, &spec, &sock) {
         let _ = delete_with(&o.root, &o.id, true, Some(&spec));
         return Err(e);
     }
@@ -791,7 +827,7 @@ pub fn update(root: &Path, id: &str, resources_json: &[u8]) -> Result<()> {
     let r: oci_spec::runtime::LinuxResources =
         serde_json::from_slice(resources_json).context("parse resources JSON")?;
     let cg = cgroup::open(&c.saved.cgroup_path)?;
-    cg.apply(&cgroup::to_resources(&r))?;
+    cg.apply(&cgroup::update_resources(&r)?)?;
     Ok(())
 }
 
@@ -903,15 +939,17 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         plan,
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: o.preserve_fds,
-        cgroup_tasks: cg
-            .as_deref()
-            .map(cgroup::self_join_files)
-            .unwrap_or_default(),
+        join_cgroup: match &c.saved.cgroup_path {
+            p if p.is_empty() || joins_user => None,
+            p => Some(cgroup::open(p)?),
+        },
         userns: joins_user,
         new_cgroupns: false,
+        wait_go: true,
+        hooks_msg: false,
         mode: Mode::Exec,
     };
-    let joins_itself = !init.cgroup_tasks.is_empty();
+    let joins_itself = init.join_cgroup.is_some();
     let child = clone_fork(0)?;
     if child == 0 {
         drop(parent_sock);

@@ -447,7 +447,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 no_pivot,
                 preserve_fds,
             };
-            container::create(&o, false)?;
+            container::create(&o)?;
         }
         Cmd::Run {
             bundle,
