@@ -10,7 +10,8 @@
 # installed on a read-only /usr), which needs no protective re-exec.
 #
 # Measures `run` of busybox `true` (create + start + wait + delete in one command):
-# median / p90 / mean per run, the total of N sequential runs, the runtime's peak RSS
+# median / min / p90 / mean per run, the total of N sequential runs, the median CPU time
+# (user + sys of the runtime and the processes it reaped), the runtime's peak RSS
 # (GNU time's maximum resident set size of the runtime command), and whether a container under a 512 KiB
 # memory limit starts and runs `true`. Runs are interleaved (ours, runc, crun, ours, ...)
 # so drift hits all three alike. Everything runs in a private mount namespace where
@@ -63,6 +64,7 @@ runner, work, n, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.ar
 # protective re-exec that the plain install does on create/run/exec.
 rts = {"container-runner": runner, "container-runner ro": f"{work}/cr-ro", "runc": "runc", "crun": "crun"}
 times = {k: [] for k in rts}
+cpu = {k: [] for k in rts}
 rss = {k: 0 for k in rts}
 errors = {k: 0 for k in rts}
 
@@ -76,6 +78,8 @@ def run_one(name, exe, bundle, cid):
     _, status, ru = os.wait4(p.pid, 0)
     dt = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
+    # CPU time of the runtime and every process it reaped (init, the container's `true`).
+    run_one.cpu = ru.ru_utime + ru.ru_stime
     return dt, ru.ru_maxrss, p.returncode, err.decode(errors="replace").strip()
 
 for i in range(warmup + n):
@@ -88,6 +92,7 @@ for i in range(warmup + n):
             continue
         if i >= warmup:
             times[name].append(dt)
+            cpu[name].append(run_one.cpu)
 
 # Peak RSS: ru_maxrss from wait4 on a direct child would include the memory of the
 # forked Python before exec, so measure through GNU time (a small C program) instead:
@@ -108,18 +113,24 @@ for name, exe in rts.items():
 
 def ms(x): return f"{x * 1000:.1f}"
 print(f"run of busybox `true`, {n} sequential runs each (interleaved), {warmup} warm-up runs")
-print(f"{'runtime':20} {'median ms':>10} {'p90 ms':>8} {'mean ms':>8} {'total s':>8} {'peak RSS KiB':>13} {'failed':>7}")
+print(f"{'runtime':20} {'median ms':>10} {'min ms':>7} {'p90 ms':>8} {'mean ms':>8} {'total s':>8} "
+      f"{'CPU ms':>7} {'peak RSS KiB':>13} {'failed':>7}")
 for name in rts:
     t = sorted(times[name])
     if not t:
         print(f"{name:20} {'-':>10}"); continue
-    print(f"{name:20} {ms(statistics.median(t)):>10} {ms(t[int(len(t) * 0.9) - 1]):>8} "
-          f"{ms(statistics.mean(t)):>8} {sum(t):>8.2f} {rss[name]:>13} {errors[name]:>7}")
+    print(f"{name:20} {ms(statistics.median(t)):>10} {ms(t[0]):>7} {ms(t[int(len(t) * 0.9) - 1]):>8} "
+          f"{ms(statistics.mean(t)):>8} {sum(t):>8.2f} {ms(statistics.median(cpu[name])):>7} "
+          f"{rss[name]:>13} {errors[name]:>7}")
 m = {k: statistics.median(v) for k, v in times.items() if v}
+mn = {k: min(v) for k, v in times.items() if v}
+c = {k: statistics.median(v) for k, v in cpu.items() if v}
 for ours in ("container-runner", "container-runner ro"):
     for peer in ("crun", "runc"):
         if ours in m and peer in m:
-            print(f"{ours} / {peer} median: {m[ours] / m[peer]:.2f}x")
+            print(f"{ours} / {peer}: median {m[ours] / m[peer]:.2f}x, min {mn[ours] / mn[peer]:.2f}x, "
+                  f"CPU {c[ours] / c[peer]:.2f}x")
+print(f"load average at the end: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 print("\n512 KiB memory limit, `true`:")
 for name, exe in rts.items():

@@ -560,8 +560,33 @@ fn real_main(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// The subcommand in `args` (after the program name and runc's global flags), without
+/// a full parse.
+fn peek_command(args: &[std::ffi::OsString]) -> Option<&str> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_str()?;
+        match a {
+            "--root" | "--log" | "--log-format" => {
+                it.next();
+            }
+            _ if a.starts_with('-') => {}
+            cmd => return Some(cmd),
+        }
+    }
+    None
+}
+
 fn main() {
-    let cli = Cli::parse();
+    // Commands that enter a container re-execute from a read-only copy of the binary
+    // (CVE-2019-5736, see `cloned`) before anything else, so the first image does not
+    // parse the command line twice. Errors are reported by the second call, after
+    // logging is set up.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if matches!(peek_command(&args), Some("create" | "run" | "exec")) {
+        let _ = cloned::ensure();
+    }
+    let cli = Cli::parse_from(args);
     log::init(log::LogConfig {
         file: cli.log.clone(),
         json: cli.log_format == "json",
@@ -579,5 +604,40 @@ fn main() {
             log::error(&format!("{e:#}"));
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peek_command;
+
+    fn peek(args: &[&str]) -> Option<String> {
+        let v: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        peek_command(&v).map(str::to_string)
+    }
+
+    #[test]
+    fn peeks_the_subcommand_past_global_flags() {
+        assert_eq!(peek(&["cr", "run", "x"]).as_deref(), Some("run"));
+        assert_eq!(
+            peek(&[
+                "cr",
+                "--root",
+                "/r",
+                "--log",
+                "run",
+                "--log-format",
+                "json",
+                "create"
+            ])
+            .as_deref(),
+            Some("create")
+        );
+        assert_eq!(
+            peek(&["cr", "--debug", "--root=/r", "exec", "id"]).as_deref(),
+            Some("exec")
+        );
+        assert_eq!(peek(&["cr", "--root", "run"]), None);
+        assert_eq!(peek(&["cr"]), None);
     }
 }
