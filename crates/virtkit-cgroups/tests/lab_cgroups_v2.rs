@@ -78,7 +78,7 @@ fn lab_cgroup_v2_real_tests() {
         out.output
     );
     assert!(
-        out.success() && out.output.contains("test result: ok. 13 passed; 0 failed"),
+        out.success() && out.output.contains("test result: ok. 14 passed; 0 failed"),
         "real cgroup v2 tests failed in the lab (status {}):\n{}",
         out.status,
         out.output
