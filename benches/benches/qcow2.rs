@@ -27,7 +27,15 @@ impl Rng {
 /// A qcow2 image of DISK bytes, fully allocated.
 fn filled_qcow2(dir: &std::path::Path, cs: u64) -> Qcow2 {
     let p = dir.join(format!("full-{cs}.qcow2"));
-    create(&p, &CreateOptions { size: DISK, cluster_size: cs, ..Default::default() }).unwrap();
+    create(
+        &p,
+        &CreateOptions {
+            size: DISK,
+            cluster_size: cs,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let q = Qcow2::open(&p, OpenOptions::default()).unwrap();
     let chunk = vec![0x5au8; 4 << 20];
     for off in (0..DISK).step_by(chunk.len()) {
@@ -97,7 +105,11 @@ fn random_io(c: &mut Criterion) {
 fn first_allocation(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     let mut g = c.benchmark_group("qcow2_first_allocation");
-    for (name, bs, cs) in [("4k_in_64k_clusters", 4096u64, 65536u64), ("64k_in_64k_clusters", 65536, 65536), ("1m_in_64k_clusters", 1 << 20, 65536)] {
+    for (name, bs, cs) in [
+        ("4k_in_64k_clusters", 4096u64, 65536u64),
+        ("64k_in_64k_clusters", 65536, 65536),
+        ("1m_in_64k_clusters", 1 << 20, 65536),
+    ] {
         g.throughput(Throughput::Bytes(bs));
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -110,7 +122,15 @@ fn first_allocation(c: &mut Criterion) {
                 let buf = vec![0x33u8; bs as usize];
                 while left > 0 {
                     let p = dir.path().join("alloc.qcow2");
-                    create(&p, &CreateOptions { size: DISK, cluster_size: cs, ..Default::default() }).unwrap();
+                    create(
+                        &p,
+                        &CreateOptions {
+                            size: DISK,
+                            cluster_size: cs,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
                     let q = Qcow2::open(&p, OpenOptions::default()).unwrap();
                     let n = left.min(per_image);
                     let t = Instant::now();
