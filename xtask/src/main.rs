@@ -38,6 +38,10 @@ const TEST_PACKAGES: &[&str] = &[
     "runc",
     "crun",
     "iproute2",
+    "iperf3",
+    "podman",
+    "conmon",
+    "libc6-dev",
 ];
 
 fn cargo(args: &[&str]) -> Result<()> {
