@@ -522,7 +522,15 @@ fn create_with(
     undo.pid = pid;
     c.saved.pid = pid;
     c.saved.start_time = util::proc_stat(pid).map(|s| s.0).unwrap_or(0);
-    c.save()?;
+    if !run_mode {
+        // `delete --force` after a crash finds init by this pid: init blocks on the exec
+        // fifo until `start`, even if we die after "ready". Under `run`, init dies with
+        // us until "ready" (PR_SET_PDEATHSIG) and exits on EOF while waiting for "start",
+        // and the cgroup (saved above) holds it meanwhile, so that save is skipped: each
+        // save is a new file renamed over the old one, and on ext4 that costs an inode
+        // allocation and a writeback kick.
+        c.save()?;
+    }
     let sock = parent_sock.as_raw_fd();
     if new_user {
         write_id_maps(

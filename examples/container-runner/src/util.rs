@@ -109,6 +109,11 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 
 /// `kill(2)`.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // 0 and negative pids mean process groups (or everything): never what a saved
+    // container pid (0 before init exists) should reach.
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
     // SAFETY: kill takes plain integers.
     if unsafe { libc::kill(pid, sig) } < 0 {
         return Err(io::Error::last_os_error());
@@ -228,6 +233,9 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), 9);
         assert!(parse_signal("0").is_err());
         assert!(parse_signal("NOPE").is_err());
+        // A saved pid of 0 (or less) must not become a process-group kill.
+        assert_eq!(kill(0, 0).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+        assert_eq!(kill(-1, 0).unwrap_err().raw_os_error(), Some(libc::ESRCH));
     }
 
     #[test]
