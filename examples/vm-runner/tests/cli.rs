@@ -210,3 +210,70 @@ fn kvm_console_input_reaches_the_guest() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hello from the host\n");
 }
+
+#[test]
+fn bad_disk_specs_are_usage_errors() {
+    for (spec, needle) in [
+        ("format=raw", "path=PATH is required"),
+        ("path=x.img,format=vmdk", "format must be raw or qcow2"),
+        ("path=x.img,readonly=maybe", "takes on or off"),
+        ("path=x.img,backing=on", "backing=on needs format=qcow2"),
+        ("path=x.img,speed=9", "unknown key"),
+    ] {
+        let o = runner(&["--kernel", "k", "--disk", spec]);
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", stderr(&o));
+        assert_clean_failure(&o, needle);
+    }
+}
+
+#[test]
+fn kvm_missing_or_corrupt_disk_image() {
+    let k = tiny_kernel(&[0xf4]);
+    let kp = k.path().to_str().unwrap();
+    let o = runner(&[
+        "--kernel",
+        kp,
+        "--disk",
+        "path=/nonexistent/d.qcow2,format=qcow2",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_failure(&o, "--disk /nonexistent/d.qcow2");
+    let mut junk = tempfile::NamedTempFile::new().unwrap();
+    junk.write_all(&[0x55; 4096]).unwrap();
+    let spec = format!("path={},format=qcow2", junk.path().display());
+    let o = runner(&["--kernel", kp, "--disk", &spec]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_failure(&o, "not a qcow2 image");
+}
+
+#[test]
+fn kvm_disk_then_poweroff_exits_zero() {
+    // A raw disk is attached (window, irqfd, ioeventfd, DSDT entry) and the guest powers off.
+    let k = tiny_kernel(&[0x66, 0xba, 0xb0, 0x03, 0xb0, 0x34, 0xee, 0xf4]);
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    disk.as_file().set_len(1 << 20).unwrap();
+    let spec = format!("path={}", disk.path().display());
+    let o = runner(&[
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--serial",
+        "none",
+        "--disk",
+        &spec,
+        "--disk",
+        &format!("{spec},readonly=on"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn root_net_missing_bridge_and_long_tap_name() {
+    let k = tiny_kernel(&[0xf4]);
+    let kp = k.path().to_str().unwrap();
+    let o = runner(&["--kernel", kp, "--net", "tap=vkclitest0,bridge=vknobr9"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_clean_failure(&o, "bridge \"vknobr9\" does not exist");
+    let o = runner(&["--kernel", kp, "--net", "tap=averyveryverylongtapname"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_clean_failure(&o, "longer than 15 bytes");
+}
