@@ -13,7 +13,7 @@ use crate::seccomp;
 use crate::util::cstring;
 
 /// Capability names in kernel order (CAP_CHOWN = 0 ...).
-const CAP_NAMES: &[&str] = &[
+pub const CAP_NAMES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
     "DAC_READ_SEARCH",
