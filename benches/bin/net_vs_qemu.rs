@@ -16,14 +16,13 @@
 //! `--verbose` the guest also prints iperf3's intervals and its TCP and link counters.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{
-    guest_kernel, initramfs, run, static_binary, with_qemu_peer, BootResult, GuestBoot, Payload,
-    Vmm, GUEST_CMDLINE,
+    guest_kernel, initramfs, program_with_libraries, run, static_binary, with_qemu_peer,
+    BootResult, GuestBoot, Payload, Vmm, GUEST_CMDLINE,
 };
 
 /// The guest's MAC, the same under both VMMs (the peer's ARP cache stays right).
@@ -54,29 +53,6 @@ fn arg(args: &[String], name: &str, default: u32) -> Result<u32> {
             .with_context(|| format!("{name}: not a number")),
         None => Ok(default),
     }
-}
-
-/// A dynamically linked host program and the libraries `ldd` names, as
-/// (host path, path in the guest) pairs for the guest initramfs.
-fn with_libraries(program: &str) -> Result<Vec<(PathBuf, String)>> {
-    let out = Command::new("ldd")
-        .arg(program)
-        .output()
-        .with_context(|| format!("ldd {program}"))?;
-    let mut files = vec![(
-        PathBuf::from(program),
-        program.trim_start_matches('/').to_string(),
-    )];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((PathBuf::from(p), p.trim_start_matches('/').to_string()));
-        }
-    }
-    Ok(files)
 }
 
 /// Mbits/sec from an iperf3 summary line.
@@ -118,7 +94,7 @@ fn main() -> Result<()> {
          if [ -n \"$NET_BENCH_VERBOSE\" ]; then sed 's/^/UP /' /tmp/up.txt; sed 's/^/DOWN /' /tmp/down.txt; grep -A1 '^Tcp:' /proc/net/snmp; for f in rx_packets rx_dropped tx_packets tx_dropped; do echo \"eth0 $f $(cat /sys/class/net/eth0/statistics/$f)\"; done; fi\n"
     );
     let kernel = guest_kernel()?;
-    let extra = with_libraries("/usr/bin/iperf3")?;
+    let extra = program_with_libraries(Path::new("/usr/bin/iperf3"))?;
     let extra_refs: Vec<(PathBuf, &str)> =
         extra.iter().map(|(h, g)| (h.clone(), g.as_str())).collect();
     let initrd = initramfs(&check, &extra_refs)?;

@@ -180,7 +180,9 @@ impl Payload {
 }
 
 /// The loader and libraries of a dynamically linked program, from `ldd`.
-fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+/// The ELF loader and shared libraries `ldd` lists for `program` (empty for a static
+/// program); a library `ldd` cannot find is an error.
+pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(program)
         .stdin(Stdio::null())
@@ -217,6 +219,21 @@ fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(libs)
+}
+
+/// A dynamically linked host program and its libraries as (host path, path inside a
+/// guest initramfs) pairs, for [`crate::initramfs`]'s `extra_files`: each file keeps its
+/// host path, so the program finds its loader and libraries in the guest.
+pub fn program_with_libraries(program: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = vec![program.to_path_buf()];
+    files.extend(shared_libraries(program)?);
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let inner = f.to_string_lossy().trim_start_matches('/').to_string();
+            (f, inner)
+        })
+        .collect())
 }
 
 /// What a payload did.

@@ -40,7 +40,10 @@ pub use guest::{
     busybox, guest_kernel, initramfs, GuestKernel, CHECK_EXIT_MARKER, GUEST_CMDLINE, INIT_MARKER,
     KERNEL_BUILD_PACKAGES,
 };
-pub use lab::{lab_kernel, run, run_in, LabOutput, Payload, LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES};
+pub use lab::{
+    lab_kernel, program_with_libraries, run, run_in, shared_libraries, LabOutput, Payload,
+    LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES,
+};
 pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET};
 pub use util::{ensure_packages, workspace_root};
 pub use venue::{detect_venue, probe_speed, Venue};

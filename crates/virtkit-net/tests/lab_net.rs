@@ -6,14 +6,13 @@
 //! does not set it); see docs/testing.md.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use virtkit_lab::{
-    boot_payload, guest_kernel, initramfs, lab_opted_out, run, static_binary, BootResult,
-    GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE,
+    boot_payload, guest_kernel, initramfs, lab_opted_out, program_with_libraries, run,
+    static_binary, BootResult, GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE,
 };
 
 const CHECK: &str = r#"
@@ -47,26 +46,6 @@ sleep 1
 
 const GUEST_MAC: &str = "52:54:00:12:34:56";
 
-/// A dynamically linked host program and the libraries `ldd` names, as
-/// (host path, path in the guest) pairs for the guest initramfs.
-fn with_libraries(program: &str) -> Vec<(PathBuf, String)> {
-    let out = Command::new("ldd").arg(program).output().unwrap();
-    let mut files = vec![(
-        PathBuf::from(program),
-        program.trim_start_matches('/').to_string(),
-    )];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((PathBuf::from(p), p.trim_start_matches('/').to_string()));
-        }
-    }
-    files
-}
-
 struct Batch {
     run: Result<LabOutput, String>,
     lab_failure: bool,
@@ -80,7 +59,8 @@ fn batch() -> &'static Batch {
             "iperf3 is not installed (apt-get install iperf3; .ci/run does)"
         );
         let kernel = guest_kernel().expect("building the guest kernel (cargo xtask guest)");
-        let extra = with_libraries("/usr/bin/iperf3");
+        let extra =
+            program_with_libraries(Path::new("/usr/bin/iperf3")).expect("iperf3's libraries");
         let extra_refs: Vec<(PathBuf, &str)> =
             extra.iter().map(|(h, g)| (h.clone(), g.as_str())).collect();
         let initrd = initramfs(CHECK, &extra_refs).expect("packing the guest initramfs");
