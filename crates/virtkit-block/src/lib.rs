@@ -19,6 +19,8 @@
 
 use std::fmt::Debug;
 
+use vm_memory::VolatileSlice;
+
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
 pub mod raw;
@@ -77,6 +79,24 @@ pub trait BlockBackend: Send + Sync + Debug {
     fn size(&self) -> u64;
     /// Whether write-type requests are refused.
     fn is_read_only(&self) -> bool;
+
+    /// Fill the memory behind `buf` (guest memory, for a VMM) from the device at
+    /// `offset`. The default goes through a bounce buffer; backends that can read
+    /// straight into memory (the raw file) override it to save that copy.
+    fn read_volatile_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<(), BlockError> {
+        let mut tmp = vec![0u8; buf.len()];
+        self.read_at(&mut tmp, offset)?;
+        buf.copy_from(&tmp);
+        Ok(())
+    }
+
+    /// Write the memory behind `buf` to the device at `offset`; the counterpart of
+    /// [`BlockBackend::read_volatile_at`].
+    fn write_volatile_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<(), BlockError> {
+        let mut tmp = vec![0u8; buf.len()];
+        buf.copy_to(&mut tmp[..]);
+        self.write_at(&tmp, offset)
+    }
 }
 
 /// Check that `offset..offset+len` lies inside a device of `size` bytes.
@@ -108,5 +128,11 @@ impl<T: BlockBackend + ?Sized> BlockBackend for std::sync::Arc<T> {
     }
     fn is_read_only(&self) -> bool {
         (**self).is_read_only()
+    }
+    fn read_volatile_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<(), BlockError> {
+        (**self).read_volatile_at(buf, offset)
+    }
+    fn write_volatile_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<(), BlockError> {
+        (**self).write_volatile_at(buf, offset)
     }
 }

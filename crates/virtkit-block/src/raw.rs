@@ -9,6 +9,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+use vm_memory::VolatileSlice;
+
 use crate::{check_range, BlockBackend, BlockError};
 
 /// Alignment used for O_DIRECT bounce buffers (covers 512 B and 4 KiB sectors).
@@ -137,6 +139,68 @@ impl HostFile {
             return self.file.write_all_at(&v[s..s + len], start);
         }
         self.file.write_all_at(buf, offset)
+    }
+
+    /// Read exactly `len` bytes at `offset` into the memory at `ptr` (bytes past the
+    /// end of the file read as zeroes), with `pread` straight into that memory.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for writes of `len` bytes for the whole call.
+    pub unsafe fn read_raw(&self, ptr: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            let off = libc::off_t::try_from(offset + done as u64)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: the caller guarantees ptr..ptr+len is writable; done < len.
+            let n = unsafe {
+                libc::pread(self.file.as_raw_fd(), ptr.add(done).cast(), len - done, off)
+            };
+            match n {
+                0 => {
+                    // SAFETY: as above, for the rest of the range.
+                    unsafe { std::ptr::write_bytes(ptr.add(done), 0, len - done) };
+                    return Ok(());
+                }
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `len` bytes from the memory at `ptr` at `offset`, with `pwrite` straight
+    /// from that memory.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads of `len` bytes for the whole call.
+    pub unsafe fn write_raw(&self, ptr: *const u8, len: usize, offset: u64) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            let off = libc::off_t::try_from(offset + done as u64)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: the caller guarantees ptr..ptr+len is readable; done < len.
+            let n = unsafe {
+                libc::pwrite(self.file.as_raw_fd(), ptr.add(done).cast(), len - done, off)
+            };
+            match n {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Make written data durable (fdatasync).
@@ -316,6 +380,35 @@ impl BlockBackend for RawBackend {
     fn is_read_only(&self) -> bool {
         self.read_only
     }
+    fn read_volatile_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<(), BlockError> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        let ptr = buf.ptr_guard_mut();
+        if self.file.needs_bounce(ptr.as_ptr(), buf.len(), offset) {
+            let mut tmp = vec![0u8; buf.len()];
+            self.file.read_at(&mut tmp, offset)?;
+            buf.copy_from(&tmp);
+            return Ok(());
+        }
+        // SAFETY: the guard keeps the slice's memory mapped; it is valid for
+        // buf.len() bytes of writes, which pread fills without making a Rust
+        // reference to it.
+        unsafe { self.file.read_raw(ptr.as_ptr(), buf.len(), offset) }?;
+        Ok(())
+    }
+    fn write_volatile_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<(), BlockError> {
+        self.check_write(offset, buf.len() as u64)?;
+        let ptr = buf.ptr_guard();
+        if self.file.needs_bounce(ptr.as_ptr(), buf.len(), offset) {
+            let mut tmp = vec![0u8; buf.len()];
+            buf.copy_to(&mut tmp[..]);
+            self.file.write_at(&tmp, offset)?;
+            return Ok(());
+        }
+        // SAFETY: the guard keeps the slice's memory mapped for buf.len() bytes,
+        // which pwrite only reads.
+        unsafe { self.file.write_raw(ptr.as_ptr(), buf.len(), offset) }?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +464,41 @@ mod tests {
     fn missing_file_is_an_error() {
         let e = RawBackend::open("/nonexistent/virtkit/x.img", RawOptions::default());
         assert!(matches!(e, Err(RawError::Open { .. })));
+    }
+
+    #[test]
+    fn volatile_reads_and_writes_go_straight_to_memory() {
+        let img = image(64 * 1024);
+        let b = RawBackend::open(img.path(), RawOptions::default()).unwrap();
+        let mut src: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
+        let vs = VolatileSlice::from(&mut src[..]);
+        b.write_volatile_at(&vs, 4096).unwrap();
+        let mut back = vec![0u8; 8192];
+        b.read_at(&mut back, 4096).unwrap();
+        assert_eq!(back, (0..8192).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let mut dst = vec![0xffu8; 8192];
+        let vd = VolatileSlice::from(&mut dst[..]);
+        b.read_volatile_at(&vd, 4096).unwrap();
+        assert_eq!(dst, back);
+        // Range checks still apply.
+        let mut big = vec![0u8; 8192];
+        let vb = VolatileSlice::from(&mut big[..]);
+        assert!(matches!(
+            b.read_volatile_at(&vb, 60 * 1024),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        let ro = RawBackend::open(
+            img.path(),
+            RawOptions {
+                read_only: true,
+                ..RawOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            ro.write_volatile_at(&vb, 0),
+            Err(BlockError::ReadOnly)
+        ));
     }
 
     #[test]

@@ -305,14 +305,19 @@ impl Block {
                 }
                 let len = writable.total;
                 let mut off = data_range(len)?;
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(CHUNK as u64) as usize;
-                    self.buf.resize(n, 0);
-                    self.backend.read_at(&mut self.buf[..n], off)?;
-                    writable.write_from(mem, &self.buf[..n])?;
+                // Straight from the backend into guest memory, piece by piece; a
+                // piece that spans two memory regions goes through the bounce buffer.
+                while let Some((a, n)) = writable.next_piece(CHUNK) {
+                    match mem.get_slice(a, n) {
+                        Ok(vs) => self.backend.read_volatile_at(&vs, off)?,
+                        Err(_) => {
+                            self.buf.resize(n, 0);
+                            self.backend.read_at(&mut self.buf[..n], off)?;
+                            mem.write_slice(&self.buf[..n], a)
+                                .map_err(|_| ReqError::OutsideMemory(a.0, n as u32))?;
+                        }
+                    }
                     off += n as u64;
-                    left -= n as u64;
                 }
                 u32::try_from(len).map_err(|_| ReqError::Layout("request too long"))
             }
@@ -325,14 +330,17 @@ impl Block {
                 }
                 let len = readable.remaining();
                 let mut off = data_range(len)?;
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(CHUNK as u64) as usize;
-                    self.buf.resize(n, 0);
-                    readable.read_into(mem, &mut self.buf[..n])?;
-                    self.backend.write_at(&self.buf[..n], off)?;
+                while let Some((a, n)) = readable.next_piece(CHUNK) {
+                    match mem.get_slice(a, n) {
+                        Ok(vs) => self.backend.write_volatile_at(&vs, off)?,
+                        Err(_) => {
+                            self.buf.resize(n, 0);
+                            mem.read_slice(&mut self.buf[..n], a)
+                                .map_err(|_| ReqError::OutsideMemory(a.0, n as u32))?;
+                            self.backend.write_at(&self.buf[..n], off)?;
+                        }
+                    }
                     off += n as u64;
-                    left -= n as u64;
                 }
                 Ok(0)
             }
