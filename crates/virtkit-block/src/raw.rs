@@ -85,7 +85,9 @@ impl HostFile {
         &self.file
     }
 
-    fn needs_bounce(&self, ptr: *const u8, len: usize, offset: u64) -> bool {
+    /// Whether an I/O of `len` bytes at `offset` from memory at `ptr` must go through an
+    /// aligned bounce buffer (only with O_DIRECT, when something is not sector-aligned).
+    pub fn needs_bounce(&self, ptr: *const u8, len: usize, offset: u64) -> bool {
         self.direct && (ptr as usize % DIRECT_ALIGN != 0 || len % 512 != 0 || offset % 512 != 0)
     }
 

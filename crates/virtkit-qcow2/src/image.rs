@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use virtkit_block::{check_range, BlockBackend, BlockError, HostFile, RawBackend, RawOptions};
+use vm_memory::VolatileSlice;
 
 use crate::error::{Qcow2Error, Result};
 use crate::header::{off, CompressionType, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
@@ -445,14 +446,53 @@ impl Qcow2 {
         let mut pos = 0usize;
         for (seg, n) in segs {
             let n = n as usize;
-            let out = &mut buf[pos..pos + n];
+            self.read_seg(seg, &mut buf[pos..pos + n])?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Fill `out` from one resolved segment.
+    fn read_seg(&self, seg: Seg, out: &mut [u8]) -> Result<()> {
+        match seg {
+            Seg::Zero => out.fill(0),
+            Seg::Data(o) => self.file.read_at(out, o)?,
+            Seg::Backing(o) => self.read_backing(out, o)?,
+            Seg::Compressed { off, len, skip } => {
+                let c = self.decompress(off, len)?;
+                out.copy_from_slice(&c[skip as usize..skip as usize + out.len()]);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Qcow2::read_impl`] into memory behind a volatile slice: allocated data goes
+    /// from the image file straight into that memory, the rest through a buffer.
+    fn read_volatile_impl(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let segs = {
+            let mut m = lock(&self.meta);
+            self.resolve(&mut m, offset, buf.len() as u64)?
+        };
+        let mut pos = 0usize;
+        let mut tmp = Vec::new();
+        for (seg, n) in segs {
+            let n = n as usize;
+            let part = buf
+                .subslice(pos, n)
+                .map_err(|e| Qcow2Error::Corrupt(format!("segment outside the request: {e}")))?;
+            let ptr = part.ptr_guard_mut();
             match seg {
-                Seg::Zero => out.fill(0),
-                Seg::Data(o) => self.file.read_at(out, o)?,
-                Seg::Backing(o) => self.read_backing(out, o)?,
-                Seg::Compressed { off, len, skip } => {
-                    let c = self.decompress(off, len)?;
-                    out.copy_from_slice(&c[skip as usize..skip as usize + n]);
+                Seg::Data(o) if !self.file.needs_bounce(ptr.as_ptr(), n, o) => {
+                    // SAFETY: the guard keeps `part` mapped and valid for n bytes of
+                    // writes; pread fills it without a Rust reference to it.
+                    unsafe { self.file.read_raw(ptr.as_ptr(), n, o) }?;
+                }
+                _ => {
+                    tmp.resize(n, 0);
+                    self.read_seg(seg, &mut tmp)?;
+                    part.copy_from(&tmp[..]);
                 }
             }
             pos += n;
@@ -1022,5 +1062,12 @@ impl BlockBackend for Qcow2 {
     }
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+    fn read_volatile_at(
+        &self,
+        buf: &VolatileSlice<'_>,
+        offset: u64,
+    ) -> std::result::Result<(), BlockError> {
+        Ok(self.read_volatile_impl(buf, offset)?)
     }
 }
