@@ -22,27 +22,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{
     guest_kernel, initramfs, program_with_libraries, run, static_binary, with_qemu_peer,
-    BootResult, GuestBoot, Payload, Vmm, GUEST_CMDLINE,
+    BootResult, GuestBoot, Payload, Vmm, GUEST_CMDLINE, NET_PEER_SETUP,
 };
 
 /// The guest's MAC, the same under both VMMs (the peer's ARP cache stays right).
 const GUEST_MAC: &str = "52:54:00:12:34:56";
-
-/// The lab side: the bridge, the peer namespace behind a veth, the iperf3 server.
-const LAB_SETUP: &str = r#"
-IP=/usr/sbin/ip
-$IP link add br0 type bridge && $IP link set br0 up || echo "LAB-NET-SETUP=failed"
-$IP netns add peer
-$IP link add vkpeer0 type veth peer name vkpeer1
-$IP link set vkpeer1 netns peer
-$IP link set vkpeer0 master br0
-$IP link set vkpeer0 up
-$IP -n peer link set lo up
-$IP -n peer addr add 10.99.0.1/24 dev vkpeer1
-$IP -n peer link set vkpeer1 up
-$IP netns exec peer /usr/bin/iperf3 -s -D
-sleep 1
-"#;
 
 fn arg(args: &[String], name: &str, default: u32) -> Result<u32> {
     match args.iter().position(|a| a == name) {
@@ -142,7 +126,7 @@ fn main() -> Result<()> {
             boots.push((tag, b));
         }
     }
-    let mut script = String::from(LAB_SETUP);
+    let mut script = String::from(NET_PEER_SETUP);
     for (tag, b) in &boots {
         if *tag == "qemu" {
             script.push_str(

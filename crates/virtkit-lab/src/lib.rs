@@ -48,6 +48,26 @@ pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET}
 pub use util::{ensure_packages, workspace_root};
 pub use venue::{detect_venue, probe_speed, Venue};
 
+/// A lab payload prelude for network tests and benchmarks: a bridge `br0` (up), a
+/// network namespace `peer` joined to it by a veth, with 10.99.0.1/24 and an `iperf3 -s`
+/// server. Needs `/usr/sbin/ip` and `/usr/bin/iperf3` carried in
+/// ([`Payload::host_program`]); prints `LAB-NET-SETUP=failed` when the bridge cannot be
+/// made. All of it lives inside the lab VM.
+pub const NET_PEER_SETUP: &str = r#"
+IP=/usr/sbin/ip
+$IP link add br0 type bridge && $IP link set br0 up || echo "LAB-NET-SETUP=failed"
+$IP netns add peer
+$IP link add vkpeer0 type veth peer name vkpeer1
+$IP link set vkpeer1 netns peer
+$IP link set vkpeer0 master br0
+$IP link set vkpeer0 up
+$IP -n peer link set lo up
+$IP -n peer addr add 10.99.0.1/24 dev vkpeer1
+$IP -n peer link set vkpeer1 up
+$IP netns exec peer /usr/bin/iperf3 -s -D
+sleep 1
+"#;
+
 /// The env var that opts out of the lab tests (CI does not set it).
 pub const SKIP_LAB_ENV: &str = "VIRTKIT_SKIP_LAB";
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use virtkit_lab::{
     boot_payload, guest_kernel, initramfs, lab_opted_out, program_with_libraries, run,
-    static_binary, BootResult, GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE,
+    static_binary, BootResult, GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE, NET_PEER_SETUP,
 };
 
 const CHECK: &str = r#"
@@ -26,22 +26,6 @@ echo "IPERF-UP=$(grep receiver /tmp/up.txt | tail -1)"
 /usr/bin/iperf3 -c 10.99.0.1 -t 3 -f m -R > /tmp/down.txt 2>&1 || { cat /tmp/down.txt; exit 14; }
 echo "IPERF-DOWN=$(grep receiver /tmp/down.txt | tail -1)"
 echo "RX-DROPPED=$(cat /sys/class/net/eth0/statistics/rx_dropped)"
-"#;
-
-/// The lab side: the bridge, the peer namespace behind a veth, the iperf3 server.
-const LAB_SETUP: &str = r#"
-IP=/usr/sbin/ip
-$IP link add br0 type bridge && $IP link set br0 up || echo "LAB-NET-SETUP=failed"
-$IP netns add peer
-$IP link add vkpeer0 type veth peer name vkpeer1
-$IP link set vkpeer1 netns peer
-$IP link set vkpeer0 master br0
-$IP link set vkpeer0 up
-$IP -n peer link set lo up
-$IP -n peer addr add 10.99.0.1/24 dev vkpeer1
-$IP -n peer link set vkpeer1 up
-$IP netns exec peer /usr/bin/iperf3 -s -D
-sleep 1
 "#;
 
 const GUEST_MAC: &str = "52:54:00:12:34:56";
@@ -74,7 +58,7 @@ fn batch() -> &'static Batch {
         b.timeout_s = 300;
         let payload = boot_payload(&[b])
             .expect("building the boot payload")
-            .prepend_script(LAB_SETUP)
+            .prepend_script(NET_PEER_SETUP)
             .file(&kernel.vmlinux, "vmlinux")
             .file(&initrd, "initrd")
             .file(&vm_runner, "vm-runner")
