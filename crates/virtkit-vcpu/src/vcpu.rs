@@ -1,6 +1,6 @@
 //! vCPUs: configuration, the run loop, and one thread per vCPU with pause, resume and stop.
 
-use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -264,7 +264,7 @@ impl Vcpu {
             .spawn(move || {
                 c.lock().tid = Some(current_thread());
                 c.cv.notify_all();
-                let result = self.run_loop(&buses, &c, opts.on_first_run);
+                let result = self.run_loop(&buses, &c, opts.on_first_run, opts.stop_flag);
                 {
                     let mut st = c.lock();
                     st.exited = true;
@@ -298,6 +298,7 @@ impl Vcpu {
         buses: &Buses,
         c: &Control,
         mut on_first_run: Option<Box<dyn FnOnce() + Send>>,
+        stop_flag: Option<Arc<AtomicBool>>,
     ) -> Result<VcpuOutcome, VcpuError> {
         loop {
             {
@@ -329,6 +330,11 @@ impl Vcpu {
                 Some(outcome) => return Ok(outcome),
                 None => c.clear_immediate_exit(),
             }
+            // A device this exit reached may have ended the VM (power-off, reset): stop
+            // here rather than run the guest again until the stop request arrives.
+            if stop_flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                return Ok(VcpuOutcome::Stopped);
+            }
         }
     }
 }
@@ -340,6 +346,9 @@ pub struct ThreadOptions {
     pub exit_evt: Option<EventFd>,
     /// Called on the vCPU thread right before its first KVM_RUN.
     pub on_first_run: Option<Box<dyn FnOnce() + Send>>,
+    /// Checked after every exit: once set (by a device that ends the VM), the thread
+    /// stops without entering the guest again.
+    pub stop_flag: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for ThreadOptions {
@@ -347,6 +356,7 @@ impl std::fmt::Debug for ThreadOptions {
         f.debug_struct("ThreadOptions")
             .field("exit_evt", &self.exit_evt)
             .field("on_first_run", &self.on_first_run.is_some())
+            .field("stop_flag", &self.stop_flag)
             .finish()
     }
 }

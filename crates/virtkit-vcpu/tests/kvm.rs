@@ -282,6 +282,7 @@ fn kvm_spinning_vcpu_pause_resume_stop() {
             ThreadOptions {
                 exit_evt: Some(exit_evt.try_clone().unwrap()),
                 on_first_run: None,
+                stop_flag: None,
             },
         )
         .unwrap();
@@ -418,4 +419,60 @@ fn kvm_linux_boot_path_zero_page() {
     assert_eq!(size, 5000);
     assert!(initrd_addr.0 + size <= 16 << 20);
     assert_eq!(initrd_addr.0 % 4096, 0);
+}
+
+/// Sets a shared flag on its first write, as a power-off port does.
+struct PowerOff {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    writes: Arc<Mutex<u32>>,
+}
+
+impl BusDevice for PowerOff {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        *self.writes.lock().unwrap() += 1;
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn kvm_stop_flag_ends_the_vcpu_at_the_exit_that_set_it() {
+    let _g = serial();
+    let ram = GuestMemoryBuilder::from_mib(4).build().unwrap();
+    let vm = vm_with(&ram, false);
+    // 1: mov dx, 0x3b0; mov al, 0x34; out dx, al; jmp 1 (writes the port forever)
+    let code = [0x66, 0xba, 0xb0, 0x03, 0xb0, 0x34, 0xee, 0xeb, 0xf7];
+    let vcpu = guest(&ram, &vm, 0, 1, EntryMode::Long64, &code);
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = Arc::new(Mutex::new(0));
+    let mut buses = Buses::default();
+    buses
+        .pio
+        .insert(
+            Arc::new(Mutex::new(PowerOff {
+                flag: flag.clone(),
+                writes: writes.clone(),
+            })),
+            0x3b0,
+            1,
+        )
+        .unwrap();
+    let h = vcpu
+        .start(
+            Arc::new(buses),
+            ThreadOptions {
+                stop_flag: Some(flag),
+                ..ThreadOptions::default()
+            },
+        )
+        .unwrap();
+    let deadline = Instant::now() + LONG;
+    while !h.is_finished() {
+        assert!(Instant::now() < deadline, "the vCPU did not stop by itself");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.join().unwrap(), VcpuOutcome::Stopped);
+    assert_eq!(*writes.lock().unwrap(), 1, "the guest never ran again");
 }

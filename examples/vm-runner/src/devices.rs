@@ -39,6 +39,7 @@ pub enum GuestExit {
 pub struct ExitNotifier {
     reason: Arc<Mutex<Option<GuestExit>>>,
     evt: Arc<EventFd>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ExitNotifier {
@@ -47,7 +48,14 @@ impl ExitNotifier {
         ExitNotifier {
             reason: Arc::new(Mutex::new(None)),
             evt: Arc::new(evt),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Set once the guest ends the VM; vCPU threads check it after every exit so the
+    /// guest does not run on after powering off.
+    pub fn stop_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stop.clone()
     }
 
     /// Records the first exit reason and wakes the event loop.
@@ -56,6 +64,7 @@ impl ExitNotifier {
         if r.is_none() {
             *r = Some(why);
         }
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot signal VM exit: {e}");
         }

@@ -246,6 +246,7 @@ pub fn run(opts: &Options) -> Result<String> {
             ThreadOptions {
                 exit_evt: Some(vcpu_exit.try_clone()?),
                 on_first_run,
+                stop_flag: Some(exit.stop_flag()),
             },
         )?);
     }
