@@ -233,13 +233,53 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
         }
         Err(last.unwrap_or_else(|| LabError::PackagesMissing(Vec::new())))
     };
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(missing.iter().map(String::as_str));
-    if apt(&args).is_err() {
+    let install = |missing: &[String]| -> Result<String> {
+        let mut args = vec![
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ];
+        args.extend(missing.iter().map(String::as_str));
+        // A newer qemu-utils than Debian 12's QEMU (a backport some machine images come
+        // with) Breaks qemu-system-common: take qemu-utils at the QEMU system version.
+        let pin = missing
+            .iter()
+            .any(|p| p.starts_with("qemu-"))
+            .then(qemu_utils_pin)
+            .flatten();
+        if let Some(pin) = &pin {
+            args.push(pin);
+        }
+        apt(&args)
+    };
+    if install(&missing).is_err() {
         apt(&["update", "-q"])?;
-        apt(&args)?;
+        install(&missing)?;
     }
     Ok(())
+}
+
+/// `qemu-utils=VERSION` when the installed qemu-utils is not the version of the
+/// qemu-system-common that apt would install (they must be of one QEMU release).
+fn qemu_utils_pin() -> Option<String> {
+    let have = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "qemu-utils"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let policy =
+        run_captured(Command::new("apt-cache").args(["policy", "qemu-system-common"])).ok()?;
+    let cand = policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && *c != "(none)")?;
+    (!have.is_empty() && have != cand).then(|| format!("qemu-utils={cand}"))
 }
 
 /// Atomically writes `bytes` to `path` (temp file + rename).
