@@ -511,9 +511,15 @@ fn v1_device_rules_are_written_in_order() {
         ..Default::default()
     };
     cg.apply(&r).unwrap();
-    // The fake keeps each file's last write.
-    assert_eq!(fake.read("devices/d/devices.allow").unwrap(), "c 136:0 rw");
-    assert_eq!(fake.read("devices/d/devices.deny").unwrap(), "b 8:* w");
+    // One rule a line, each file in the order written: deny everything first.
+    assert_eq!(
+        fake.read("devices/d/devices.allow").unwrap(),
+        "c 1:3 rwm\nc 136:0 rw"
+    );
+    assert_eq!(
+        fake.read("devices/d/devices.deny").unwrap(),
+        "a\na *:* rwm\nb 8:* w"
+    );
     // None leaves the policy alone.
     fake.write("devices/d/devices.deny", "untouched").unwrap();
     cg.apply(&Resources::default()).unwrap();

@@ -26,6 +26,48 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
     f.write_all(value.as_bytes()).map_err(err)
 }
 
+/// A control file kept open for several writes (each value one `write(2)`, as cgroupfs
+/// reads one value per write).
+#[derive(Debug)]
+pub(crate) struct ControlFile {
+    path: PathBuf,
+    file: fs::File,
+}
+
+impl ControlFile {
+    /// Opens the existing control file `path` for writing.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|source| Error::Write {
+                path: path.to_path_buf(),
+                value: String::new(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes one value as one line (`value` and a newline, in one `write(2)`, as
+    /// `echo` would): cgroupfs takes it as one value, and a plain file (a fake tree)
+    /// keeps every value in order, one a line.
+    pub(crate) fn write_line(&mut self, value: &str) -> Result<()> {
+        let mut line = String::with_capacity(value.len() + 1);
+        line.push_str(value);
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| Error::Write {
+                path: self.path.clone(),
+                value: value.to_string(),
+                source,
+            })
+    }
+}
+
 /// Writes `value` to `dir/name`.
 pub(crate) fn write_in(dir: &Path, name: &str, value: &str) -> Result<()> {
     write(&dir.join(name), value)
@@ -33,15 +75,34 @@ pub(crate) fn write_in(dir: &Path, name: &str, value: &str) -> Result<()> {
 
 /// Reads a whole control file.
 pub(crate) fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| Error::Read {
+    read_small(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })
 }
 
+/// Reads a control file with open, read until EOF, close: control files report size 0,
+/// so the `fstat` + `lseek` that `std::fs::read_to_string` spends on a size hint only
+/// cost time.
+fn read_small(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Reads `dir/name` if it exists, `None` if it does not.
 pub(crate) fn read_opt(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
+    match read_small(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Read {
@@ -139,6 +200,14 @@ pub(crate) fn child_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
         path: dir.to_path_buf(),
         source,
     };
+    // A directory's link count is 2 plus its subdirectories (cgroupfs keeps it so, as
+    // do the filesystems fake trees live on): one stat spares listing a leaf cgroup.
+    {
+        use std::os::unix::fs::MetadataExt;
+        if fs::symlink_metadata(dir).map_err(err)?.nlink() == 2 {
+            return Ok(Vec::new());
+        }
+    }
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
@@ -159,6 +228,12 @@ const RMDIR_ATTEMPTS: u32 = 12;
 /// On a real cgroupfs the control files vanish with the directory; on a fake
 /// tree (plain tmpfs) regular files are removed first so rmdir can succeed.
 pub(crate) fn remove_cgroup_dir(dir: &Path) -> Result<()> {
+    // Usually an empty leaf: one rmdir. Otherwise list the children and retry.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     let children = match child_dirs(dir) {
         Ok(c) => c,
         Err(Error::List { source, .. }) if source.kind() == io::ErrorKind::NotFound => {

@@ -80,17 +80,28 @@ impl V1Manager {
     fn create_cpuset(&self, mount: &Path) -> Result<()> {
         // cpuset.cpus and cpuset.mems start empty in a new v1 cpuset cgroup,
         // and no task can join until they are set: copy them from the parent.
+        // What a level holds (read, or just written) is what its child copies.
+        const FILES: [&str; 2] = ["cpuset.cpus", "cpuset.mems"];
         let mut parent = mount.to_path_buf();
+        let mut parent_values: [Option<String>; 2] = [None, None];
         for comp in self.path.split('/') {
             let dir = parent.join(comp);
             fs::mkdir_all(&dir)?;
-            for file in ["cpuset.cpus", "cpuset.mems"] {
+            for (file, inherited) in FILES.iter().zip(parent_values.iter_mut()) {
                 let mine = dir.join(file);
-                if let Some(cur) = fs::read_opt(&mine)? {
-                    if cur.trim().is_empty() {
-                        let from_parent = fs::read(&parent.join(file))?;
-                        fs::write(&mine, from_parent.trim())?;
-                    }
+                let Some(cur) = fs::read_opt(&mine)? else {
+                    *inherited = None;
+                    continue;
+                };
+                if cur.trim().is_empty() {
+                    let from_parent = match inherited.take() {
+                        Some(v) => v,
+                        None => fs::read(&parent.join(file))?.trim().to_string(),
+                    };
+                    fs::write(&mine, &from_parent)?;
+                    *inherited = Some(from_parent);
+                } else {
+                    *inherited = Some(cur.trim().to_string());
                 }
             }
             parent = dir;
@@ -329,14 +340,13 @@ impl CgroupManager for V1Manager {
         self.apply_blkio(r)?;
         if let Some(rules) = &r.devices {
             let dir = self.need("devices", "devices")?;
-            fs::write_in(&dir, "devices.deny", "a")?;
+            // Each rule is one write(2); the two files stay open for the whole list.
+            let mut deny = fs::ControlFile::open(&dir.join("devices.deny"))?;
+            let mut allow = fs::ControlFile::open(&dir.join("devices.allow"))?;
+            deny.write_line("a")?;
             for rule in rules {
-                let file = if rule.allow {
-                    "devices.allow"
-                } else {
-                    "devices.deny"
-                };
-                fs::write_in(&dir, file, &rule.v1_line())?;
+                let file = if rule.allow { &mut allow } else { &mut deny };
+                file.write_line(&rule.v1_line())?;
             }
         }
         Ok(())
@@ -499,11 +509,17 @@ pub(crate) fn add_pid(dir: &Path, pid: i32) -> Result<()> {
 /// Collects the pids of `dir` and its descendants. A missing directory has none.
 pub(crate) fn collect_pids(dir: &Path, out: &mut BTreeSet<i32>) -> Result<()> {
     let procs = dir.join("cgroup.procs");
-    if !dir.is_dir() {
-        return Ok(());
-    }
-    if procs.exists() {
-        out.extend(fs::read_pids(&procs)?);
+    match fs::read_pids(&procs) {
+        Ok(pids) => out.extend(pids),
+        // No directory (or no cgroup.procs in it): no processes.
+        Err(Error::Read { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+        {
+            if !dir.is_dir() {
+                return Ok(());
+            }
+        }
+        Err(e) => return Err(e),
     }
     for child in fs::child_dirs(dir)? {
         collect_pids(&child, out)?;

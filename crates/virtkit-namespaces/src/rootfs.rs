@@ -359,6 +359,8 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
 }
 
 fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    // Most nodes share one parent (/dev): resolve it once for a run of them.
+    let mut parent_dir: Option<(&Path, crate::syscalls::ResolvedTarget)> = None;
     for d in &cfg.devices {
         let derr = |source| RootfsError::Device {
             path: d.path.clone(),
@@ -374,9 +376,12 @@ fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsE
         }
         let parent = d.path.parent().unwrap_or(Path::new("/"));
         let name = d.path.file_name().unwrap_or_default();
-        let dir = sys
-            .resolve_in_root(&cfg.rootfs, parent, TargetKind::Dir)
-            .map_err(derr)?;
+        let dir = match parent_dir.take() {
+            Some((p, dir)) if p == parent => dir,
+            _ => sys
+                .resolve_in_root(&cfg.rootfs, parent, TargetKind::Dir)
+                .map_err(derr)?,
+        };
         let fmt = match d.kind {
             'b' => libc::S_IFBLK,
             'p' => libc::S_IFIFO,
@@ -391,14 +396,18 @@ fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsE
             Err(e) if e.errno() == Some(libc::EEXIST) => {}
             r => r.map_err(derr)?,
         }
+        parent_dir = Some((parent, dir));
     }
     if cfg.dev_symlinks {
-        let dir = sys
-            .resolve_in_root(&cfg.rootfs, Path::new("/dev"), TargetKind::Dir)
-            .map_err(|source| RootfsError::Device {
-                path: PathBuf::from("/dev"),
-                source,
-            })?;
+        let dir = match parent_dir {
+            Some((p, dir)) if p == Path::new("/dev") => dir,
+            _ => sys
+                .resolve_in_root(&cfg.rootfs, Path::new("/dev"), TargetKind::Dir)
+                .map_err(|source| RootfsError::Device {
+                    path: PathBuf::from("/dev"),
+                    source,
+                })?,
+        };
         for (target, link) in DEFAULT_SYMLINKS {
             let name = Path::new(link).file_name().unwrap_or_default();
             match sys.symlink(Path::new(target), &dir.path().join(name)) {

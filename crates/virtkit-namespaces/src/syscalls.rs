@@ -203,6 +203,49 @@ pub fn openat2_in_root(
     Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
 
+/// Creates the missing components of `comps` under `root_fd` (directories, and the
+/// last one as `kind`) and returns an `O_PATH` fd of the last one. The deepest existing
+/// ancestor is looked for from the parent up (usually only the last component is
+/// missing). Every lookup starts again from the root with `RESOLVE_IN_ROOT`, so
+/// neither `..` nor an absolute symlink met on the way can leave it.
+fn create_in_root(
+    root_fd: BorrowedFd<'_>,
+    comps: &[&OsStr],
+    kind: TargetKind,
+) -> SysResult<OwnedFd> {
+    let prefix = |n: usize| -> PathBuf { comps[..n].iter().collect() };
+    let mut have = comps.len().saturating_sub(1);
+    let mut parent: Option<OwnedFd> = None;
+    while have > 0 {
+        match openat2_in_root(root_fd, &prefix(have), libc::O_PATH, 0) {
+            Ok(fd) => {
+                parent = Some(fd);
+                break;
+            }
+            Err(e) if e.errno() == Some(libc::ENOENT) => have -= 1,
+            Err(e) => return Err(e),
+        }
+    }
+    for i in have..comps.len() {
+        let dir = parent.as_ref().map_or(root_fd, |p| p.as_fd());
+        let name = comps[i];
+        if i + 1 == comps.len() && kind == TargetKind::File {
+            match openat2_in_root(dir, Path::new(name), libc::O_CREAT | libc::O_WRONLY, 0o644) {
+                Ok(_) => {}
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            mkdirat(dir, name, 0o755)?;
+        }
+        parent = Some(openat2_in_root(root_fd, &prefix(i + 1), libc::O_PATH, 0)?);
+    }
+    match parent {
+        Some(fd) => Ok(fd),
+        None => openat2_in_root(root_fd, Path::new("."), libc::O_PATH, 0),
+    }
+}
+
 fn mkdirat(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
     let c = CString::new(name.as_bytes()).map_err(|_| {
         SyscallError::new(
@@ -392,31 +435,20 @@ impl Syscalls for LinuxSyscalls {
                 _ => None,
             })
             .collect();
-        let mut fd = openat2_in_root(root_fd.as_fd(), Path::new("."), libc::O_PATH, 0)?;
-        for i in 0..comps.len() {
-            let last = i + 1 == comps.len();
-            let prefix: PathBuf = comps[..=i].iter().collect();
-            // Every lookup starts again from the root, so neither `..` nor an absolute
-            // symlink can leave it.
-            match openat2_in_root(root_fd.as_fd(), &prefix, libc::O_PATH, 0) {
-                Ok(next) => fd = next,
-                Err(e) if e.errno() == Some(libc::ENOENT) => {
-                    let name = comps[i];
-                    if last && kind == TargetKind::File {
-                        openat2_in_root(
-                            fd.as_fd(),
-                            Path::new(name),
-                            libc::O_CREAT | libc::O_WRONLY,
-                            0o644,
-                        )?;
-                    } else {
-                        mkdirat(fd.as_fd(), name, 0o755)?;
-                    }
-                    fd = openat2_in_root(root_fd.as_fd(), &prefix, libc::O_PATH, 0)?;
-                }
-                Err(e) => return Err(e),
+        let whole: PathBuf = comps.iter().collect();
+        let whole = if comps.is_empty() {
+            PathBuf::from(".")
+        } else {
+            whole
+        };
+        // Usually the target exists: one lookup, confined to the root.
+        let fd = match openat2_in_root(root_fd.as_fd(), &whole, libc::O_PATH, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.errno() == Some(libc::ENOENT) => {
+                create_in_root(root_fd.as_fd(), &comps, kind)?
             }
-        }
+            Err(e) => return Err(e),
+        };
         Ok(ResolvedTarget {
             path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
             _fd: Some(fd),

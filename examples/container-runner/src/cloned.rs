@@ -31,6 +31,11 @@ const ALL_SEALS: i32 = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 /// Whether the running binary cannot be written through `/proc/self/exe`: a sealed
 /// memfd, or a file reached through a read-only mount.
 pub fn is_sealed() -> bool {
+    static SEALED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SEALED.get_or_init(check_sealed)
+}
+
+fn check_sealed() -> bool {
     let Ok(f) = std::fs::File::open("/proc/self/exe") else {
         return false;
     };

@@ -697,7 +697,8 @@ pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
         return Ok(0);
     }
     let code = wait_child(c.saved.pid)?;
-    delete_with(&o.root, &o.id, true, Some(&spec))?;
+    // Init is reaped: the state needs no reload and init no signal.
+    delete_loaded(&c, Status::Stopped, Some(&spec))?;
     Ok(code)
 }
 
@@ -757,6 +758,12 @@ fn delete_with(root: &Path, id: &str, force: bool, spec: Option<&Spec>) -> Resul
             s.as_str()
         ),
     }
+    delete_loaded(&c, status, spec)
+}
+
+/// `delete` of a loaded container in `status`: kills what is left, removes the cgroup,
+/// runs poststop hooks and removes the state directory.
+fn delete_loaded(c: &Container, status: Status, spec: Option<&Spec>) -> Result<()> {
     let cg = if c.saved.cgroup_path.is_empty() {
         None
     } else {
@@ -766,12 +773,11 @@ fn delete_with(root: &Path, id: &str, force: bool, spec: Option<&Spec>) -> Resul
         let _ = util::kill(c.saved.pid, libc::SIGKILL);
     }
     if let Some(cg) = &cg {
-        if cg.exists() {
-            if status == Status::Paused {
-                let _ = cg.thaw();
-            }
-            cg.kill_all().context("kill the container's processes")?;
+        if status == Status::Paused {
+            let _ = cg.thaw();
         }
+        // A cgroup that is already gone has no processes: kill_all finds none.
+        cg.kill_all().context("kill the container's processes")?;
     }
     if !wait_dead(c.saved.pid, c.saved.start_time, Duration::from_secs(10)) {
         bail!("init {} did not die", c.saved.pid);
@@ -791,14 +797,13 @@ fn delete_with(root: &Path, id: &str, force: bool, spec: Option<&Spec>) -> Resul
         };
         if let Some(spec) = spec {
             if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststop().clone()) {
-                if let Err(e) = hooks::run("poststop", &h, &hook_state(&c, "stopped")) {
+                if let Err(e) = hooks::run("poststop", &h, &hook_state(c, "stopped")) {
                     log_warn(&format!("{e:#}"));
                 }
             }
         }
     }
-    std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
-    Ok(())
+    c.remove_dir()
 }
 
 /// `pause` / `resume`.

@@ -1,6 +1,10 @@
 //! container-runner: an OCI runtime with runc's command line, built on
 //! virtkit-namespaces and virtkit-cgroups.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+// Our own C `main` (below): the runtime starts twice per container (see `cloned`), and
+// std's start-up (reading /proc/self/maps for the main thread's stack guard, an
+// alternate signal stack) is work neither start needs.
+#![cfg_attr(not(test), no_main)]
 
 mod cgroup;
 mod cloned;
@@ -528,7 +532,18 @@ fn peek_command(args: &[std::ffi::OsString]) -> Option<&str> {
     None
 }
 
-fn main() {
+/// The C entry point, in place of std's `lang_start`: ignores SIGPIPE as std would (a
+/// closed pipe is an error to report, not a reason to die), then runs [`start`].
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    start()
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn start() -> ! {
     // Commands that enter a container re-execute from a read-only copy of the binary
     // (CVE-2019-5736, see `cloned`) before anything else, so the first image does not
     // parse the command line twice. Errors are reported by the second call, after

@@ -123,6 +123,18 @@ impl Container {
     }
 
     /// The current status, from the init process, the fifo and the freezer.
+    /// Removes the state directory: `state.json` (and `exec.fifo`) then the directory;
+    /// anything else found there is removed with it.
+    pub fn remove_dir(&self) -> Result<()> {
+        let _ = std::fs::remove_file(Self::state_file(&self.dir));
+        match std::fs::remove_dir(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(_) => std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("remove {}", self.dir.display())),
+        }
+    }
+
     pub fn status(&self) -> Status {
         if !self.saved.create_done {
             if util::alive(self.saved.pid, self.saved.start_time) {
