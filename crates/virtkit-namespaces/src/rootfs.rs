@@ -358,7 +358,10 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
     Ok(())
 }
 
-fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+/// Creates the `/dev` nodes of `cfg.devices` (or bind-mounts the host's, with
+/// `bind_devices`) and, with `dev_symlinks`, the standard `/dev` symlinks; the last step
+/// of [`prepare_rootfs`].
+pub fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
     // Most nodes share one parent (/dev): resolve it once for a run of them.
     let mut parent_dir: Option<(&Path, crate::syscalls::ResolvedTarget)> = None;
     for d in &cfg.devices {
@@ -424,7 +427,21 @@ fn create_devices(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsE
 
 /// Before `pivot_root`: propagation of `/`, bind of the rootfs onto itself, the config's
 /// mounts (targets resolved in the rootfs) and device nodes.
+///
+/// It is [`prepare_rootfs_start`], [`mount_in_root`] for each of `cfg.mounts` in order,
+/// then [`create_devices`]: a caller with work to fit between two mounts (say, waiting
+/// until a source exists) calls those steps itself.
 pub fn prepare_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
+    prepare_rootfs_start(sys, cfg)?;
+    for m in &cfg.mounts {
+        mount_in_root(sys, &cfg.rootfs, m)?;
+    }
+    create_devices(sys, cfg)
+}
+
+/// The first step of [`prepare_rootfs`]: checks the rootfs, sets the propagation of `/`
+/// and binds the rootfs onto itself (so it is a mount point for `pivot_root`).
+pub fn prepare_rootfs_start(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
     if sys.is_dir(&cfg.rootfs) != Some(true) {
         return Err(RootfsError::NoRootfs(cfg.rootfs.clone()));
     }
@@ -438,11 +455,7 @@ pub fn prepare_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), Roo
         libc::MS_BIND | libc::MS_REC,
         None,
     )
-    .map_err(mount_err(&cfg.rootfs))?;
-    for m in &cfg.mounts {
-        mount_in_root(sys, &cfg.rootfs, m)?;
-    }
-    create_devices(sys, cfg)
+    .map_err(mount_err(&cfg.rootfs))
 }
 
 /// Makes the rootfs the new `/`: `pivot_root(".", ".")` then detaches the old root (or,

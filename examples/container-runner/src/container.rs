@@ -13,7 +13,7 @@ use virtkit_namespaces::rootfs::{
 };
 use virtkit_namespaces::LinuxSyscalls;
 
-use crate::init::{self, Init, Mode};
+use crate::init::{self, GoAt, Init, Mode};
 use crate::state::{check_id, Container, Saved, Status};
 use crate::util::{self, recv_msg, send_msg};
 use crate::{cgroup, hooks, process};
@@ -321,8 +321,8 @@ pub fn create(o: &CreateOpts) -> Result<()> {
     create_with(o, false, false).map(|_| ())
 }
 
-/// `create` for `create` and `run`. With `run_mode` there is no exec fifo: init waits
-/// for "start" on the returned sync socket (see [`start_run`]).
+/// `create` for `create` and `run`. With `run_mode` there is no exec fifo: init goes on
+/// to execve right after "ready" (see [`start_run`]).
 fn create_with(
     o: &CreateOpts,
     foreground: bool,
@@ -385,15 +385,9 @@ fn create_with(
             owner: String::new(),
         },
     };
-    // Saved before the cgroup exists, so `delete --force` after a crash finds it.
-    c.save()?;
-
+    // The cgroup itself is made after the clone, while init sets up the rootfs.
     let cg = cgroup::open(&cg_path)?;
-    cg.create()
-        .with_context(|| format!("create cgroup {cg_path}"))?;
-    undo.cgroup = Some(cgroup::open(&cg_path)?);
-    cg.apply(&cgroup::create_resources(linux.resources().as_ref())?)
-        .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
+    let resources = cgroup::create_resources(linux.resources().as_ref())?;
 
     let fifo = if run_mode {
         None
@@ -487,7 +481,7 @@ fn create_with(
         },
         userns: new_user || joins_user,
         new_cgroupns,
-        wait_go: true,
+        go_at: GoAt::Start,
         hooks_msg: [
             hooks.prestart(),
             hooks.create_runtime(),
@@ -509,28 +503,35 @@ fn create_with(
 
     let init_joins_itself = init.join_cgroup.is_some();
     let mut init = init;
-    // "go" only when we have work to do before init may go on.
-    init.wait_go = new_user || !init_joins_itself;
+    // Init waits for "go" at its first step that needs the cgroup, and meanwhile we make
+    // the cgroup. From the start when we have work on init itself first (id maps; moving
+    // it into the cgroup), or when it joins a mount namespace where the host's cgroupfs
+    // may not be visible.
+    let joins_mount = init.joins.iter().any(|(t, _)| *t == NamespaceType::Mount);
+    if init_joins_itself && !new_user && !joins_mount {
+        if let Mode::Create { rootfs, .. } = &init.mode {
+            init.go_at = GoAt::BeforeMount(first_cgroup_mount(&rootfs.mounts, &cg.dirs()));
+        }
+    }
     let pid = clone_fork(flags)?;
     if pid == 0 {
         drop(parent_sock);
         init::child(&init);
     }
     drop(child_sock);
-    let wait_go = init.wait_go;
     drop(init);
     undo.pid = pid;
     c.saved.pid = pid;
     c.saved.start_time = util::proc_stat(pid).map(|s| s.0).unwrap_or(0);
-    if !run_mode {
-        // `delete --force` after a crash finds init by this pid: init blocks on the exec
-        // fifo until `start`, even if we die after "ready". Under `run`, init dies with
-        // us until "ready" (PR_SET_PDEATHSIG) and exits on EOF while waiting for "start",
-        // and the cgroup (saved above) holds it meanwhile, so that save is skipped: each
-        // save is a new file renamed over the old one, and on ext4 that costs an inode
-        // allocation and a writeback kick.
-        c.save()?;
-    }
+    // Saved before the cgroup exists, so `delete --force` after a crash finds init (by
+    // this pid: it blocks on the exec fifo until `start`, even if we die after "ready")
+    // and the cgroup. Until "ready" init dies with us (PR_SET_PDEATHSIG).
+    c.save()?;
+    cg.create()
+        .with_context(|| format!("create cgroup {cg_path}"))?;
+    undo.cgroup = Some(cgroup::open(&cg_path)?);
+    cg.apply(&resources)
+        .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
     let sock = parent_sock.as_raw_fd();
     if new_user {
         write_id_maps(
@@ -546,9 +547,7 @@ fn create_with(
         cg.add_process(pid)
             .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
     }
-    if wait_go {
-        send_msg(sock, b"go")?;
-    }
+    send_go(sock)?;
     loop {
         let m = recv_msg(sock)?;
         match m.as_slice() {
@@ -580,6 +579,34 @@ fn create_with(
     }
     undo.armed = false;
     Ok((c, spec, parent_sock))
+}
+
+/// The index of the first of `mounts` that needs the container's cgroup: a bind of one
+/// of its directories `dirs` (v1) or a cgroup2 mount; `mounts.len()` if none does.
+fn first_cgroup_mount(mounts: &[MountSpec], dirs: &[PathBuf]) -> usize {
+    mounts
+        .iter()
+        .position(|m| {
+            matches!(m.fstype.as_deref(), Some("cgroup" | "cgroup2"))
+                || m.source
+                    .as_deref()
+                    .is_some_and(|s| dirs.iter().any(|d| s.starts_with(d)))
+        })
+        .unwrap_or(mounts.len())
+}
+
+/// Sends init its "go". When init has failed already (its end closed), the error is
+/// init's own message, which it sent before exiting.
+fn send_go(sock: i32) -> Result<()> {
+    if let Err(e) = send_msg(sock, b"go") {
+        if let Ok(m) = recv_msg(sock) {
+            if let [b'E', rest @ ..] = m.as_slice() {
+                bail!("{}", String::from_utf8_lossy(rest));
+            }
+        }
+        return Err(e).context("send \"go\" to container init");
+    }
+    Ok(())
 }
 
 /// `start`: releases init from the exec fifo.
@@ -653,9 +680,9 @@ fn log_warn(msg: &str) {
     crate::log::warn(msg);
 }
 
-/// `start` within `run`: init waits on the sync socket rather than an exec fifo.
-fn start_run(c: &Container, spec: &Spec, sock: &OwnedFd) -> Result<()> {
-    send_msg(sock.as_raw_fd(), b"start").context("start init")?;
+/// `start` within `run`: init, which has no exec fifo, started at "ready"; what is left
+/// are the poststart hooks.
+fn start_run(c: &Container, spec: &Spec) -> Result<()> {
     if let Some(h) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
         if let Err(e) = hooks::run("poststart", &h, &hook_state(c, "running")) {
             log_warn(&format!("{e:#}"));
@@ -688,8 +715,8 @@ fn wait_child(pid: i32) -> Result<i32> {
 
 /// `run`: create + start, then (unless detached) wait and delete. Returns the exit code.
 pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
-    let (c, spec, sock) = create_with(o, !detach, true)?;
-    if let Err(e) = start_run(&c, &spec, &sock) {
+    let (c, spec, _sock) = create_with(o, !detach, true)?;
+    if let Err(e) = start_run(&c, &spec) {
         let _ = delete_with(&o.root, &o.id, true, Some(&spec));
         return Err(e);
     }
@@ -958,7 +985,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         },
         userns: joins_user,
         new_cgroupns: false,
-        wait_go: true,
+        go_at: GoAt::Start,
         hooks_msg: false,
         mode: Mode::Exec,
     };

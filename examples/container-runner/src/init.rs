@@ -1,14 +1,16 @@
 //! The child side: from `clone` to `execve` of the container process.
 //!
 //! Protocol on the seqpacket sync socket (child's messages in quotes):
-//! [parent "go", only when the parent has work to do first: in a user namespace, id
-//! maps written and us moved into the cgroup; otherwise we move ourselves first thing] → [create, only
-//! when there are prestart/createRuntime/createContainer hooks: "hooks" (namespaces
-//! made, mounts prepared) → parent runs prestart/createRuntime hooks → "go"] → "ready" →
-//! [create: block on exec.fifo until `start`; `run`: block until the parent's "start"
-//! on this socket] → execve. Each skipped exchange is two fewer context switches on the
-//! path that `run` measures. Any failure sends `E<message>`; a successful execve closes
-//! the (close-on-exec) socket, which the parent reads as EOF.
+//! parent "go" once the cgroup exists (we wait for it where [`GoAt`] says: in a new
+//! container, at the first rootfs mount that needs the cgroup, so the parent makes the
+//! cgroup while we mount; from the start when the parent has work on us first, as id
+//! maps in a user namespace; then we move ourselves into the cgroup unless the parent
+//! did) → [create, only when there are prestart/createRuntime/createContainer hooks:
+//! "hooks" (namespaces made, mounts prepared) → parent runs prestart/createRuntime hooks
+//! → "go"] → "ready" → [create: block on exec.fifo until `start`; `run`: "ready" is the
+//! start] → execve. Each skipped exchange is two fewer context switches on the path
+//! that `run` measures. Any failure sends `E<message>`; a successful execve closes the
+//! (close-on-exec) socket, which the parent reads as EOF.
 //!
 //! What keeps the known runtime escapes out:
 //! - CVE-2019-5736 (the container overwrites the runtime binary through
@@ -32,7 +34,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Hook;
 use virtkit_namespaces::namespace::NamespaceType;
-use virtkit_namespaces::rootfs::{finalize_rootfs, pivot, prepare_rootfs, RootfsConfig};
+use virtkit_namespaces::rootfs::{
+    create_devices, finalize_rootfs, mount_in_root, pivot, prepare_rootfs_start, RootfsConfig,
+};
 use virtkit_namespaces::{LinuxSyscalls, Syscalls};
 
 use crate::process::{cloexec_from, Plan};
@@ -65,6 +69,20 @@ pub enum Mode {
     Exec,
 }
 
+/// Where the child waits for the parent's "go".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoAt {
+    /// Before anything else (the parent writes id maps or moves us into the cgroup, or
+    /// we join an existing mount namespace where the host's cgroupfs may not be).
+    Start,
+    /// In a new container, before mount number `n` of the rootfs config (`n` = the
+    /// number of mounts: after the last one): the first mount that needs the cgroup
+    /// (v1 binds of its directories, cgroup2). Until then the parent creates the
+    /// cgroup and applies its limits while we set up the rootfs: two cores at work on
+    /// one container.
+    BeforeMount(usize),
+}
+
 /// Everything the child needs, prepared by the parent before `clone`.
 #[derive(Debug)]
 pub struct Init {
@@ -86,8 +104,9 @@ pub struct Init {
     /// (`CgroupManager::join_self`: on v1 that skips the ~10 ms RCU wait of moving
     /// another process). `None`: the parent adds us before "go".
     pub join_cgroup: Option<Box<dyn virtkit_cgroups::CgroupManager>>,
-    /// Wait for the parent's "go" before anything else.
-    pub wait_go: bool,
+    /// Where to wait for the parent's "go" (after which we join `join_cgroup` and
+    /// make the new cgroup namespace).
+    pub go_at: GoAt,
     /// Create: stop for the "hooks" exchange (some prestart, createRuntime or
     /// createContainer hook exists).
     pub hooks_msg: bool,
@@ -184,12 +203,29 @@ fn write_sysctl(sysctl: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
+/// After the parent's "go": into the container's cgroup (when we move ourselves), then
+/// the new cgroup namespace, rooted at that cgroup.
+fn enter_cgroup(i: &Init, sys: &LinuxSyscalls) -> Result<()> {
+    if let Some(cg) = &i.join_cgroup {
+        // Single-threaded here (a fork of a single-threaded runtime), as join_self needs.
+        cg.join_self()
+            .with_context(|| format!("join cgroup {}", cg.path()))?;
+    }
+    if i.new_cgroupns {
+        sys.unshare(libc::CLONE_NEWCGROUP)
+            .context("create the cgroup namespace")?;
+    }
+    Ok(())
+}
+
 fn run(i: &Init) -> Result<Infallible> {
     // Until "ready", die with the parent so a killed `create` leaves nothing behind.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    if i.wait_go {
+    let sys = LinuxSyscalls;
+    if i.go_at == GoAt::Start {
         expect_go(i.sync)?;
+        enter_cgroup(i, &sys)?;
     } else {
         // The parent may have died before PR_SET_PDEATHSIG took effect: then its end of
         // the sync socket is closed. (getppid() cannot tell: it is 0 in a new pid
@@ -205,16 +241,6 @@ fn run(i: &Init) -> Result<Infallible> {
             // SAFETY: _exit ends this process at once.
             unsafe { libc::_exit(1) }
         }
-    }
-    if let Some(cg) = &i.join_cgroup {
-        // Single-threaded here (a fork of a single-threaded runtime), as join_self needs.
-        cg.join_self()
-            .with_context(|| format!("join cgroup {}", cg.path()))?;
-    }
-    let sys = LinuxSyscalls;
-    if i.new_cgroupns {
-        sys.unshare(libc::CLONE_NEWCGROUP)
-            .context("create the cgroup namespace")?;
     }
     for (kind, fd) in &i.joins {
         use std::os::fd::AsFd;
@@ -252,7 +278,18 @@ fn run(i: &Init) -> Result<Infallible> {
         if let Some(d) = domainname {
             sys.setdomainname(d).context("set domainname")?;
         }
-        prepare_rootfs(&sys, rootfs)?;
+        prepare_rootfs_start(&sys, rootfs)?;
+        let mounts = &rootfs.mounts;
+        for k in 0..=mounts.len() {
+            if i.go_at == GoAt::BeforeMount(k) {
+                expect_go(i.sync)?;
+                enter_cgroup(i, &sys)?;
+            }
+            if let Some(m) = mounts.get(k) {
+                mount_in_root(&sys, &rootfs.rootfs, m)?;
+            }
+        }
+        create_devices(&sys, rootfs)?;
         if i.hooks_msg {
             send_msg(i.sync, b"hooks")?;
             // "go" followed by the state JSON with our host pid, for the container hooks.
@@ -310,11 +347,8 @@ fn run(i: &Init) -> Result<Infallible> {
                 libc::close(w);
                 libc::close(*fifo);
             }
-        } else if recv_msg(i.sync).context("wait for start")? != b"start" {
-            // The parent (`run`) died or gave up before starting us.
-            // SAFETY: _exit ends this process at once.
-            unsafe { libc::_exit(1) }
         }
+        // Under `run` (no fifo) "ready" is the start: on to execve.
         crate::hooks::run("startContainer", start_container, &state_for_start)?;
     }
     let _ = i.sync.as_raw_fd();
