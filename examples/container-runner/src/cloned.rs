@@ -1,6 +1,7 @@
 //! CVE-2019-5736: never run inside a container from a writable host binary.
 //!
-//! Before `create`, `run` and `exec`, the runtime re-executes itself so that
+//! Before `create` and `exec` (and `run`, unless the exec DMZ of `crate::dmz` is
+//! enough), the runtime re-executes itself so that
 //! `/proc/self/exe` cannot be opened for writing by a container process (through
 //! `/proc/<pid>/exe`, or by exec'ing `/proc/self/exe` with a `#!` trick):
 //!
@@ -145,8 +146,10 @@ fn exec_fd(fd: i32) -> Result<()> {
     bail!("execveat: {}", io::Error::last_os_error())
 }
 
-fn memfd() -> Result<OwnedFd> {
-    let name = CString::new("container-runner")?;
+/// A close-on-exec memfd that can be sealed (and executed where the kernel asks for
+/// MFD_EXEC).
+pub fn memfd(name: &str) -> Result<OwnedFd> {
+    let name = CString::new(name)?;
     for flags in [
         MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC,
         MFD_CLOEXEC | MFD_ALLOW_SEALING,
@@ -159,6 +162,15 @@ fn memfd() -> Result<OwnedFd> {
         }
     }
     bail!("memfd_create: {}", io::Error::last_os_error())
+}
+
+/// Seals a memfd against every change (write, grow, shrink, more seals).
+pub fn seal(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: fcntl on a valid fd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), F_ADD_SEALS, ALL_SEALS) } < 0 {
+        bail!("seal memfd: {}", io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn u16_at(b: &[u8], o: usize) -> u64 {
@@ -217,7 +229,7 @@ pub fn ensure() -> Result<()> {
     let full = exe.metadata()?.len();
     let trimmed = loadable_len(&exe, full);
     let len = trimmed.unwrap_or(full);
-    let mfd = memfd()?;
+    let mfd = memfd("container-runner")?;
     let mut off: libc::off_t = 0;
     let mut left = len as usize;
     while left > 0 {
@@ -241,10 +253,7 @@ pub fn ensure() -> Result<()> {
         m.write_all_at(&zeros[..6], 0x3a)
             .context("patch memfd ELF header")?;
     }
-    // SAFETY: fcntl on a valid fd.
-    if unsafe { libc::fcntl(mfd.as_raw_fd(), F_ADD_SEALS, ALL_SEALS) } < 0 {
-        bail!("seal memfd: {}", io::Error::last_os_error());
-    }
+    seal(&mfd)?;
     exec_fd(mfd.as_raw_fd()).context("exec the memfd copy")
 }
 

@@ -16,7 +16,7 @@ use virtkit_namespaces::LinuxSyscalls;
 use crate::init::{self, GoAt, Init, Mode};
 use crate::state::{check_id, Container, Saved, Status};
 use crate::util::{self, recv_msg, send_msg};
-use crate::{cgroup, hooks, process};
+use crate::{cgroup, cloned, dmz, hooks, process};
 
 /// Options of `create` and `run`.
 #[derive(Debug, Clone)]
@@ -332,6 +332,19 @@ fn create_with(
     let bundle = std::fs::canonicalize(&o.bundle)
         .with_context(|| format!("bundle {}", o.bundle.display()))?;
     let spec = load_spec(&bundle)?;
+    // CVE-2019-5736 for `run` (`create` re-executed already): the exec DMZ where it is
+    // enough, else the re-exec now (nothing was changed yet; it starts over from a
+    // read-only copy of the binary).
+    let dmz = if run_mode && !cloned::is_sealed() {
+        if dmz_suffices(&spec) {
+            Some(dmz::sealed()?)
+        } else {
+            cloned::ensure()?;
+            None
+        }
+    } else {
+        None
+    };
     let root_path = spec
         .root()
         .as_ref()
@@ -499,9 +512,11 @@ fn create_with(
             start_container: hooks.start_container().clone().unwrap_or_default(),
             state_json: hook_state(&c, "creating"),
         },
+        dmz,
     };
 
     let init_joins_itself = init.join_cgroup.is_some();
+    let through_dmz = init.dmz.is_some();
     let mut init = init;
     // Init waits for "go" at its first step that needs the cgroup, and meanwhile we make
     // the cgroup. From the start when we have work on init itself first (id maps; moving
@@ -563,7 +578,22 @@ fn create_with(
                 reply.extend_from_slice(&st);
                 send_msg(sock, &reply)?;
             }
-            b"ready" => break,
+            b"ready" => {
+                if through_dmz {
+                    // Until init has exec'd the DMZ it is the runtime binary: the state
+                    // reads "creating" (so `exec` cannot join it) until the EOF of that
+                    // execve.
+                    match recv_msg(sock)?.as_slice() {
+                        [] => {}
+                        [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),
+                        other => bail!(
+                            "unexpected message from init: {:?}",
+                            String::from_utf8_lossy(other)
+                        ),
+                    }
+                }
+                break;
+            }
             [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),
             [] => bail!("container init exited during setup"),
             other => bail!(
@@ -579,6 +609,28 @@ fn create_with(
     }
     undo.armed = false;
     Ok((c, spec, parent_sock))
+}
+
+/// Whether `run` may guard against CVE-2019-5736 with the exec DMZ alone (see
+/// `crate::dmz`): the container gets a new PID namespace (no process of it or of anyone
+/// else can see init before its execve), no hook runs inside it while init is the
+/// runtime (createContainer, startContainer), and no seccomp profile (whose rules would
+/// apply to the DMZ's own execve as well).
+fn dmz_suffices(spec: &Spec) -> bool {
+    let Some(linux) = spec.linux() else {
+        return false;
+    };
+    let new_pid_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none());
+    let inside_hooks = spec.hooks().as_ref().is_some_and(|h| {
+        [h.create_container(), h.start_container()]
+            .iter()
+            .any(|x| x.as_ref().is_some_and(|x| !x.is_empty()))
+    });
+    new_pid_ns && !inside_hooks && linux.seccomp().is_none()
 }
 
 /// The index of the first of `mounts` that needs the container's cgroup: a bind of one
@@ -988,6 +1040,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
         go_at: GoAt::Start,
         hooks_msg: false,
         mode: Mode::Exec,
+        dmz: None,
     };
     let joins_itself = init.join_cgroup.is_some();
     let child = clone_fork(0)?;

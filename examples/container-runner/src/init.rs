@@ -15,12 +15,15 @@
 //! What keeps the known runtime escapes out:
 //! - CVE-2019-5736 (the container overwrites the runtime binary through
 //!   `/proc/<pid>/exe`, e.g. by running `/proc/self/exe` or a `#!/proc/self/exe` script
-//!   as its entry point): `create`, `run` and `exec` first re-execute the runtime from a
+//!   as its entry point): `create` and `exec` first re-execute the runtime from a
 //!   detached read-only bind mount of itself, or a sealed memfd copy (see
 //!   `crate::cloned`), unless it already runs from a read-only mount or sealed memfd.
 //!   This child is a fork of that process, so its `/proc/<pid>/exe` reopens for writing
 //!   only with EROFS (or EPERM on the sealed memfd). The check `cloned::is_sealed` is
-//!   cheap; the re-exec is skipped only when it holds.
+//!   cheap; the re-exec is skipped only when it holds. `run` does the same unless the
+//!   container has a new PID namespace, no hooks inside it and no seccomp profile: then
+//!   nothing can see this child before its execve, which goes through the sealed exec
+//!   DMZ (`crate::dmz`), so `/proc/self/exe` at that execve is the DMZ, not the runtime.
 //! - CVE-2024-21626 (a host fd leaked into the container, used as cwd to escape the
 //!   rootfs): every fd from 3 + `--preserve-fds` up is marked close-on-exec
 //!   (`cloexec_from`) before execve, the runtime's own fds are opened `O_CLOEXEC`, and
@@ -112,6 +115,9 @@ pub struct Init {
     pub hooks_msg: bool,
     /// Create or exec.
     pub mode: Mode,
+    /// The sealed exec DMZ to exec the container process through (`run` without the
+    /// re-exec; see `crate::dmz`).
+    pub dmz: Option<OwnedFd>,
 }
 
 /// The child's entry point; never returns.
@@ -352,5 +358,8 @@ fn run(i: &Init) -> Result<Infallible> {
         crate::hooks::run("startContainer", start_container, &state_for_start)?;
     }
     let _ = i.sync.as_raw_fd();
-    Err(i.plan.exec(&exe))
+    match &i.dmz {
+        Some(dmz) => Err(i.plan.exec_via_dmz(dmz, &exe)),
+        None => Err(i.plan.exec(&exe)),
+    }
 }

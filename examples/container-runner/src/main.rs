@@ -9,6 +9,7 @@
 mod cgroup;
 mod cloned;
 mod container;
+mod dmz;
 mod hooks;
 mod init;
 mod log;
@@ -414,7 +415,8 @@ fn real_main(cli: Cli) -> Result<i32> {
             id,
             ..
         } => {
-            cloned::ensure()?;
+            // `run` guards against CVE-2019-5736 once it has read the config: through
+            // the exec DMZ where that suffices, else by the re-exec (see `dmz`).
             let o = container::CreateOpts {
                 root,
                 id,
@@ -544,12 +546,12 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 
 #[cfg_attr(test, allow(dead_code))]
 fn start() -> ! {
-    // Commands that enter a container re-execute from a read-only copy of the binary
-    // (CVE-2019-5736, see `cloned`) before anything else, so the first image does not
-    // parse the command line twice. Errors are reported by the second call, after
+    // `create` and `exec` re-execute from a read-only copy of the binary (CVE-2019-5736,
+    // see `cloned`) before anything else, so the first image does not parse the command
+    // line twice; `run` decides once it has read the config (see `dmz`). Errors are reported by the second call, after
     // logging is set up.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if matches!(peek_command(&args), Some("create" | "run" | "exec")) {
+    if matches!(peek_command(&args), Some("create" | "exec")) {
         let _ = cloned::ensure();
     }
     let cli = Cli::parse_from(args);

@@ -413,6 +413,13 @@ impl Plan {
         )
     }
 
+    /// `execve` through the exec DMZ in `dmz` (see `crate::dmz`); returns only on
+    /// failure.
+    pub fn exec_via_dmz(&self, dmz: &std::os::fd::OwnedFd, exe: &CString) -> anyhow::Error {
+        let e = crate::dmz::exec(dmz, exe, &self.args, &self.env);
+        anyhow::anyhow!("exec {:?} through the exec DMZ: {e}", exe.to_string_lossy())
+    }
+
     /// `execve`; returns only on failure.
     pub fn exec(&self, exe: &CString) -> anyhow::Error {
         let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();

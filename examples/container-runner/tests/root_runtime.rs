@@ -662,3 +662,34 @@ fn root_preserve_fds_passes_only_what_was_asked() {
         "{out}"
     );
 }
+
+#[test]
+fn root_run_execs_through_the_dmz_never_the_runtime_binary() {
+    let _g = lock();
+    require_root_and_busybox();
+    // CVE-2019-5736 through `run`: the entry point is /proc/self/exe, resolved in the
+    // process that execs it. `run` (new PID namespace, no hooks, no seccomp) execs the
+    // container process through the sealed exec DMZ, so /proc/self/exe there is the
+    // DMZ: the runtime binary never runs as the container process (it would print its
+    // version), and the DMZ, given no program, reports the failed exec with 127.
+    let b = Bundle::new(&["/proc/self/exe", "--version"], |_| {});
+    let bs = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bs, "vk-dmz"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!out.contains("container-runner version"), "{out}");
+    assert_eq!(o.status.code(), Some(127), "{out}\n{err}");
+    assert!(
+        err.contains("execve of the container process failed"),
+        "{err}"
+    );
+    assert!(!b.state_root.join("vk-dmz").exists());
+    // A plain process runs through the DMZ with its argv and environment.
+    let b = Bundle::new(&["sh", "-c", "echo $0 $1 $HOME", "a", "b"], |c| {
+        c["process"]["env"] = serde_json::json!(["PATH=/bin", "HOME=/home/x"]);
+    });
+    let bs = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bs, "vk-dmz2"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "a b /home/x\n");
+}
