@@ -1,19 +1,21 @@
 #!/bin/bash
 # container-runner vs runc vs crun, side by side, on the same busybox bundle.
 #
-#   cargo build --release -p container-runner
 #   sudo benches/scripts/container-bench.sh [path/to/container-runner]
 #
-# A static build starts faster (no ld.so, no libgcc_s; about 2 ms less CPU per `run` here,
-# the runtime starts twice per `run`), and is what the lab tests run:
-#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p container-runner \
+# Without a path it builds and measures the release build we recommend for installing
+# the runtime: static and not position-independent (no ld.so, no libgcc_s, no start-up
+# relocations: the runtime's start is on every `run`'s path), in target/runtime-static:
+#   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+#       CARGO_TARGET_DIR=target/runtime-static cargo build --release -p container-runner \
 #       --target x86_64-unknown-linux-gnu
-#   sudo benches/scripts/container-bench.sh target/x86_64-unknown-linux-gnu/release/container-runner
+# Pass target/release/container-runner to measure the plain dynamic build.
 #
 # Env: N (runs per runtime, default 100), WARMUP (default 5).
 #
 # "container-runner ro" is the same binary through a read-only bind mount (as when
-# installed on a read-only /usr), which needs no protective re-exec.
+# installed on a read-only /usr), which needs neither the protective re-exec nor the
+# exec DMZ.
 #
 # Measures `run` of busybox `true` (create + start + wait + delete in one command):
 # median / min / p90 / mean per run, the total of N sequential runs, the median CPU time
@@ -28,14 +30,21 @@ set -euo pipefail
 N=${N:-100}
 WARMUP=${WARMUP:-5}
 here=$(cd "$(dirname "$0")/../.." && pwd)
-RUNNER=${1:-${CARGO_TARGET_DIR:-$here/target}/release/container-runner}
+if [ $# -ge 1 ]; then
+    RUNNER=$1
+else
+    RUNNER=$here/target/runtime-static/x86_64-unknown-linux-gnu/release/container-runner
+    (cd "$here" && RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+        CARGO_TARGET_DIR=target/runtime-static cargo build --release -q -p container-runner \
+        --target x86_64-unknown-linux-gnu) || { echo "build of container-runner failed" >&2; exit 1; }
+fi
 RUNNER=$(realpath "$RUNNER")
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 for t in runc crun python3 unshare /usr/bin/time; do
     command -v $t >/dev/null || { echo "missing $t (apt-get install runc crun python3 util-linux time)" >&2; exit 1; }
 done
-[ -x "$RUNNER" ] || { echo "no container-runner at $RUNNER (cargo build --release -p container-runner)" >&2; exit 1; }
+[ -x "$RUNNER" ] || { echo "no container-runner at $RUNNER" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "missing /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/container-bench.XXXXXX)
