@@ -172,6 +172,41 @@ struct OpenHow {
     resolve: u64,
 }
 
+thread_local! {
+    /// The root directory [`LinuxSyscalls::resolve_in_root`] opened last, by path: a
+    /// rootfs setup resolves a few dozen targets in one root. Dropped by every call that
+    /// can change what that path names: a mount on a plain path (such as the rootfs
+    /// bound onto itself), a mount over the root itself, `umount2`, `pivot_root` and
+    /// `chroot`. (Mounts on a resolved target, `/proc/self/fd/N` below the root, cannot.)
+    static ROOT_FD: std::cell::RefCell<Option<(PathBuf, OwnedFd)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn forget_root_fd() {
+    ROOT_FD.with(|r| r.borrow_mut().take());
+}
+
+/// Runs `f` with an fd of the directory `root`, opened once and kept (see [`ROOT_FD`]).
+fn with_root_fd<T>(root: &Path, f: impl FnOnce(BorrowedFd<'_>) -> SysResult<T>) -> SysResult<T> {
+    ROOT_FD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(p, _)| p != root) {
+            let fd: OwnedFd = File::open(root)
+                .map_err(|e| SyscallError::new("open", root.display().to_string(), e))?
+                .into();
+            *slot = Some((root.to_path_buf(), fd));
+        }
+        match slot.as_ref() {
+            Some((_, fd)) => f(fd.as_fd()),
+            None => Err(SyscallError::new(
+                "open",
+                root.display().to_string(),
+                io::Error::from_raw_os_error(libc::EBADF),
+            )),
+        }
+    })
+}
+
 /// `openat2(dirfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
 pub fn openat2_in_root(
     dirfd: BorrowedFd<'_>,
@@ -293,6 +328,9 @@ impl Syscalls for LinuxSyscalls {
         flags: u64,
         data: Option<&str>,
     ) -> SysResult<()> {
+        if !target.starts_with("/proc/self/fd") {
+            forget_root_fd();
+        }
         let src = source.map(cpath).transpose()?;
         let tgt = cpath(target)?;
         let fst = fstype.map(cstr).transpose()?;
@@ -320,6 +358,7 @@ impl Syscalls for LinuxSyscalls {
     }
 
     fn umount2(&self, target: &Path, flags: i32) -> SysResult<()> {
+        forget_root_fd();
         let t = cpath(target)?;
         // SAFETY: valid NUL-terminated path.
         let ret = unsafe { libc::umount2(t.as_ptr(), flags) };
@@ -359,6 +398,7 @@ impl Syscalls for LinuxSyscalls {
     }
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()> {
+        forget_root_fd();
         let n = cpath(new_root)?;
         let o = cpath(put_old)?;
         // SAFETY: valid NUL-terminated paths.
@@ -367,6 +407,7 @@ impl Syscalls for LinuxSyscalls {
     }
 
     fn chroot(&self, path: &Path) -> SysResult<()> {
+        forget_root_fd();
         let p = cpath(path)?;
         // SAFETY: valid NUL-terminated path.
         check(unsafe { libc::chroot(p.as_ptr()) }, "chroot", || {
@@ -425,9 +466,6 @@ impl Syscalls for LinuxSyscalls {
         path: &Path,
         kind: TargetKind,
     ) -> SysResult<ResolvedTarget> {
-        let root_fd: OwnedFd = File::open(root)
-            .map_err(|e| SyscallError::new("open", root.display().to_string(), e))?
-            .into();
         let comps: Vec<&OsStr> = path
             .components()
             .filter_map(|c| match c {
@@ -442,13 +480,16 @@ impl Syscalls for LinuxSyscalls {
             whole
         };
         // Usually the target exists: one lookup, confined to the root.
-        let fd = match openat2_in_root(root_fd.as_fd(), &whole, libc::O_PATH, 0) {
-            Ok(fd) => fd,
-            Err(e) if e.errno() == Some(libc::ENOENT) => {
-                create_in_root(root_fd.as_fd(), &comps, kind)?
+        let fd = with_root_fd(root, |root_fd| {
+            match openat2_in_root(root_fd, &whole, libc::O_PATH, 0) {
+                Err(e) if e.errno() == Some(libc::ENOENT) => create_in_root(root_fd, &comps, kind),
+                r => r,
             }
-            Err(e) => return Err(e),
-        };
+        })?;
+        if comps.is_empty() {
+            // The caller is about to mount over the root itself.
+            forget_root_fd();
+        }
         Ok(ResolvedTarget {
             path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
             _fd: Some(fd),

@@ -318,3 +318,64 @@ fn root_join_namespace_by_path() {
     holder.wait().ok();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "joined-uts");
 }
+
+#[test]
+fn root_resolve_in_root_follows_mounts_over_the_root() {
+    // resolve_in_root keeps the root's fd between calls: a mount over the root path, or
+    // over the root through a resolved target, must be seen by the next resolution.
+    use virtkit_namespaces::syscalls::TargetKind;
+    use virtkit_namespaces::Syscalls;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root_and_busybox();
+    let rootfs = busybox_rootfs();
+    let root = rootfs.path().to_path_buf();
+    let (code, out, err) = in_namespaces(move || {
+        let sys = LinuxSyscalls;
+        let step = |what: &str, r: Result<(), String>| {
+            if let Err(e) = r {
+                raw(2, &format!("{what}: {e}\n"));
+                return false;
+            }
+            true
+        };
+        let tmpfs = |target: &Path| {
+            sys.mount(Some(Path::new("tmpfs")), target, Some("tmpfs"), 0, None)
+                .map_err(|e| e.to_string())
+        };
+        let resolve = |p: &str| {
+            sys.resolve_in_root(&root, Path::new(p), TargetKind::Dir)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        // Cached root; then a tmpfs over the root path itself.
+        let ok = step("resolve a", resolve("/a"))
+            && step("tmpfs over the root path", tmpfs(&root))
+            && step("resolve b", resolve("/b"));
+        if !ok {
+            return 1;
+        }
+        // Then a tmpfs over the root through its resolved target ("/").
+        let over = match sys.resolve_in_root(&root, Path::new("/"), TargetKind::Dir) {
+            Ok(t) => tmpfs(t.path()),
+            Err(e) => Err(e.to_string()),
+        };
+        if !(step("tmpfs over /", over) && step("resolve c", resolve("/c"))) {
+            return 2;
+        }
+        let seen: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .filter(|n| root.join(n).exists())
+            .map(|n| n.to_string())
+            .collect();
+        raw(1, &seen.join(","));
+        0
+    });
+    assert_eq!(code, 0, "{err}");
+    // Each name was made on the mount on top when it was made: only the last is visible.
+    assert_eq!(out, "c");
+    assert!(
+        rootfs.path().join("a").exists(),
+        "a is on the original directory"
+    );
+    assert!(!rootfs.path().join("b").exists());
+}

@@ -620,17 +620,22 @@ fn dmz_suffices(spec: &Spec) -> bool {
     let Some(linux) = spec.linux() else {
         return false;
     };
-    let new_pid_ns = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none());
     let inside_hooks = spec.hooks().as_ref().is_some_and(|h| {
         [h.create_container(), h.start_container()]
             .iter()
             .any(|x| x.as_ref().is_some_and(|x| !x.is_empty()))
     });
-    new_pid_ns && !inside_hooks && linux.seccomp().is_none()
+    new_pid_namespace(spec) && !inside_hooks && linux.seccomp().is_none()
+}
+
+/// Whether the container gets a PID namespace of its own (a new one, not a path).
+fn new_pid_namespace(spec: &Spec) -> bool {
+    spec.linux().as_ref().is_some_and(|l| {
+        l.namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+    })
 }
 
 /// The index of the first of `mounts` that needs the container's cgroup: a bind of one
@@ -776,8 +781,10 @@ pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
         return Ok(0);
     }
     let code = wait_child(c.saved.pid)?;
-    // Init is reaped: the state needs no reload and init no signal.
-    delete_loaded(&c, Status::Stopped, Some(&spec))?;
+    // Init is reaped: the state needs no reload and init no signal. A new PID namespace
+    // ended with its init (the kernel kills and waits for every process in it), so the
+    // cgroup has nothing left to kill unless someone moved a process in.
+    delete_loaded(&c, Status::Stopped, Some(&spec), new_pid_namespace(&spec))?;
     Ok(code)
 }
 
@@ -837,16 +844,27 @@ fn delete_with(root: &Path, id: &str, force: bool, spec: Option<&Spec>) -> Resul
             s.as_str()
         ),
     }
-    delete_loaded(&c, status, spec)
+    delete_loaded(&c, status, spec, false)
 }
 
 /// `delete` of a loaded container in `status`: kills what is left, removes the cgroup,
-/// runs poststop hooks and removes the state directory.
-fn delete_loaded(c: &Container, status: Status, spec: Option<&Spec>) -> Result<()> {
+/// runs poststop hooks and removes the state directory. With `likely_empty` (init of a
+/// new PID namespace reaped) the cgroup is removed first and only searched for processes
+/// to kill if that fails.
+fn delete_loaded(
+    c: &Container,
+    status: Status,
+    spec: Option<&Spec>,
+    likely_empty: bool,
+) -> Result<()> {
     let cg = if c.saved.cgroup_path.is_empty() {
         None
     } else {
         cgroup::open(&c.saved.cgroup_path).ok()
+    };
+    let cg = match cg {
+        Some(cg) if likely_empty && cg.delete().is_ok() => None,
+        other => other,
     };
     if status != Status::Stopped {
         let _ = util::kill(c.saved.pid, libc::SIGKILL);
