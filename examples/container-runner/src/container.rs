@@ -292,7 +292,8 @@ fn id_maps(v: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>) -> Vec<IdMapping>
 
 /// A container being created; cleaned up on drop unless committed.
 struct Undo {
-    dir: PathBuf,
+    /// The state directory, once we made it.
+    dir: Option<PathBuf>,
     pid: i32,
     cgroup: Option<Box<dyn virtkit_cgroups::CgroupManager>>,
     armed: bool,
@@ -312,7 +313,9 @@ impl Drop for Undo {
             let _ = cg.kill_all();
             let _ = cg.delete();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -361,22 +364,19 @@ fn create_with(
         .as_ref()
         .context("config.json has no linux section")?;
 
-    std::fs::create_dir_all(&o.root)
-        .with_context(|| format!("create state root {}", o.root.display()))?;
     let dir = o.root.join(&o.id);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            bail!("container with id {} already exists", o.id)
-        }
-        Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
-    }
     let mut undo = Undo {
-        dir: dir.clone(),
+        dir: None,
         pid: 0,
         cgroup: None,
         armed: true,
     };
+    // The state directory (which also says the id is taken). `create` needs it now, for
+    // the exec fifo; `run` makes it after the clone, while init works.
+    if !run_mode {
+        make_state_dir(&o.root, &o.id)?;
+        undo.dir = Some(dir.clone());
+    }
     let cg_path = cgroup::cgroup_path(linux.cgroups_path().as_deref(), &o.id);
     let mut c = Container {
         dir: dir.clone(),
@@ -536,6 +536,10 @@ fn create_with(
     drop(child_sock);
     drop(init);
     undo.pid = pid;
+    if run_mode {
+        make_state_dir(&o.root, &o.id)?;
+        undo.dir = Some(dir.clone());
+    }
     c.saved.pid = pid;
     c.saved.start_time = util::proc_stat(pid).map(|s| s.0).unwrap_or(0);
     // Saved before the cgroup exists, so `delete --force` after a crash finds init (by
@@ -609,6 +613,29 @@ fn create_with(
     }
     undo.armed = false;
     Ok((c, spec, parent_sock))
+}
+
+/// Makes the state directory `root/id`; an existing one means the id is taken.
+fn make_state_dir(root: &Path, id: &str) -> Result<()> {
+    let dir = root.join(id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("container with id {id} already exists")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
+    }
+    // No state root yet.
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("create state root {}", root.display()))?;
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("container with id {id} already exists")
+        }
+        Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
+    }
 }
 
 /// Whether `run` may guard against CVE-2019-5736 with the exec DMZ alone (see
