@@ -615,21 +615,19 @@ fn create_with(
     Ok((c, spec, parent_sock))
 }
 
-/// Makes the state directory `root/id`; an existing one means the id is taken.
+/// Makes the state directory `root/id` (and `root` if missing); an existing one means
+/// the id is taken.
 fn make_state_dir(root: &Path, id: &str) -> Result<()> {
     let dir = root.join(id);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            bail!("container with id {id} already exists")
+    let r = match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("create state root {}", root.display()))?;
+            std::fs::create_dir(&dir)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
-    }
-    // No state root yet.
-    std::fs::create_dir_all(root)
-        .with_context(|| format!("create state root {}", root.display()))?;
-    match std::fs::create_dir(&dir) {
+        r => r,
+    };
+    match r {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             bail!("container with id {id} already exists")
