@@ -404,17 +404,22 @@ fn root_crash_during_create_then_delete_force_leaves_nothing() {
     });
     let bs = b.path().to_str().unwrap().to_string();
     let rootfs = std::fs::canonicalize(b.path().join("rootfs")).unwrap();
-    for (n, delay_ms) in [0u64, 3, 10, 30, 300].iter().enumerate() {
+    // `run` too: it makes its state directory and cgroup after the clone.
+    let points = [0u64, 3, 10, 30, 300];
+    let cases = ["create", "run"]
+        .iter()
+        .flat_map(|cmd| points.iter().map(move |d| (*cmd, *d)));
+    for (n, (cmd, delay_ms)) in cases.enumerate() {
         let id = format!("vk-crash{n}");
         let mut child = Command::new(BIN)
             .arg("--root")
             .arg(&b.state_root)
-            .args(["create", "--bundle", &bs, &id])
+            .args([cmd, "--bundle", &bs, &id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(*delay_ms));
+        std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let init_pid = std::fs::read_to_string(b.state_root.join(&id).join("state.json"))
