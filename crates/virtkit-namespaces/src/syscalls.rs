@@ -190,20 +190,18 @@ fn forget_root_fd() {
 fn with_root_fd<T>(root: &Path, f: impl FnOnce(BorrowedFd<'_>) -> SysResult<T>) -> SysResult<T> {
     ROOT_FD.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(p, _)| p != root) {
-            let fd: OwnedFd = File::open(root)
-                .map_err(|e| SyscallError::new("open", root.display().to_string(), e))?
-                .into();
-            *slot = Some((root.to_path_buf(), fd));
-        }
-        match slot.as_ref() {
-            Some((_, fd)) => f(fd.as_fd()),
-            None => Err(SyscallError::new(
-                "open",
-                root.display().to_string(),
-                io::Error::from_raw_os_error(libc::EBADF),
-            )),
-        }
+        let (path, fd) = match slot.take() {
+            Some((p, fd)) if p == root => (p, fd),
+            _ => {
+                let fd: OwnedFd = File::open(root)
+                    .map_err(|e| SyscallError::new("open", root.display().to_string(), e))?
+                    .into();
+                (root.to_path_buf(), fd)
+            }
+        };
+        let r = f(fd.as_fd());
+        *slot = Some((path, fd));
+        r
     })
 }
 
@@ -473,11 +471,10 @@ impl Syscalls for LinuxSyscalls {
                 _ => None,
             })
             .collect();
-        let whole: PathBuf = comps.iter().collect();
-        let whole = if comps.is_empty() {
+        let whole: PathBuf = if comps.is_empty() {
             PathBuf::from(".")
         } else {
-            whole
+            comps.iter().collect()
         };
         // Usually the target exists: one lookup, confined to the root.
         let fd = with_root_fd(root, |root_fd| {
