@@ -548,8 +548,8 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 fn start() -> ! {
     // `create` and `exec` re-execute from a read-only copy of the binary (CVE-2019-5736,
     // see `cloned`) before anything else, so the first image does not parse the command
-    // line twice; `run` decides once it has read the config (see `dmz`). Errors are reported by the second call, after
-    // logging is set up.
+    // line twice; `run` decides once it has read the config (see `dmz`). Errors are
+    // reported by the second call, after logging is set up.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if matches!(peek_command(&args), Some("create" | "exec")) {
         let _ = cloned::ensure();

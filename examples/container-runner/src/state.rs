@@ -123,8 +123,8 @@ impl Container {
     }
 
     /// The current status, from the init process, the fifo and the freezer.
-    /// Removes the state directory: `state.json` (and `exec.fifo`) then the directory;
-    /// anything else found there is removed with it.
+    /// Removes the state directory: `state.json`, then the directory; if anything else
+    /// is still there (`exec.fifo` of a never-started container), the whole tree.
     pub fn remove_dir(&self) -> Result<()> {
         let _ = std::fs::remove_file(Self::state_file(&self.dir));
         match std::fs::remove_dir(&self.dir) {
