@@ -28,7 +28,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use virtkit_virtio::{
-    ActivateError, ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice,
+    ActivateError, ActiveQueue, DeviceQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice,
 };
 
 use crate::features::*;
@@ -225,8 +225,8 @@ impl RxBuffers {
 struct Active {
     mem: GuestMem,
     interrupt: Arc<dyn Interrupt>,
-    rx: Queue,
-    tx: Queue,
+    rx: DeviceQueue,
+    tx: DeviceQueue,
     rx_evt: EventFd,
     tx_evt: EventFd,
 }
@@ -382,15 +382,9 @@ impl<B: NetBackend> Net<B> {
         };
         let mut sent = 0;
         let mut used_any = false;
-        let mut rechecked = false;
         'outer: loop {
-            if let Err(e) = a.tx.disable_notification(&a.mem) {
-                error!("virtio-net: tx queue: {e}");
-                break;
-            }
-            let mut popped = 0usize;
-            while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
-                popped += 1;
+            a.tx.disable_notification(&a.mem);
+            while let Some(chain) = a.tx.pop(&a.mem) {
                 let head = chain.head_index();
                 self.tx_iov.0.clear();
                 let mut result = Ok(0usize);
@@ -434,8 +428,7 @@ impl<B: NetBackend> Net<B> {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             // Leave the chain in the ring and wait for the
                             // backend to drain.
-                            let prev = a.tx.next_avail().wrapping_sub(1);
-                            a.tx.set_next_avail(prev);
+                            a.tx.undo_pop();
                             self.tx_stalled = true;
                             self.stats.tx_stalls += 1;
                             break 'outer;
@@ -457,27 +450,13 @@ impl<B: NetBackend> Net<B> {
                     break 'outer;
                 }
             }
-            match a.tx.enable_notification(&a.mem) {
-                // New chains arrived meanwhile: go on. A chain published
-                // between the last pop and re-enabling notifications comes
-                // without a kick (the driver saw the old event index), so a
-                // pass that popped nothing is retried once. When none could
-                // be taken twice in a row although the index moved, the
-                // driver published a bogus avail index: wait for the next
-                // notification rather than spin.
-                Ok(true) if popped > 0 || !rechecked => {
-                    rechecked = popped == 0;
-                    continue;
-                }
-                Ok(true) => {
-                    warn!("virtio-net: tx avail index is invalid; waiting for the driver");
-                    break;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    error!("virtio-net: tx queue: {e}");
-                    break;
-                }
+            // Chains published between the last pop and re-enabling
+            // notifications come without a kick: take them now. `rearm`
+            // says so only for valid pending chains, so this cannot spin on
+            // a bogus avail index (the queue then faults and waits for a
+            // reset).
+            if !a.tx.rearm(&a.mem) {
+                break;
             }
         }
         if sent >= BATCH {
@@ -504,7 +483,7 @@ impl<B: NetBackend> Net<B> {
         let mut popped = 0;
         let ring = usize::from(a.rx.size());
         while !bufs.ready(mrg, needed, ring) {
-            let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+            let Some(chain) = a.rx.pop(&a.mem) else {
                 break;
             };
             popped += 1;
@@ -572,34 +551,24 @@ impl<B: NetBackend> Net<B> {
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let mut delivered = 0;
         let mut used_any = false;
-        let mut rechecked = false;
         loop {
-            let (malformed, popped) = self.fill_rx();
+            let (malformed, _) = self.fill_rx();
             used_any |= malformed;
-            if popped > 0 {
-                rechecked = false;
-            }
             let needed = self.rx_needed();
             let Some(a) = self.active.as_mut() else {
                 return delivered;
             };
             let ready = self.rx_bufs.ready(mrg, needed, usize::from(a.rx.size()));
             if !ready {
-                // Out of buffers: ask for a kick, re-check once (buffers
-                // published after that will come with a kick), else stall.
-                match a.rx.enable_notification(&a.mem) {
-                    Ok(true) if !rechecked => {
-                        self.rx_notify_on = true;
-                        rechecked = true;
-                        continue;
-                    }
-                    Ok(true) => {
-                        warn!("virtio-net: rx avail index is invalid; waiting for the driver")
-                    }
-                    Ok(false) => {}
-                    Err(e) => error!("virtio-net: rx queue: {e}"),
-                }
+                // Out of buffers: ask for a kick and take the buffers
+                // published meanwhile (later ones come with a kick), else
+                // stall. `rearm` is true only for valid pending chains, of
+                // which `fill_rx` then takes at least one or faults the
+                // queue, so this cannot spin.
                 self.rx_notify_on = true;
+                if a.rx.rearm(&a.mem) {
+                    continue;
+                }
                 if !self.rx_stalled {
                     self.stats.rx_stalls += 1;
                 }
@@ -608,9 +577,7 @@ impl<B: NetBackend> Net<B> {
             }
             self.rx_stalled = false;
             if self.rx_notify_on {
-                if let Err(e) = a.rx.disable_notification(&a.mem) {
-                    error!("virtio-net: rx queue: {e}");
-                }
+                a.rx.disable_notification(&a.mem);
                 self.rx_notify_on = false;
             }
             if delivered >= BATCH {
@@ -676,7 +643,7 @@ impl<B: NetBackend> Net<B> {
                 left -= take;
                 self.rx_used.push((c.head, take as u32));
             }
-            if let Err(e) = add_used_frame(&mut a.rx, &a.mem, &self.rx_used) {
+            if let Err(e) = add_used_frame(a.rx.queue_mut(), &a.mem, &self.rx_used) {
                 error!("virtio-net: rx add_used: {e}");
             }
             self.rx_bufs.consume(count);
@@ -868,7 +835,7 @@ fn add_used_frame(
 /// which the queue's own `needs_notification` bookkeeping does not see, so
 /// the range is tracked here from the used index.
 fn signal_rx_used(a: &mut Active, signalled: &mut u16) {
-    let q = &a.rx;
+    let q = a.rx.queue();
     let used = q.next_used();
     let old = std::mem::replace(signalled, used);
     if used == old {
@@ -907,14 +874,10 @@ fn signal_used(a: &mut Active, index: usize) {
     } else {
         &mut a.tx
     };
-    match q.needs_notification(&a.mem) {
-        Ok(true) => {
-            if let Err(e) = a.interrupt.signal(InterruptReason::Queue(index as u16)) {
-                error!("virtio-net: interrupt: {e}");
-            }
+    if q.needs_notification(&a.mem) {
+        if let Err(e) = a.interrupt.signal(InterruptReason::Queue(index as u16)) {
+            error!("virtio-net: interrupt: {e}");
         }
-        Ok(false) => {}
-        Err(e) => error!("virtio-net: queue {index}: {e}"),
     }
 }
 
@@ -972,9 +935,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.backend_failed = false;
         self.active = Some(Active {
             mem,
+            rx: DeviceQueue::new(rx.queue, RX_QUEUE as u16, interrupt.clone()),
+            tx: DeviceQueue::new(tx.queue, TX_QUEUE as u16, interrupt.clone()),
             interrupt,
-            rx: rx.queue,
-            tx: tx.queue,
             rx_evt: rx.notify,
             tx_evt: tx.notify,
         });
@@ -1053,12 +1016,19 @@ mod tests {
     use std::sync::Mutex;
     use vm_memory::GuestMemoryMmap;
 
+    /// Counts queue interrupts per queue, and needs-reset reports.
     #[derive(Debug, Default)]
-    struct CountIrq([AtomicUsize; 2]);
+    struct CountIrq([AtomicUsize; 2], AtomicUsize);
     impl Interrupt for CountIrq {
         fn signal(&self, r: InterruptReason) -> io::Result<()> {
-            if let InterruptReason::Queue(i) = r {
-                self.0[usize::from(i)].fetch_add(1, Ordering::SeqCst);
+            match r {
+                InterruptReason::Queue(i) => {
+                    self.0[usize::from(i)].fetch_add(1, Ordering::SeqCst);
+                }
+                InterruptReason::NeedsReset => {
+                    self.1.fetch_add(1, Ordering::SeqCst);
+                }
+                InterruptReason::Config => {}
             }
             Ok(())
         }
@@ -1612,8 +1582,15 @@ mod tests {
             assert!(r.txq.take_used().is_empty());
             assert!(r.rxq.take_used().is_empty());
             assert!(r.net.lock().unwrap().rx_stalled());
-            // Stalled, not spinning.
+            // Stalled, not spinning; both queues asked for a reset once.
             assert_eq!(r.em.run_with_timeout(20).unwrap(), 0);
+            assert_eq!(r.irq.1.load(Ordering::SeqCst), 2);
+            // More kicks do not bring the queues back before a reset.
+            r.tx_kick.write(1).unwrap();
+            r.rx_kick.write(1).unwrap();
+            r.run();
+            assert!(r.txq.take_used().is_empty());
+            assert_eq!(r.irq.1.load(Ordering::SeqCst), 2);
         }
     }
 

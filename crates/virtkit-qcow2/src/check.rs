@@ -1,5 +1,6 @@
 //! Consistency check and refcount repair (what `qemu-img check` does).
 
+use crate::bounds::{table_bytes, to_usize};
 use crate::error::{Qcow2Error, Result};
 use crate::image::Qcow2;
 use crate::meta::{decode_l2, Mapping, Meta, COPIED, OFF_MASK};
@@ -70,8 +71,8 @@ struct Counter {
 impl Counter {
     fn inc(&mut self, rep: &mut CheckReport, what: &str, off: u64, n: u64) {
         let c0 = off >> self.cb;
-        for c in c0..c0 + n {
-            match self.refs.get_mut(c as usize) {
+        for c in c0..c0.saturating_add(n) {
+            match usize::try_from(c).ok().and_then(|i| self.refs.get_mut(i)) {
                 Some(r) => *r += 1,
                 None => {
                     rep.corruptions += 1;
@@ -85,8 +86,8 @@ impl Counter {
     }
 }
 
-fn read_table(q: &Qcow2, off: u64, entries: u64) -> Result<Vec<u64>> {
-    let mut b = vec![0u8; entries as usize * 8];
+fn read_table(q: &Qcow2, what: &'static str, off: u64, entries: u64) -> Result<Vec<u64>> {
+    let mut b = vec![0u8; to_usize(what, table_bytes(what, entries, 8)?)?];
     q.file.read_at(&mut b, off)?;
     Ok(b.chunks_exact(8)
         .map(|c| {
@@ -122,7 +123,7 @@ fn walk_l1(
             continue;
         }
         cnt.inc(rep, "L2 table", l2_off, 1);
-        let l2 = read_table(q, l2_off, m.l2_entries * m.l2_words)?;
+        let l2 = read_table(q, "L2 table", l2_off, m.l2_entries * m.l2_words)?;
         for (j, &e) in l2.iter().step_by(m.l2_words as usize).enumerate() {
             let gc = i as u64 * m.l2_entries + j as u64;
             let map = match decode_l2(e, m.cb) {
@@ -200,7 +201,7 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
         cb: m.cb,
     };
     cnt.inc(&mut rep, "header", 0, 1);
-    let l1_bytes = u64::from(m.h.l1_size) * 8;
+    let l1_bytes = m.h.l1_bytes()?;
     if l1_bytes > 0 {
         cnt.inc(
             &mut rep,
@@ -242,13 +243,10 @@ pub fn check_image(q: &Qcow2, repair: Repair) -> Result<CheckReport> {
     let active = m.l1.clone();
     walk_l1(q, &m, &active, true, &mut cnt, &mut rep, flen)?;
     for s in q.snapshots() {
-        let l1 = read_table(q, s.l1_table_offset, u64::from(s.l1_size))?;
-        cnt.inc(
-            &mut rep,
-            "snapshot L1 table",
-            s.l1_table_offset,
-            (u64::from(s.l1_size) * 8).div_ceil(cs),
-        );
+        let what = "snapshot L1 table";
+        let l1 = read_table(q, what, s.l1_table_offset, u64::from(s.l1_size))?;
+        let l1_bytes = table_bytes(what, u64::from(s.l1_size), 8)?;
+        cnt.inc(&mut rep, what, s.l1_table_offset, l1_bytes.div_ceil(cs));
         walk_l1(q, &m, &l1, false, &mut cnt, &mut rep, flen)?;
     }
     rep.image_end_offset = cnt

@@ -32,7 +32,10 @@ pub enum Qcow2Error {
     #[error("invalid refcount_order {0} (must be 0..=6, i.e. 1 to 64 bits)")]
     InvalidRefcountOrder(u32),
     /// header_length not valid for version 3.
-    #[error("invalid header_length {0}")]
+    #[error(
+        "invalid header_length {0} (a v3 header is at least 104 bytes, a multiple of 8, \
+         and lies inside the first cluster and the file)"
+    )]
     InvalidHeaderLength(u32),
     /// The image is encrypted.
     #[error("encrypted images are not supported (crypt_method {0})")]

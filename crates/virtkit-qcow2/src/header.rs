@@ -1,7 +1,10 @@
 //! The qcow2 header: parsing, validation and the field offsets used to patch
 //! it in place (so header extensions are never rewritten).
 
+use crate::bounds::{range_end, table_bytes};
 use crate::error::{Qcow2Error, Result};
+
+mod ext;
 
 /// `QFI\xfb`.
 pub const MAGIC: u32 = 0x5146_49fb;
@@ -151,6 +154,20 @@ impl Header {
         self.compatible_features & COMPAT_LAZY_REFCOUNTS != 0
     }
 
+    /// Bytes of the active L1 table (`l1_size` entries of 8 bytes).
+    pub(crate) fn l1_bytes(&self) -> Result<u64> {
+        table_bytes("L1 table", u64::from(self.l1_size), 8)
+    }
+
+    /// Bytes of the refcount table (`refcount_table_clusters` clusters).
+    pub(crate) fn refcount_table_bytes(&self) -> Result<u64> {
+        table_bytes(
+            "refcount table",
+            u64::from(self.refcount_table_clusters),
+            self.cluster_size(),
+        )
+    }
+
     /// Parse and validate a header. `buf` holds the first cluster of the
     /// file (or the whole file if shorter, at least 72 bytes); `file_len` is
     /// the length of the file.
@@ -208,7 +225,7 @@ impl Header {
             if h.header_length < 104
                 || h.header_length % 8 != 0
                 || u64::from(h.header_length) > cs
-                || h.header_length as usize > buf.len()
+                || u64::from(h.header_length) > buf.len() as u64
             {
                 return Err(Qcow2Error::InvalidHeaderLength(h.header_length));
             }
@@ -230,6 +247,8 @@ impl Header {
                 ));
             }
         }
+        // The backing name's place bounds the extension area: check it first.
+        h.backing_name_range(buf)?;
         h.parse_extensions(buf)?;
         let known = INCOMPAT_DIRTY
             | INCOMPAT_CORRUPT
@@ -256,95 +275,6 @@ impl Header {
         Ok(h)
     }
 
-    fn parse_extensions(&mut self, buf: &[u8]) -> Result<()> {
-        let limit = buf.len();
-        let mut pos = self.header_length as usize;
-        loop {
-            if pos + 8 > limit {
-                // A v2 header may end without an end marker if nothing follows.
-                if self.version == 2 && pos >= limit {
-                    return Ok(());
-                }
-                return Err(Qcow2Error::BadExtension(
-                    "extension area runs past the first cluster".into(),
-                ));
-            }
-            let kind = be32(buf, pos);
-            let len = be32(buf, pos + 4) as usize;
-            if kind == 0 {
-                return Ok(());
-            }
-            let data_start = pos + 8;
-            let padded = len.div_ceil(8) * 8;
-            if data_start + padded > limit {
-                return Err(Qcow2Error::BadExtension(format!(
-                    "extension {kind:#x} of {len} bytes runs past the first cluster"
-                )));
-            }
-            let data = buf[data_start..data_start + len].to_vec();
-            if kind == EXT_BACKING_FORMAT {
-                let s = String::from_utf8(data.clone())
-                    .map_err(|_| Qcow2Error::BadExtension("backing format is not UTF-8".into()))?;
-                self.backing_format = Some(s);
-            }
-            self.extensions.push(Extension { kind, data });
-            pos = data_start + padded;
-            if self.extensions.len() > 1024 {
-                return Err(Qcow2Error::BadExtension("too many extensions".into()));
-            }
-        }
-    }
-
-    /// Names of feature bits `bits` of type `kind` (0 incompatible) from the
-    /// feature name table, formatted for an error message.
-    fn feature_names(&self, kind: u8, bits: u64) -> String {
-        let mut names = Vec::new();
-        for e in self
-            .extensions
-            .iter()
-            .filter(|e| e.kind == EXT_FEATURE_NAMES)
-        {
-            for ent in e.data.chunks_exact(48) {
-                if ent[0] == kind && ent[1] < 64 && bits & (1 << ent[1]) != 0 {
-                    let n = &ent[2..];
-                    let end = n.iter().position(|&c| c == 0).unwrap_or(n.len());
-                    names.push(String::from_utf8_lossy(&n[..end]).into_owned());
-                }
-            }
-        }
-        if names.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", names.join(", "))
-        }
-    }
-
-    fn parse_backing_name(&mut self, buf: &[u8]) -> Result<()> {
-        if self.backing_file_offset == 0 {
-            return Ok(());
-        }
-        if self.backing_file_size > MAX_BACKING_NAME {
-            return Err(Qcow2Error::BadBackingName(format!(
-                "{} bytes (limit {MAX_BACKING_NAME})",
-                self.backing_file_size
-            )));
-        }
-        let start = self.backing_file_offset;
-        let end = start + u64::from(self.backing_file_size);
-        if end > buf.len() as u64 {
-            return Err(Qcow2Error::BadBackingName(
-                "name lies outside the first cluster".into(),
-            ));
-        }
-        let name = String::from_utf8(buf[start as usize..end as usize].to_vec())
-            .map_err(|_| Qcow2Error::BadBackingName("not UTF-8".into()))?;
-        if name.is_empty() || name.contains('\0') {
-            return Err(Qcow2Error::BadBackingName("empty or contains NUL".into()));
-        }
-        self.backing_file = Some(name);
-        Ok(())
-    }
-
     fn validate_tables(&self, file_len: u64) -> Result<()> {
         let cs = self.cluster_size();
         let align = |what, o: u64| -> Result<()> {
@@ -354,7 +284,7 @@ impl Header {
             Ok(())
         };
         let inside = |what, o: u64, len: u64| -> Result<u64> {
-            let end = o.checked_add(len).ok_or(bad(what, o, "offset overflows"))?;
+            let end = range_end(what, o, len)?;
             if end > file_len {
                 return Err(bad(what, o, "table extends past the end of the file"));
             }
@@ -366,7 +296,7 @@ impl Header {
             .checked_mul(l2_entries)
             .ok_or_else(|| Qcow2Error::TooLarge("cluster size".into()))?;
         let needed = self.size.div_ceil(per_l1);
-        let l1_bytes = u64::from(self.l1_size) * 8;
+        let l1_bytes = self.l1_bytes()?;
         if l1_bytes > MAX_L1_BYTES {
             return Err(Qcow2Error::TableTooLarge {
                 what: "L1 table",
@@ -393,7 +323,7 @@ impl Header {
             ranges.push(("L1 table", self.l1_table_offset, end));
         }
         // Refcount table.
-        let rt_bytes = u64::from(self.refcount_table_clusters) * cs;
+        let rt_bytes = self.refcount_table_bytes()?;
         if rt_bytes > MAX_REFTABLE_BYTES {
             return Err(Qcow2Error::TableTooLarge {
                 what: "refcount table",

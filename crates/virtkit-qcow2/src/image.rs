@@ -412,7 +412,7 @@ impl Qcow2 {
             }
             len = avail;
         }
-        let mut src = vec![0u8; len as usize];
+        let mut src = vec![0u8; crate::bounds::to_usize("compressed cluster", len)?];
         self.file.read_at(&mut src, off)?;
         let mut out = vec![0u8; cs];
         let corrupt =

@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use virtkit_block::{BlockBackend, RawBackend, RawOptions};
 
+mod bounds;
 mod cache;
 pub mod check;
 mod compress;
@@ -42,6 +43,8 @@ mod image;
 pub mod map;
 mod meta;
 pub mod snapshot;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use check::{check_image, CheckReport, Repair};
 pub use convert::{convert, ConvertOptions};

@@ -12,6 +12,7 @@
 
 use virtkit_block::HostFile;
 
+use crate::bounds::{range_end, to_usize};
 use crate::cache::Cache;
 use crate::error::{Qcow2Error, Result};
 use crate::header::{off, Header};
@@ -177,11 +178,14 @@ impl Meta {
     ) -> Result<Meta> {
         let cs = h.cluster_size();
         let cb = h.cluster_bits;
-        let mut l1buf = vec![0u8; h.l1_size as usize * 8];
+        // Header::parse bounded both tables (32 MiB and 8 MiB, inside the
+        // file); the arithmetic is checked all the same.
+        let l1_bytes = h.l1_bytes()?;
+        let mut l1buf = vec![0u8; to_usize("L1 table", l1_bytes)?];
         f.read_at(&mut l1buf, h.l1_table_offset)?;
         let l1 = decode_table(&l1buf);
-        let rt_bytes = u64::from(h.refcount_table_clusters) * cs;
-        let mut rtbuf = vec![0u8; rt_bytes as usize];
+        let rt_bytes = h.refcount_table_bytes()?;
+        let mut rtbuf = vec![0u8; to_usize("refcount table", rt_bytes)?];
         f.read_at(&mut rtbuf, h.refcount_table_offset)?;
         let reftable = decode_table(&rtbuf);
         let rb_bits = cb + 3 - h.refcount_order;
@@ -192,9 +196,12 @@ impl Meta {
             (0, cs),
             (
                 h.l1_table_offset,
-                h.l1_table_offset + u64::from(h.l1_size) * 8,
+                range_end("L1 table", h.l1_table_offset, l1_bytes)?,
             ),
-            (h.refcount_table_offset, h.refcount_table_offset + rt_bytes),
+            (
+                h.refcount_table_offset,
+                range_end("refcount table", h.refcount_table_offset, rt_bytes)?,
+            ),
         ];
         Ok(Meta {
             cb,

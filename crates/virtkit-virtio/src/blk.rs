@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error, warn};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -23,6 +22,7 @@ use crate::device::{
     VirtioDevice,
 };
 use crate::mmio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::queue::DeviceQueue;
 use virtkit_block::{BlockBackend, BlockError};
 
 /// virtio device id of a block device.
@@ -79,6 +79,8 @@ const ID_LEN: usize = 20;
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 const MAX_DISCARD_SEG: u32 = 32;
 const CHUNK: usize = 1 << 20;
+/// Requests one [`Block::process_queue`] call completes at most.
+pub const REQUEST_BUDGET: usize = 256;
 
 /// Errors building a block device.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +107,20 @@ pub struct BlockOptions {
 struct Active {
     mem: GuestMem,
     interrupt: Arc<dyn Interrupt>,
-    queue: Queue,
+    queue: DeviceQueue,
     notify: EventFd,
+}
+
+/// What one [`Block::process_queue`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueRun {
+    /// Requests completed (returned to the used ring).
+    pub completed: usize,
+    /// The driver must be notified of used buffers.
+    pub notify: bool,
+    /// The request budget ran out with chains still pending: call again
+    /// (the event loop re-arms the queue event for that).
+    pub more: bool,
 }
 
 /// A virtio-blk device.
@@ -187,16 +201,17 @@ impl Block {
         self.acked_features
     }
 
-    /// Process every available request of `queue` and return whether the
-    /// driver must be notified. Exposed for tests, benchmarks and fuzzing;
-    /// the event loop calls it on queue notifications.
-    pub fn process_queue(&mut self, mem: &GuestMem, queue: &mut Queue) -> bool {
-        let mut used_any = false;
+    /// Process the available requests of `queue`, at most [`REQUEST_BUDGET`]
+    /// of them, so one busy or hostile queue cannot keep the event loop from
+    /// other devices. Exposed for tests, benchmarks and fuzzing; the event
+    /// loop calls it on queue notifications. A driver error in the ring
+    /// itself (a bogus avail index) stops the queue until the driver resets
+    /// the device: see [`DeviceQueue`].
+    pub fn process_queue(&mut self, mem: &GuestMem, queue: &mut DeviceQueue) -> QueueRun {
+        let mut run = QueueRun::default();
         loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                warn!("virtio-blk: disable notification: {e}");
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            queue.disable_notification(mem);
+            while let Some(chain) = queue.pop(mem) {
                 let head = chain.head_index();
                 let descs: Vec<Desc> = chain
                     .map(|d| Desc {
@@ -209,18 +224,18 @@ impl Block {
                 if let Err(e) = queue.add_used(mem, head, used) {
                     error!("virtio-blk: add_used: {e}");
                 }
-                used_any = true;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!("virtio-blk: enable notification: {e}");
+                run.completed += 1;
+                if run.completed >= REQUEST_BUDGET {
+                    run.more = queue.pending(mem) > 0;
                     break;
                 }
             }
+            if run.completed >= REQUEST_BUDGET || !queue.rearm(mem) {
+                break;
+            }
         }
-        used_any && queue.needs_notification(mem).unwrap_or(true)
+        run.notify = run.completed > 0 && queue.needs_notification(mem);
+        run
     }
 
     /// Handle one request given as its descriptors; returns the used length.
@@ -416,9 +431,17 @@ impl Block {
             }
         }
         let mem = active.mem.clone();
-        if self.process_queue(&mem, &mut active.queue) {
+        let run = self.process_queue(&mem, &mut active.queue);
+        if run.notify {
             if let Err(e) = active.interrupt.signal(InterruptReason::Queue(0)) {
                 error!("virtio-blk: signalling the guest: {e}");
+            }
+        }
+        if run.more {
+            // Come back after the other ready events: the queue event is
+            // level-triggered through its counter.
+            if let Err(e) = active.notify.write(1) {
+                error!("virtio-blk: re-arming the queue event: {e}");
             }
         }
         self.active = Some(active);
@@ -565,8 +588,8 @@ impl VirtioDevice for Block {
         let q = queues.remove(0);
         self.pending = Some(Active {
             mem,
+            queue: DeviceQueue::new(q.queue, 0, interrupt.clone()),
             interrupt,
-            queue: q.queue,
             notify: q.notify,
         });
         self.activate_evt.write(1)?;

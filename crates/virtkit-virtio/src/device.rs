@@ -17,6 +17,10 @@ pub enum InterruptReason {
     Queue(u16),
     /// The device configuration space changed.
     Config,
+    /// The device hit a driver error and ignores its queues until the
+    /// driver resets it: the transport sets `DEVICE_NEEDS_RESET` in the
+    /// device status and raises a configuration-change interrupt.
+    NeedsReset,
 }
 
 /// How a device interrupts the driver. The transport provides it.

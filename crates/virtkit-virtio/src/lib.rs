@@ -32,5 +32,9 @@
 pub mod blk;
 pub mod device;
 pub mod mmio;
+pub mod queue;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use device::{ActivateError, ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice};
+pub use queue::{DeviceQueue, QueueFault};

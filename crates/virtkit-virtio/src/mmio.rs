@@ -71,6 +71,9 @@ pub enum MmioError {
 #[derive(Debug)]
 pub struct MmioInterrupt {
     status: Arc<AtomicU32>,
+    /// Device status bits a device sets from its own thread
+    /// (`DEVICE_NEEDS_RESET`); the transport merges them into its status.
+    device_status: AtomicU32,
     irq: EventFd,
 }
 
@@ -79,6 +82,11 @@ impl Interrupt for MmioInterrupt {
         let bit = match reason {
             InterruptReason::Queue(_) => INT_VRING,
             InterruptReason::Config => INT_CONFIG,
+            InterruptReason::NeedsReset => {
+                self.device_status
+                    .fetch_or(status::DEVICE_NEEDS_RESET, Ordering::SeqCst);
+                INT_CONFIG
+            }
         };
         self.status.fetch_or(bit, Ordering::SeqCst);
         self.irq.write(1)
@@ -124,6 +132,7 @@ impl MmioTransport {
             mem,
             interrupt: Arc::new(MmioInterrupt {
                 status: Arc::new(AtomicU32::new(0)),
+                device_status: AtomicU32::new(0),
                 irq,
             }),
             queues,
@@ -144,9 +153,10 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    /// The device status register.
+    /// The device status register (with `DEVICE_NEEDS_RESET` when the
+    /// device or the transport gave up on the driver's set-up).
     pub fn status(&self) -> u32 {
-        self.status
+        self.status | self.interrupt.device_status.load(Ordering::SeqCst)
     }
 
     /// The interrupt status register.
@@ -200,7 +210,7 @@ impl MmioTransport {
             0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status.load(Ordering::SeqCst),
-            0x70 => self.status,
+            0x70 => self.status(),
             0xfc => self.config_generation,
             _ => {
                 debug!("virtio-mmio: read of unknown register {offset:#x}");
@@ -297,6 +307,9 @@ impl MmioTransport {
     }
 
     fn set_status(&mut self, new: u32) {
+        // Only the device sets DEVICE_NEEDS_RESET; a driver echoing it back
+        // does not make it part of the handshake.
+        let new = new & !status::DEVICE_NEEDS_RESET;
         if new == 0 {
             self.reset();
             return;
@@ -384,8 +397,7 @@ impl MmioTransport {
     }
 
     fn device_needs_reset(&mut self) {
-        self.status |= status::DEVICE_NEEDS_RESET;
-        if let Err(e) = self.notify_config_change() {
+        if let Err(e) = self.interrupt.signal(InterruptReason::NeedsReset) {
             warn!("virtio-mmio: config interrupt: {e}");
         }
     }
@@ -404,6 +416,7 @@ impl MmioTransport {
             q.reset();
         }
         self.interrupt.status.store(0, Ordering::SeqCst);
+        self.interrupt.device_status.store(0, Ordering::SeqCst);
     }
 }
 

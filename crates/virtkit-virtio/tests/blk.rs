@@ -6,11 +6,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use virtkit_block::mem::MemBackend;
 use virtkit_virtio::blk::{features, request, status, Block, BlockOptions};
 use virtkit_virtio::mmio::VIRTIO_F_VERSION_1;
-use virtkit_virtio::VirtioDevice;
+use virtkit_virtio::{DeviceQueue, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const F_NEXT: u16 = 1;
@@ -59,7 +58,7 @@ fn run(blk: &mut Block, m: &GuestMemoryMmap, descs: &[RawDescriptor]) -> (u8, u3
     m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     let vq = MockSplitQueue::new(m, 16);
     vq.build_desc_chain(descs).unwrap();
-    let mut q: Queue = vq.create_queue().unwrap();
+    let mut q = DeviceQueue::detached(vq.create_queue().unwrap());
     blk.process_queue(m, &mut q);
     let used = vq.used().ring().ref_at(0).unwrap().load();
     assert_eq!(vq.used().idx().load(), 1, "exactly one used entry");
@@ -268,8 +267,11 @@ fn many_requests_in_one_notification() {
         )));
     }
     vq.add_desc_chains(&descs, 0).unwrap();
-    let mut q: Queue = vq.create_queue().unwrap();
-    assert!(blk.process_queue(&m, &mut q), "driver must be notified");
+    let mut q = DeviceQueue::detached(vq.create_queue().unwrap());
+    assert!(
+        blk.process_queue(&m, &mut q).notify,
+        "driver must be notified"
+    );
     assert_eq!(vq.used().idx().load(), 16);
     let mut got = vec![0u8; 16 * 512];
     m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
@@ -309,7 +311,7 @@ proptest! {
             .map(|&(a, l, f, n)| RawDescriptor::from(SplitDescriptor::new(a, l, f, n)))
             .collect();
         vq.add_desc_chains(&descs, 0).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
+        let mut q = DeviceQueue::detached(vq.create_queue().unwrap());
         blk.process_queue(&m, &mut q);
         let st = m.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
         prop_assert!(st == 0xff || st <= 2);
