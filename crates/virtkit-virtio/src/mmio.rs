@@ -366,6 +366,12 @@ impl MmioTransport {
                 self.device_needs_reset();
                 return;
             }
+            if q.avail_ring() == 0 {
+                // virtio-queue takes an avail ring at 0 for a queue never set up.
+                warn!("virtio-mmio: queue {i}: an avail ring at address 0 is not supported");
+                self.device_needs_reset();
+                return;
+            }
             q.set_event_idx(event_idx);
             let notify = match self.queue_evts[i].try_clone() {
                 Ok(e) => e,

@@ -61,8 +61,9 @@ pub enum QueueFault {
         /// The queue size.
         size: u16,
     },
-    /// The queue was not made ready before use.
-    #[error("the queue is not ready")]
+    /// The queue was not made ready before use (or its avail ring is at
+    /// address 0, which virtio-queue takes for a queue never set up).
+    #[error("the queue is not ready (or its avail ring is at address 0)")]
     NotReady,
 }
 
@@ -168,6 +169,11 @@ impl DeviceQueue {
                     .map_or(0, |w| w.0);
                 let next = self.queue.next_avail();
                 self.fail(QueueFault::BogusAvailIndex { avail, next, size });
+                return None;
+            }
+            // An avail ring at address 0 reads as a queue never set up.
+            Err(virtio_queue::Error::QueueNotReady) => {
+                self.fail(QueueFault::NotReady);
                 return None;
             }
             Err(_) => None,
