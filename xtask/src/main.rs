@@ -11,6 +11,8 @@
 //! - `cargo xtask boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]`:
 //!   boot to the /init marker, vm-runner vs QEMU microvm, in one lab run (see
 //!   benches/scripts/boot-vs-qemu.sh).
+//! - `cargo xtask soak vm-boots [OPTIONS]`: boot the guest with vm-runner hundreds of
+//!   times in one lab run and count boots that locked up a CPU (`src/soak.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
+
+mod soak;
 
 /// Debian packages the whole test suite needs (also installed by .ci/run).
 const TEST_PACKAGES: &[&str] = &[
@@ -506,7 +510,7 @@ fn demo(only: &[String]) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tasks = "tasks: test, guest, lab, demo, boot-bench";
+    let tasks = "tasks: test, guest, lab, demo, boot-bench, soak";
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("guest") => guest().map(|_| ()),
@@ -516,6 +520,7 @@ fn main() -> Result<()> {
         }
         Some("demo") => demo(&args[1..]),
         Some("boot-bench") => boot_bench(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         Some(other) => bail!("unknown task `{other}`; {tasks}"),
         None => bail!("usage: cargo xtask <task>; {tasks}"),
     }

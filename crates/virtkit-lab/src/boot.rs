@@ -191,6 +191,9 @@ pub struct BootResult {
     pub check_status: Option<i32>,
     /// Whether the guest kernel printed `reboot: Power down`.
     pub powered_off: bool,
+    /// Whether the VMM was stuck in the kernel: SIGKILL could not end it (a soft
+    /// lockup; see [`crate::soak`]).
+    pub stuck: bool,
 }
 
 impl BootResult {
@@ -232,6 +235,7 @@ impl BootResult {
             reached_init: console.lines().any(|l| l.contains(INIT_MARKER)),
             check_status,
             powered_off: console.contains("reboot: Power down"),
+            stuck: console.lines().any(|l| l == "BOOT-STUCK"),
         })
     }
 
@@ -266,6 +270,11 @@ mod tests {
         assert!(!b.reached_init && !b.powered_off);
         assert_eq!((b.status, b.marker_us, b.check_status), (-1, None, None));
         assert!(BootResult::parse(out, "c").is_none());
+        assert!(!a.stuck && !b.stuck);
+        let out =
+            "BOOT-BEGIN s\nBOOT-STUCK\nBOOT-STAMP status=-2 marker_us=-1 total_us=9\nBOOT-END s\n";
+        let s = BootResult::parse(out, "s").unwrap();
+        assert!(s.stuck && s.status == -2);
     }
 
     #[test]

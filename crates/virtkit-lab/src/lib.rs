@@ -30,6 +30,7 @@ pub mod cpio;
 mod error;
 mod guest;
 mod lab;
+pub mod soak;
 mod static_bin;
 mod util;
 mod venue;
@@ -44,6 +45,7 @@ pub use lab::{
     lab_kernel, program_with_libraries, run, run_in, shared_libraries, LabOutput, Payload,
     LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES,
 };
+pub use soak::{soak_payload, SoakBoot, SoakReport, STUCK_MESSAGE};
 pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET};
 pub use util::{ensure_packages, workspace_root};
 pub use venue::{detect_venue, probe_speed, Venue};

@@ -4,13 +4,19 @@
 //! and times it from just before the exec: when the first line containing TEXT
 //! appeared and when CMD ended. Kills CMD after SECS. Ends with one line
 //! `BOOT-STAMP status=<code> marker_us=<µs or -1> total_us=<µs>` and exits with
-//! CMD's status (137 when killed). Built statically and carried into the lab by
+//! CMD's status (137 when killed). A CMD that SIGKILL cannot end within
+//! `KILL_GRACE` is stuck in the kernel (a soft lockup inside KVM_RUN, say): then it
+//! prints `BOOT-STUCK`, the reason, and `BOOT-STAMP status=-2 ...`, and exits with 124
+//! without waiting for it, so one wedged boot cannot hang the whole lab run. Built statically and carried into the lab by
 //! `virtkit_lab::boot_payload` to time guest boots.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// How long a killed command may take to end before it counts as stuck.
+const KILL_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,7 +74,7 @@ fn main() -> ExitCode {
         }
     });
     let mut marker_at: Option<Duration> = None;
-    let mut killed = false;
+    let mut killed: Option<Instant> = None;
     let mut out = std::io::stdout();
     let deadline = start + timeout;
     let mut status = None;
@@ -92,12 +98,27 @@ fn main() -> ExitCode {
                 status = Some((s, start.elapsed()));
             }
         }
-        if Instant::now() >= deadline && !killed {
+        if Instant::now() >= deadline && killed.is_none() {
             let _ = child.kill();
-            killed = true;
+            killed = Some(Instant::now());
         }
-        if killed && status.is_some() {
+        if killed.is_some() && status.is_some() {
             break;
+        }
+        if status.is_none() && killed.is_some_and(|k| k.elapsed() >= KILL_GRACE) {
+            println!("BOOT-STUCK");
+            println!(
+                "lab-stamp: {} not ended {KILL_GRACE:?} after SIGKILL: {}",
+                cmd[0],
+                virtkit_lab::soak::STUCK_MESSAGE
+            );
+            println!(
+                "BOOT-STAMP status=-2 marker_us={} total_us={}",
+                marker_at.map(|d| d.as_micros() as i64).unwrap_or(-1),
+                start.elapsed().as_micros()
+            );
+            let _ = out.flush();
+            return ExitCode::from(124);
         }
     }
     let (st, total) = match status {
