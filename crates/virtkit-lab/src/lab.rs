@@ -24,6 +24,9 @@ use crate::venue::{detect_venue, Venue};
 
 /// Kernel modules every lab loads (with their dependencies).
 pub const LAB_MODULES: &[&str] = &["kvm-amd", "tun", "bridge", "veth", "overlay", "loop"];
+/// Names a Unix socket path for the lab QEMU's human monitor (for inspecting a
+/// wedged lab: `info registers -a`); the lab kernel then boots with `nokaslr`.
+pub const LAB_MONITOR_ENV: &str = "VIRTKIT_LAB_MONITOR";
 /// Default vCPUs of the lab VM.
 pub const LAB_CPUS: u32 = 2;
 /// Default memory of the lab VM in MiB.
@@ -706,7 +709,13 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
     fs::write(&initrd, &initrd_bytes).map_err(LabError::io("writing", &initrd))?;
     drop(initrd_bytes);
     let nonce = format!("{:08x}{:08x}", std::process::id(), rand_seed());
-    let append = format!("console=ttyS0 quiet panic=-1 virtkit.nonce={nonce}");
+    let mut append = format!("console=ttyS0 quiet panic=-1 virtkit.nonce={nonce}");
+    let monitor = std::env::var_os(LAB_MONITOR_ENV);
+    if monitor.is_some() {
+        // Fixed kernel addresses, so RIPs read through the monitor can be looked up in
+        // /proc/kallsyms of another lab run.
+        append.push_str(" nokaslr");
+    }
     let mut cmd = Command::new(&qemu);
     cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "EPYC,+svm"])
         .args([
@@ -728,8 +737,20 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", &append])
-        .stdin(Stdio::null())
+        .args(["-append", &append]);
+    // A wedged lab can be inspected through QEMU's monitor (`info registers -a` gives
+    // each lab CPU's RIP; map it with the lab kernel's System.map).
+    if let Some(path) = monitor {
+        let mut spec = std::ffi::OsString::from("unix:");
+        spec.push(&path);
+        spec.push(",server,nowait");
+        cmd.arg("-monitor").arg(spec);
+        eprintln!(
+            "virtkit-lab: QEMU monitor on {}",
+            Path::new(&path).display()
+        );
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
