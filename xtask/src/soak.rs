@@ -2,7 +2,7 @@
 //! Not part of `cargo xtask test`.
 //!
 //! - `vm-boots [--boots N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]
-//!   [--huge-pages none|thp|hugetlbfs]`: boot the test guest with vm-runner N times in
+//!   [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold]`: boot the test guest with vm-runner N times in
 //!   a row in one lab run (default 300 boots, 1 vCPU, 128 MiB, vmlinux, THP), with a
 //!   watchdog that never waits on a vm-runner stuck in the kernel, and count boots
 //!   that locked up a CPU (`virtkit_lab::soak`).
@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use virtkit_lab::{GuestBoot, SoakReport, Vmm};
 
 const USAGE: &str = "usage: cargo xtask soak vm-boots [--boots N] [--cpus N] [--memory MiB] \
-                     [--kernel vmlinux|bzImage] [--huge-pages none|thp|hugetlbfs]";
+                     [--kernel vmlinux|bzImage] [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold]";
 
 pub fn soak(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
@@ -28,6 +28,7 @@ fn vm_boots(args: &[String]) -> Result<()> {
     let mut memory = 128u32;
     let mut kernel_kind = "vmlinux".to_string();
     let mut huge_pages = "thp".to_string();
+    let mut hold = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().context(USAGE);
@@ -37,6 +38,7 @@ fn vm_boots(args: &[String]) -> Result<()> {
             "--memory" => memory = val()?.parse().context("--memory")?,
             "--kernel" => kernel_kind = val()?.clone(),
             "--huge-pages" => huge_pages = val()?.clone(),
+            "--no-kvm-hold" => hold = false,
             other => bail!("soak vm-boots: unknown option {other}; {USAGE}"),
         }
     }
@@ -62,7 +64,7 @@ fn vm_boots(args: &[String]) -> Result<()> {
     );
     boot.extra_args = vec!["--huge-pages".into(), huge_pages.clone()];
     boot.timeout_s = 60;
-    let payload = virtkit_lab::soak_payload(&boot, boots)?
+    let payload = virtkit_lab::soak_payload(&boot, boots, hold)?
         .file(vm_runner, "vm-runner")
         .file(kernel_file, &kernel_kind)
         .file(initrd, "initrd");
@@ -84,7 +86,7 @@ fn vm_boots(args: &[String]) -> Result<()> {
         .count();
     println!(
         "soak vm-boots: {} of {boots} boots ran ({cpus} vCPU, {memory} MiB, {kernel_kind}, \
-         --huge-pages {huge_pages}; venue {}, {:.0?}): {} ok, {} failed, {} locked up a CPU; \
+         --huge-pages {huge_pages}, kvm hold {hold}; venue {}, {:.0?}): {} ok, {} failed, {} locked up a CPU; \
          lockup lines on the lab console: {console_lockups}",
         report.boots.len(),
         out.venue,

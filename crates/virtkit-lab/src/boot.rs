@@ -154,7 +154,7 @@ pub fn boot_payload(boots: &[GuestBoot]) -> Result<Payload> {
         script.push_str(&b.shell());
     }
     let stamp = crate::static_binary("virtkit-lab", "lab-stamp")?;
-    let mut payload = Payload::new(script).file(stamp, "lab-stamp");
+    let mut payload = crate::with_kvm_hold(Payload::new(script).file(stamp, "lab-stamp"))?;
     if boots.iter().any(|b| b.vmm == Vmm::QemuMicrovm) {
         payload = crate::with_qemu_peer(payload)?;
     }

@@ -184,6 +184,20 @@ impl Payload {
 
 /// The loader and libraries of a dynamically linked program, from `ldd`.
 /// The ELF loader and shared libraries `ldd` lists for `program` (empty for a static
+/// Starts `lab-kvm-hold` (one idle KVM VM held open) before the payload's script, so
+/// the VMs its boots create and destroy never flip the host kernel's KVM static keys
+/// (see `src/bin/lab-kvm-hold.rs`: in the lab such a flip can wedge every CPU).
+/// For payloads that boot guests with a VMM.
+pub fn with_kvm_hold(payload: Payload) -> Result<Payload> {
+    let hold = crate::static_binary("virtkit-lab", "lab-kvm-hold")?;
+    Ok(payload
+        .file(hold, "lab-kvm-hold")
+        .prepend_script(KVM_HOLD_SCRIPT))
+}
+
+/// Starts the holder and waits (at most 30 s) until its VM exists.
+const KVM_HOLD_SCRIPT: &str = "if [ -e /dev/kvm ]; then\n  ./lab-kvm-hold >kvm-hold.out 2>&1 &\n  n=0\n  while [ $n -lt 300 ] && ! grep -q ready kvm-hold.out 2>/dev/null; do usleep 100000; n=$((n+1)); done\n  grep -q ready kvm-hold.out || { echo 'lab-kvm-hold failed:'; cat kvm-hold.out; }\nfi\n";
+
 /// program); a library `ldd` cannot find is an error.
 pub fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
@@ -714,7 +728,8 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
     if monitor.is_some() {
         // Fixed kernel addresses, so RIPs read through the monitor can be looked up in
         // /proc/kallsyms of another lab run.
-        append.push_str(" nokaslr");
+        // ... and a lockup's backtraces reach the console (quiet would hide them).
+        append.push_str(" nokaslr loglevel=5 softlockup_all_cpu_backtrace=1");
     }
     let mut cmd = Command::new(&qemu);
     cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "EPYC,+svm"])

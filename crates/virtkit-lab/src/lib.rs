@@ -42,8 +42,8 @@ pub use guest::{
     KERNEL_BUILD_PACKAGES,
 };
 pub use lab::{
-    lab_kernel, program_with_libraries, run, run_in, shared_libraries, LabOutput, Payload,
-    LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES, LAB_MONITOR_ENV,
+    lab_kernel, program_with_libraries, run, run_in, shared_libraries, with_kvm_hold, LabOutput,
+    Payload, LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES, LAB_MONITOR_ENV,
 };
 pub use soak::{soak_payload, SoakBoot, SoakReport, STUCK_MESSAGE};
 pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET};

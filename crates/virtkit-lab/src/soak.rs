@@ -29,8 +29,10 @@ pub const LOCKUP_PATTERNS: &[&str] = &[
 /// The message a stuck boot fails with.
 pub const STUCK_MESSAGE: &str = "vm-runner stuck in KVM_RUN: soft lockup reported by the host";
 
-/// A soak of `boots` boots like `boot` (its name is used as a prefix).
-pub fn soak_payload(boot: &GuestBoot, boots: u32) -> Result<Payload> {
+/// A soak of `boots` boots like `boot`; with `hold`, one idle VM is held open for the
+/// whole run ([`crate::with_kvm_hold`]), as in every other lab payload that boots
+/// guests (without it, the soak reproduces the lab's lockups).
+pub fn soak_payload(boot: &GuestBoot, boots: u32, hold: bool) -> Result<Payload> {
     let mut cmd = String::new();
     for a in boot.command() {
         let _ = write!(cmd, " {}", quote(&a));
@@ -85,8 +87,11 @@ echo "SOAK-SUMMARY boots={boots} ok=$ok failed=$failed"
     // The script prints one line per boot (the guests' consoles go to a file), so
     // echoing it shows the soak's progress.
     let stamp = crate::static_binary("virtkit-lab", "lab-stamp")?;
-    Ok(Payload::new(script)
-        .file(stamp, "lab-stamp")
+    let mut payload = Payload::new(script).file(stamp, "lab-stamp");
+    if hold {
+        payload = crate::with_kvm_hold(payload)?;
+    }
+    Ok(payload
         .echo(true)
         .timeout(Duration::from_secs(300 + u64::from(boots) * 30)))
 }
