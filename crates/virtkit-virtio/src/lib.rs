@@ -1,5 +1,7 @@
 //! virtio for virtkit: the [`VirtioDevice`] trait, the virtio-mmio v2
-//! transport ([`mmio::MmioTransport`]) and the virtio-blk device
+//! transport ([`mmio::MmioTransport`]), [`DeviceQueue`] (how every device
+//! model takes descriptor chains, so that a driver's bogus ring indices stop
+//! the queue instead of spinning the host) and the virtio-blk device
 //! ([`blk::Block`]) over any [`virtkit_block::BlockBackend`].
 //!
 //! ```
