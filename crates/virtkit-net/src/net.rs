@@ -470,23 +470,20 @@ impl<B: NetBackend> Net<B> {
     }
 
     /// Take receive chains from the ring until one frame surely fits.
-    /// Returns whether any chain was returned to the guest as malformed, and
-    /// how many chains were taken.
-    fn fill_rx(&mut self) -> (bool, usize) {
+    /// Returns whether any chain was returned to the guest as malformed.
+    fn fill_rx(&mut self) -> bool {
         let needed = self.rx_needed();
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let Some(a) = self.active.as_mut() else {
-            return (false, 0);
+            return false;
         };
         let bufs = &mut self.rx_bufs;
         let mut used_any = false;
-        let mut popped = 0;
         let ring = usize::from(a.rx.size());
         while !bufs.ready(mrg, needed, ring) {
             let Some(chain) = a.rx.pop(&a.mem) else {
                 break;
             };
-            popped += 1;
             let head = chain.head_index();
             let iov_start = bufs.iov.0.len();
             let desc_start = bufs.desc.len();
@@ -539,7 +536,7 @@ impl<B: NetBackend> Net<B> {
                 }
             }
         }
-        (used_any, popped)
+        used_any
     }
 
     /// Move frames from the backend into the guest's receive buffers now.
@@ -552,8 +549,7 @@ impl<B: NetBackend> Net<B> {
         let mut delivered = 0;
         let mut used_any = false;
         loop {
-            let (malformed, _) = self.fill_rx();
-            used_any |= malformed;
+            used_any |= self.fill_rx();
             let needed = self.rx_needed();
             let Some(a) = self.active.as_mut() else {
                 return delivered;
