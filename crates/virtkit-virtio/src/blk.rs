@@ -211,7 +211,10 @@ impl Block {
         let mut run = QueueRun::default();
         loop {
             queue.disable_notification(mem);
-            while let Some(chain) = queue.pop(mem) {
+            while run.completed < REQUEST_BUDGET {
+                let Some(chain) = queue.pop(mem) else {
+                    break;
+                };
                 let head = chain.head_index();
                 let descs: Vec<Desc> = chain
                     .map(|d| Desc {
@@ -225,12 +228,14 @@ impl Block {
                     error!("virtio-blk: add_used: {e}");
                 }
                 run.completed += 1;
-                if run.completed >= REQUEST_BUDGET {
-                    run.more = queue.pending(mem) > 0;
-                    break;
-                }
             }
-            if run.completed >= REQUEST_BUDGET || !queue.rearm(mem) {
+            // Notifications are on again whichever way this ends, so a queue
+            // left with nothing pending is never left without kicks.
+            if !queue.rearm(mem) {
+                break;
+            }
+            if run.completed >= REQUEST_BUDGET {
+                run.more = true;
                 break;
             }
         }

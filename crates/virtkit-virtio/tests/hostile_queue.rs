@@ -271,3 +271,25 @@ fn avail_ring_at_zero_is_refused() {
     assert!(!t.is_activated());
     assert_ne!(rd(t, 0x70) & status::DEVICE_NEEDS_RESET, 0);
 }
+
+/// A full queue of REQUEST_BUDGET requests completes in one call and leaves
+/// notifications enabled (the driver's next request must come with a kick).
+#[test]
+fn budget_run_leaves_notifications_on() {
+    use virtkit_virtio::blk::REQUEST_BUDGET;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let vq = MockSplitQueue::new(&mem, 256);
+    // One-descriptor chains (a lone status byte: malformed, completed with 0).
+    let descs: Vec<RawDescriptor> = (0..256u64)
+        .map(|i| RawDescriptor::from(SplitDescriptor::new(0x20_0000 + i, 1, 2, 0)))
+        .collect();
+    vq.add_desc_chains(&descs, 0).unwrap();
+    let mut q = DeviceQueue::detached(vq.create_queue().unwrap());
+    let d = disk(&mem, 0);
+    let run = d.dev.lock().unwrap().process_queue(&mem, &mut q);
+    assert_eq!(run.completed, REQUEST_BUDGET);
+    assert!(!run.more);
+    assert_eq!(vq.used().idx().load(), 256);
+    // VRING_USED_F_NO_NOTIFY is clear again.
+    assert_eq!(mem.read_obj::<u16>(vq.used_addr()).unwrap() & 1, 0);
+}
