@@ -95,12 +95,9 @@ impl HostFile {
     /// file read as zeroes.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         if self.needs_bounce(buf.as_ptr(), buf.len(), offset) {
-            let start = offset & !511;
-            let end = (offset + buf.len() as u64 + 511) & !511;
-            let len = (end - start) as usize;
+            let (start, len, skip) = bounce_span(offset, buf.len())?;
             let (mut v, s) = aligned_buf(len);
             self.read_direct(&mut v[s..s + len], start)?;
-            let skip = (offset - start) as usize;
             buf.copy_from_slice(&v[s + skip..s + skip + buf.len()]);
             return Ok(());
         }
@@ -116,7 +113,7 @@ impl HostFile {
                 }
                 Ok(n) => {
                     buf = &mut buf[n..];
-                    offset += n as u64;
+                    offset = offset.checked_add(n as u64).ok_or_else(overflow)?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -128,11 +125,8 @@ impl HostFile {
     /// Write all of `buf` at `offset`, extending the file if needed.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         if self.needs_bounce(buf.as_ptr(), buf.len(), offset) {
-            let start = offset & !511;
-            let end = (offset + buf.len() as u64 + 511) & !511;
-            let len = (end - start) as usize;
+            let (start, len, skip) = bounce_span(offset, buf.len())?;
             let (mut v, s) = aligned_buf(len);
-            let skip = (offset - start) as usize;
             // Read-modify-write the partial sectors at either end.
             if skip != 0 || (skip + buf.len()) % 512 != 0 {
                 self.read_direct(&mut v[s..s + len], start)?;
@@ -152,8 +146,7 @@ impl HostFile {
     pub unsafe fn read_raw(&self, ptr: *mut u8, len: usize, offset: u64) -> std::io::Result<()> {
         let mut done = 0usize;
         while done < len {
-            let off = libc::off_t::try_from(offset + done as u64)
-                .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            let off = file_offset(offset, done)?;
             // SAFETY: the caller guarantees ptr..ptr+len is writable; done < len.
             let n = unsafe {
                 libc::pread(self.file.as_raw_fd(), ptr.add(done).cast(), len - done, off)
@@ -185,8 +178,7 @@ impl HostFile {
     pub unsafe fn write_raw(&self, ptr: *const u8, len: usize, offset: u64) -> std::io::Result<()> {
         let mut done = 0usize;
         while done < len {
-            let off = libc::off_t::try_from(offset + done as u64)
-                .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            let off = file_offset(offset, done)?;
             // SAFETY: the caller guarantees ptr..ptr+len is readable; done < len.
             let n = unsafe {
                 libc::pwrite(self.file.as_raw_fd(), ptr.add(done).cast(), len - done, off)
@@ -289,13 +281,13 @@ impl HostFile {
             return Ok(());
         }
         let file_len = self.len()?;
-        if offset + len <= file_len && self.punch_hole(offset, len).is_ok() {
+        let end = offset.checked_add(len).ok_or_else(overflow)?;
+        if end <= file_len && self.punch_hole(offset, len).is_ok() {
             return Ok(());
         }
         const CHUNK: u64 = 1 << 20;
         let (v, s) = aligned_buf(CHUNK as usize);
         let mut pos = offset;
-        let end = offset + len;
         while pos < end {
             let n = (end - pos).min(CHUNK);
             self.write_at(&v[s..s + n as usize], pos)?;
@@ -303,6 +295,36 @@ impl HostFile {
         }
         Ok(())
     }
+}
+
+/// The error for an offset or length past what a file can address.
+fn overflow() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "offset plus length overflows a file offset",
+    )
+}
+
+/// `offset + done` as an `off_t`, or an error when it does not fit.
+fn file_offset(offset: u64, done: usize) -> std::io::Result<libc::off_t> {
+    offset
+        .checked_add(done as u64)
+        .and_then(|o| libc::off_t::try_from(o).ok())
+        .ok_or_else(overflow)
+}
+
+/// The sector-aligned span `(start, len, skip)` that covers `len` bytes at `offset`:
+/// the bounce buffer reads or writes `len` bytes at `start`, and the caller's bytes
+/// sit `skip` bytes into it. Checked: an offset near `u64::MAX` is an error.
+fn bounce_span(offset: u64, len: usize) -> std::io::Result<(u64, usize, usize)> {
+    let start = offset & !511;
+    let end = offset
+        .checked_add(len as u64)
+        .and_then(|e| e.checked_add(511))
+        .ok_or_else(overflow)?
+        & !511;
+    let span = usize::try_from(end - start).map_err(|_| overflow())?;
+    Ok((start, span, (offset - start) as usize))
 }
 
 /// Options for [`RawBackend::open`].
@@ -444,6 +466,20 @@ mod tests {
             d.write_at(&[1], 1 << 20),
             Err(BlockError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn offsets_near_the_end_of_u64_are_errors_not_panics() {
+        let f = image(4096);
+        let host = HostFile::from_file(f.reopen().unwrap());
+        let mut b = [0u8; 600];
+        for off in [u64::MAX, u64::MAX - 100, i64::MAX as u64 + 1] {
+            assert!(host.read_at(&mut b, off).is_err(), "read at {off:#x}");
+            assert!(host.write_at(&b, off).is_err(), "write at {off:#x}");
+            assert!(host.write_zeroes(off, 4096).is_err(), "zeroes at {off:#x}");
+        }
+        assert_eq!(bounce_span(u64::MAX - 10, 5).ok(), None);
+        assert_eq!(bounce_span(1000, 100).ok(), Some((512, 1024, 488)));
     }
 
     #[test]
