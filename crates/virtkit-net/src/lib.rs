@@ -1,7 +1,9 @@
 //! Networking for virtkit VMs: tap devices ([`tap::Tap`]), Linux bridges
 //! driven over rtnetlink ([`bridge`]), the [`MacAddr`] newtype, and the
 //! virtio-net device model ([`net::Net`]) that moves frames between a guest's
-//! virtqueues and a tap with `readv`/`writev` straight on guest memory.
+//! virtqueues and a tap with `readv`/`writev` straight on guest memory
+//! ([`GuestIoVec`]: guest buffers as iovecs, made only from vm-memory
+//! slices, so the I/O needs no `unsafe` from callers).
 //!
 //! ```
 //! use virtkit_net::MacAddr;
@@ -37,6 +39,7 @@
 
 pub mod bridge;
 pub mod features;
+pub mod iovec;
 pub mod mac;
 pub mod net;
 pub mod spec;
@@ -44,5 +47,6 @@ pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
+pub use iovec::GuestIoVec;
 pub use mac::{MacAddr, MacError};
 pub use spec::{NetSpec, SpecError};

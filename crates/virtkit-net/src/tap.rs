@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::features;
+use crate::iovec::GuestIoVec;
 
 /// The longest interface name Linux accepts (`IFNAMSIZ - 1`).
 pub const MAX_IFNAME_LEN: usize = 15;
@@ -239,13 +240,21 @@ fn control_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `readv(2)` into raw iovecs (which may point into guest memory).
-pub(crate) fn readv(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<usize> {
-    let cnt = libc::c_int::try_from(iov.len().min(libc::UIO_MAXIOV as usize)).unwrap_or(0);
-    // SAFETY: the caller built `iov` from mappings that stay valid and
-    // writable for the duration of the call; the kernel writes at most the
-    // lengths given.
-    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), cnt) };
+/// The count argument of `readv`/`writev` for `bufs` (at most `UIO_MAXIOV`:
+/// the kernel refuses more).
+fn iov_count(bufs: &[GuestIoVec<'_>]) -> libc::c_int {
+    libc::c_int::try_from(bufs.len().min(libc::UIO_MAXIOV as usize)).unwrap_or(0)
+}
+
+/// `readv(2)` into guest buffers.
+pub(crate) fn readv(fd: BorrowedFd<'_>, bufs: &[GuestIoVec<'_>]) -> io::Result<usize> {
+    let iov = GuestIoVec::as_iovecs(bufs);
+    // SAFETY: every `GuestIoVec` points at guest memory of its length that
+    // stays mapped while `bufs` is borrowed (it was made from a
+    // `VolatileSlice`), and guest memory may be written at any time; the
+    // kernel writes at most the lengths given, in the first `iov_count`
+    // entries of `iov`.
+    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov_count(bufs)) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -253,12 +262,14 @@ pub(crate) fn readv(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<usize
     }
 }
 
-/// `writev(2)` from raw iovecs (which may point into guest memory).
-pub(crate) fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<usize> {
-    let cnt = libc::c_int::try_from(iov.len().min(libc::UIO_MAXIOV as usize)).unwrap_or(0);
-    // SAFETY: the caller built `iov` from mappings that stay valid and
-    // readable for the duration of the call; the kernel only reads them.
-    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), cnt) };
+/// `writev(2)` from guest buffers.
+pub(crate) fn writev(fd: BorrowedFd<'_>, bufs: &[GuestIoVec<'_>]) -> io::Result<usize> {
+    let iov = GuestIoVec::as_iovecs(bufs);
+    // SAFETY: every `GuestIoVec` points at guest memory of its length that
+    // stays mapped while `bufs` is borrowed (it was made from a
+    // `VolatileSlice`); the kernel only reads the first `iov_count` entries
+    // of `iov` and the memory they point at.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov_count(bufs)) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -459,14 +470,16 @@ impl Tap {
         self.if_ioctl("SIOCSIFHWADDR", SIOCSIFHWADDR, &mut ifr)
     }
 
-    /// Read one frame (with its vnet header) into `iov`.
-    pub fn read_iovec(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        readv(self.file.as_fd(), iov)
+    /// Read one frame (with its vnet header) straight into the guest
+    /// buffers `bufs`, filled in order (one `readv`); returns its length.
+    pub fn read_iovec(&self, bufs: &[GuestIoVec<'_>]) -> io::Result<usize> {
+        readv(self.file.as_fd(), bufs)
     }
 
-    /// Write one frame (with its vnet header) gathered from `iov`.
-    pub fn write_iovec(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        writev(self.file.as_fd(), iov)
+    /// Write one frame (with its vnet header) gathered straight from the
+    /// guest buffers `bufs` (one `writev`).
+    pub fn write_iovec(&self, bufs: &[GuestIoVec<'_>]) -> io::Result<usize> {
+        writev(self.file.as_fd(), bufs)
     }
 }
 

@@ -17,9 +17,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config::DeviceConfig;
 use crate::device::{
-    read_config_bytes, ActivateError, ActiveQueue, GuestMem, Interrupt, InterruptReason,
-    VirtioDevice,
+    expect_queues, ActivateError, ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice,
 };
 use crate::mmio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::queue::DeviceQueue;
@@ -128,9 +128,7 @@ pub struct QueueRun {
 pub struct Block {
     backend: Arc<dyn BlockBackend>,
     read_only: bool,
-    avail_features: u64,
-    acked_features: u64,
-    config: Vec<u8>,
+    config: DeviceConfig,
     id: [u8; ID_LEN],
     queue_sizes: [u16; 1],
     activate_evt: EventFd,
@@ -178,9 +176,7 @@ impl Block {
         Ok(Block {
             backend,
             read_only,
-            avail_features,
-            acked_features: 0,
-            config,
+            config: DeviceConfig::new("virtio-blk", avail_features, config),
             id,
             queue_sizes: [QUEUE_SIZE],
             activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(BlockDeviceError::EventFd)?,
@@ -198,7 +194,7 @@ impl Block {
 
     /// The features the driver acked.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.config.acked_features()
     }
 
     /// Process the available requests of `queue`, at most [`REQUEST_BUDGET`]
@@ -384,7 +380,7 @@ impl Block {
                 } else {
                     features::DISCARD
                 };
-                if self.acked_features & feature == 0 {
+                if !self.config.is_acked(feature) {
                     return Err(ReqError::Unsupported(req_type));
                 }
                 let len = readable.remaining();
@@ -567,30 +563,24 @@ impl VirtioDevice for Block {
         &self.queue_sizes
     }
     fn device_features(&self) -> u64 {
-        self.avail_features
+        self.config.device_features()
     }
     fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features;
+        self.config.ack(acked);
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        self.config.read(offset, data);
     }
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        debug!("virtio-blk: config write at {offset:#x} ignored");
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.config.write(offset, data);
     }
     fn activate(
         &mut self,
         mem: GuestMem,
         interrupt: Arc<dyn Interrupt>,
-        mut queues: Vec<ActiveQueue>,
+        queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let q = queues.remove(0);
+        let [q] = expect_queues(queues)?;
         self.pending = Some(Active {
             mem,
             queue: DeviceQueue::new(q.queue, 0, interrupt.clone()),
@@ -609,7 +599,7 @@ impl VirtioDevice for Block {
                 error!("virtio-blk: waking the event loop on reset: {e}");
             }
         }
-        self.acked_features = 0;
+        self.config.reset();
     }
 }
 

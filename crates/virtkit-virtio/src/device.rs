@@ -91,16 +91,14 @@ pub trait VirtioDevice: Send + Debug {
     fn reset(&mut self);
 }
 
-/// Read `data.len()` bytes at `offset` from a config space held in `space`;
-/// bytes past its end read as zero.
-pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if start >= space.len() {
-        return;
-    }
-    let n = data.len().min(space.len() - start);
-    data[..n].copy_from_slice(&space[start..start + n]);
+pub use crate::config::read_config_bytes;
+
+/// The queues of an activation as the array of the `N` queues the device
+/// needs, or [`ActivateError::QueueCount`] when the driver made ready
+/// another number.
+pub fn expect_queues<const N: usize>(
+    queues: Vec<ActiveQueue>,
+) -> Result<[ActiveQueue; N], ActivateError> {
+    let got = queues.len();
+    <[ActiveQueue; N]>::try_from(queues).map_err(|_| ActivateError::QueueCount { expected: N, got })
 }

@@ -1,8 +1,10 @@
 //! virtio for virtkit: the [`VirtioDevice`] trait, the virtio-mmio v2
 //! transport ([`mmio::MmioTransport`]), [`DeviceQueue`] (how every device
 //! model takes descriptor chains, so that a driver's bogus ring indices stop
-//! the queue instead of spinning the host) and the virtio-blk device
-//! ([`blk::Block`]) over any [`virtkit_block::BlockBackend`].
+//! the queue instead of spinning the host), [`DeviceConfig`] (feature
+//! negotiation and the read-only config space, kept once for every device
+//! model) and the virtio-blk device ([`blk::Block`]) over any
+//! [`virtkit_block::BlockBackend`].
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -32,11 +34,13 @@
 #![deny(missing_docs)]
 
 pub mod blk;
+pub mod config;
 pub mod device;
 pub mod mmio;
 pub mod queue;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
+pub use config::DeviceConfig;
 pub use device::{ActivateError, ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice};
 pub use queue::{DeviceQueue, QueueFault};
