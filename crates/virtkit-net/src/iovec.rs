@@ -39,7 +39,7 @@ const _: () = assert!(
 
 /// Errors from gathering guest buffers into iovecs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum IoVecError {
+pub(crate) enum IoVecError {
     /// Some byte of the range is outside guest memory.
     #[error("buffer {addr:#x}+{len} is outside guest memory")]
     OutsideMemory {

@@ -1,8 +1,8 @@
 //! Tests of the virtio-net device: a [`Rig`] runs one over a
 //! `UnixDatagram` backend on an event loop, with the driver side of both
 //! queues in guest memory. The receive and transmit paths, property tests
-//! and a backend written outside the crate's own have files of their own;
-//! configuration, activation, malformed rings and reset are here.
+//! and a backend that is neither a tap nor a socket have files of their
+//! own; configuration, activation, malformed rings and reset are here.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
