@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use virtkit_net::features::*;
-use virtkit_net::net::{Net, NetBackend};
+use virtkit_net::net::{GuestIoVec, Net, NetBackend};
 use virtkit_net::tap::{Tap, TapOptions};
 use virtkit_net::testing::DriverQueue;
 use virtkit_net::MacAddr;
@@ -60,39 +60,31 @@ impl AsRawFd for MemBackend {
 }
 
 impl NetBackend for MemBackend {
-    fn read_frame(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    fn read_frame(&self, bufs: &[GuestIoVec<'_>]) -> io::Result<usize> {
         if self.rx_budget.get() == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.rx_budget.set(self.rx_budget.get() - 1);
         let mut done = 0;
-        for v in iov {
+        for b in bufs {
             if done == self.rx_frame.len() {
                 break;
             }
-            let n = v.iov_len.min(self.rx_frame.len() - done);
-            // SAFETY: the device built `iov` from valid, writable guest
-            // memory of at least `iov_len` bytes; `n` is within both.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.rx_frame.as_ptr().add(done),
-                    v.iov_base.cast::<u8>(),
-                    n,
-                )
-            };
+            let n = b.len().min(self.rx_frame.len() - done);
+            b.as_volatile_slice()
+                .copy_from(&self.rx_frame[done..done + n]);
             done += n;
         }
         Ok(done)
     }
 
-    fn write_frame(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    fn write_frame(&self, bufs: &[GuestIoVec<'_>]) -> io::Result<usize> {
         let mut s = self.scratch.borrow_mut();
         s.clear();
-        for v in iov {
-            // SAFETY: the device built `iov` from valid guest memory of
-            // `iov_len` readable bytes.
-            let src = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
-            s.extend_from_slice(src);
+        for b in bufs {
+            let start = s.len();
+            s.resize(start + b.len(), 0);
+            b.as_volatile_slice().copy_to(&mut s[start..]);
         }
         Ok(s.len())
     }

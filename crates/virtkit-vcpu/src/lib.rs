@@ -1,30 +1,35 @@
-//! KVM virtual machines and vCPUs for x86_64.
+//! Virtual machines and vCPUs for x86_64: a hypervisor abstraction and its KVM
+//! implementation.
 //!
-//! * [`Vm`]: creates the VM (TSS and identity-map addresses, in-kernel irqchip and PIT),
+//! * [`hypervisor`]: the traits [`Hypervisor`] -> [`Vm`] -> [`Vcpu`] (the shape of Cloud
+//!   Hypervisor's `hypervisor` crate) and [`VmExit`]. A VMM written against them runs on
+//!   KVM ([`KvmHypervisor`]) or, in tests, on [`fake`] (feature `test-utils`), whose vCPUs
+//!   replay a script of exits.
+//! * [`KvmVm`]: creates the VM (TSS and identity-map addresses, in-kernel irqchip and PIT),
 //!   registers `virtkit-memory` RAM as memory slots (with optional dirty logging), and wires
 //!   irqfds and ioeventfds for devices.
-//! * [`Vcpu`]: CPUID from KVM's supported set filtered per vCPU ([`cpuid`]: APIC ids in leaves
+//! * [`KvmVcpu`]: CPUID from KVM's supported set filtered per vCPU ([`cpuid`]: APIC ids in leaves
 //!   1/0xB/0x1F, cache and topology leaves 4 and 0x8000_001D, hypervisor bit, KVM signature),
 //!   default MSRs, LAPIC LINT0 ExtINT / LINT1 NMI, FPU, and the entry state produced by
 //!   `virtkit-boot` (64-bit long mode or 32-bit PVH).
-//! * [`Vcpu::start`]: one thread per vCPU whose run loop dispatches port I/O and MMIO exits
+//! * [`start_vcpu`]: one thread per vCPU (any [`Vcpu`]) whose run loop dispatches port I/O and MMIO exits
 //!   through [`Buses`] (a [`BusDevice`] per address range) and ends with a typed
 //!   [`VcpuOutcome`]; [`VcpuHandle`] pauses, resumes and stops it from another thread (a
 //!   real-time signal plus `immediate_exit`).
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use virtkit_vcpu::{Buses, ThreadOptions, Vm, VmConfig};
+//! use virtkit_vcpu::{start_vcpu, Buses, Hypervisor, KvmHypervisor, ThreadOptions, VmConfig};
 //! use virtkit_memory::GuestMemoryBuilder;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ram = GuestMemoryBuilder::from_mib(2).build()?;
-//! let mut vm = Vm::new(VmConfig { irqchip: false })?;
+//! let hv = KvmHypervisor { config: VmConfig { irqchip: false } };
+//! let vm = hv.create_vm()?;
 //! vm.register_memory(&ram)?;
-//! let vcpu = vm.create_vcpu(0)?;
-//! vcpu.configure(&vm, 1)?;
+//! let vcpu = vm.create_vcpu(0, 1)?;
 //! // ... write code into `ram`, vcpu.set_entry(...) ...
-//! let handle = vcpu.start(Arc::new(Buses::default()), ThreadOptions::default())?;
+//! let handle = start_vcpu(vcpu, Arc::new(Buses::default()), ThreadOptions::default())?;
 //! println!("{:?}", handle.join()?);
 //! # Ok(()) }
 //! ```
@@ -52,11 +57,17 @@
 
 pub mod bus;
 pub mod cpuid;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake;
+pub mod hypervisor;
 pub mod regs;
+mod thread;
 mod vcpu;
 mod vm;
 
 pub use bus::{Bus, BusDevice, BusError, Buses, SharedDevice};
-pub use vcpu::{kick_signal, SystemEvent, ThreadOptions, Vcpu, VcpuError, VcpuHandle, VcpuOutcome};
-pub use vm::{Vm, VmConfig, VmError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+pub use hypervisor::{Hypervisor, Kick, Vcpu, Vm, VmExit};
+pub use thread::{kick_signal, run_once, start_vcpu, ThreadOptions, VcpuHandle};
+pub use vcpu::{KvmVcpu, SystemEvent, VcpuError, VcpuOutcome};
+pub use vm::{KvmHypervisor, KvmVm, VmConfig, VmError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 pub use vmm_sys_util::eventfd::EventFd;

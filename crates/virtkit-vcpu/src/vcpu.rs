@@ -1,24 +1,24 @@
-//! vCPUs: configuration, the run loop, and one thread per vCPU with pause, resume and stop.
+//! The KVM vCPU: configuration (CPUID, MSRs, FPU, LAPIC), the entry state, and one
+//! `KVM_RUN` turned into a [`VmExit`].
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN;
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use virtkit_boot::CpuEntry;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::Buses;
 use crate::cpuid::{self, Topology};
+use crate::hypervisor::{Kick, Vcpu, VmExit};
 use crate::regs;
-use crate::vm::{Vm, VmError};
+use crate::vm::VmError;
 
 /// Errors from vCPU setup and running.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    /// An ioctl failed.
+    /// A hypervisor call failed.
     #[error("vCPU {id}: {what}: {error}")]
     Kvm {
         /// vCPU id.
@@ -26,7 +26,7 @@ pub enum VcpuError {
         /// What was being done.
         what: &'static str,
         /// The error.
-        error: kvm_ioctls::Error,
+        error: std::io::Error,
     },
     /// KVM set fewer MSRs than asked.
     #[error("vCPU {id}: KVM set {set} of {wanted} MSRs")]
@@ -79,7 +79,7 @@ pub enum VcpuOutcome {
         /// KVM's suberror code.
         suberror: u32,
     },
-    /// Stopped on request ([`VcpuHandle::stop`]).
+    /// Stopped on request ([`crate::VcpuHandle::stop`]).
     Stopped,
     /// An exit this run loop does not handle.
     Unhandled(String),
@@ -98,16 +98,49 @@ pub enum SystemEvent {
     Other(u32),
 }
 
-/// A vCPU, not yet running.
-#[derive(Debug)]
-pub struct Vcpu {
-    fd: VcpuFd,
-    id: u8,
+fn kvm_err(id: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |error| VcpuError::Kvm {
+        id,
+        what,
+        error: std::io::Error::from_raw_os_error(error.errno()),
+    }
 }
 
-impl Vcpu {
-    pub(crate) fn from_fd(fd: VcpuFd, id: u8) -> Vcpu {
-        Vcpu { fd, id }
+/// What [`crate::KvmVm::create_kvm_vcpu`] gives a new vCPU.
+#[derive(Debug)]
+pub(crate) struct VcpuSetup {
+    /// KVM's supported CPUID (filtered per vCPU here).
+    pub cpuid: CpuId,
+    /// vCPUs in the VM.
+    pub cpus: u8,
+    /// KVM's MSR index list.
+    pub msr_index_list: Vec<u32>,
+    /// Whether the VM has an in-kernel irqchip.
+    pub irqchip: bool,
+    /// Whether KVM has KVM_CAP_TSC_DEADLINE_TIMER.
+    pub tsc_deadline: bool,
+}
+
+/// A KVM vCPU, not yet running.
+#[derive(Debug)]
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    id: u8,
+    page: Arc<KvmRunPage>,
+}
+
+impl KvmVcpu {
+    pub(crate) fn from_fd(fd: VcpuFd, id: u8, mmap_size: usize) -> Result<KvmVcpu, VcpuError> {
+        let page = KvmRunPage::new(&fd, mmap_size).map_err(|error| VcpuError::Kvm {
+            id,
+            what: "mmap of kvm_run",
+            error,
+        })?;
+        Ok(KvmVcpu {
+            fd,
+            id,
+            page: Arc::new(page),
+        })
     }
 
     /// The vCPU id (= APIC id).
@@ -121,33 +154,31 @@ impl Vcpu {
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
-        let id = self.id;
-        move |error| VcpuError::Kvm { id, what, error }
+        kvm_err(self.id, what)
     }
 
-    /// Sets CPUID (KVM's supported set, filtered for this vCPU in a VM of `cpus` vCPUs), the
-    /// default MSRs, the FPU, and (with an irqchip) LINT0 ExtINT / LINT1 NMI.
-    pub fn configure(&self, vm: &Vm, cpus: u8) -> Result<(), VcpuError> {
-        let mut cpuid = vm.supported_cpuid()?;
+    /// Sets CPUID, the default MSRs, the FPU, and (with an irqchip) LINT0 ExtINT / LINT1 NMI.
+    pub(crate) fn configure(&self, setup: &VcpuSetup) -> Result<(), VcpuError> {
+        let mut cpuid = setup.cpuid.clone();
         cpuid::filter(
             &mut cpuid,
             Topology {
                 apic_id: self.id,
-                cpus,
+                cpus: setup.cpus,
             },
         );
-        let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         log::debug!(
-            "vCPU {}: KVM_CAP_TSC_DEADLINE_TIMER {tsc_deadline}",
-            self.id
+            "vCPU {}: KVM_CAP_TSC_DEADLINE_TIMER {}",
+            self.id,
+            setup.tsc_deadline
         );
-        if vm.config().irqchip && tsc_deadline {
+        if setup.irqchip && setup.tsc_deadline {
             cpuid::set_tsc_deadline(&mut cpuid);
         }
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.err("KVM_SET_CPUID2"))?;
-        let msrs = regs::default_msrs(&vm.msr_index_list()?)
+        let msrs = regs::default_msrs(&setup.msr_index_list)
             .map_err(|e| VcpuError::MsrList(format!("{e:?}")))?;
         let set = self.fd.set_msrs(&msrs).map_err(self.err("KVM_SET_MSRS"))?;
         if set != msrs.as_slice().len() {
@@ -160,7 +191,7 @@ impl Vcpu {
         self.fd
             .set_fpu(&regs::default_fpu())
             .map_err(self.err("KVM_SET_FPU"))?;
-        if vm.config().irqchip {
+        if setup.irqchip {
             let mut lapic = self.fd.get_lapic().map_err(self.err("KVM_GET_LAPIC"))?;
             regs::set_lint(&mut lapic);
             self.fd
@@ -183,357 +214,136 @@ impl Vcpu {
             .map_err(self.err("KVM_SET_REGS"))
     }
 
-    /// Runs the vCPU once and dispatches the exit. `Ok(None)`: keep running (I/O handled, or
-    /// interrupted by a kick); `Ok(Some(_))`: the vCPU is done.
-    pub fn run_once(&mut self, buses: &Buses) -> Result<Option<VcpuOutcome>, VcpuError> {
-        let id = self.id;
-        let outcome = match self.fd.run() {
-            Ok(exit) => match exit {
-                VcpuExit::IoIn(port, data) => {
-                    if !buses.pio.read(u64::from(port), data) {
-                        log::trace!("vCPU {id}: unhandled in {port:#x}");
-                        data.fill(0xff);
-                    }
-                    None
-                }
-                VcpuExit::IoOut(port, data) => {
-                    if !buses.pio.write(u64::from(port), data) {
-                        log::trace!("vCPU {id}: unhandled out {port:#x} {data:x?}");
-                    }
-                    None
-                }
-                VcpuExit::MmioRead(addr, data) => {
-                    if !buses.mmio.read(addr, data) {
-                        log::debug!("vCPU {id}: unhandled MMIO read {addr:#x}");
-                        data.fill(0xff);
-                    }
-                    None
-                }
-                VcpuExit::MmioWrite(addr, data) => {
-                    if !buses.mmio.write(addr, data) {
-                        log::debug!("vCPU {id}: unhandled MMIO write {addr:#x} {data:x?}");
-                    }
-                    None
-                }
-                VcpuExit::Hlt => Some(VcpuOutcome::Halted),
-                VcpuExit::Shutdown => Some(VcpuOutcome::Shutdown),
-                VcpuExit::SystemEvent(kind, _) => Some(VcpuOutcome::SystemEvent(match kind {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
-                    KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
-                    KVM_SYSTEM_EVENT_CRASH => SystemEvent::Crash,
-                    other => SystemEvent::Other(other),
-                })),
-                VcpuExit::FailEntry(reason, cpu) => Some(VcpuOutcome::FailEntry { reason, cpu }),
-                VcpuExit::InternalError => {
-                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-                    // active member of the exit union.
-                    let suberror =
-                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal }.suberror;
-                    Some(VcpuOutcome::InternalError { suberror })
-                }
-                VcpuExit::IrqWindowOpen | VcpuExit::Intr => None,
-                other => Some(VcpuOutcome::Unhandled(format!("{other:?}"))),
-            },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-            Err(e) => return Err(self.err("KVM_RUN")(e)),
-        };
-        Ok(outcome)
-    }
-
-    /// Starts the vCPU's thread. It runs until an outcome, or until stopped.
+    /// Starts the vCPU's thread (see [`crate::start_vcpu`]).
     pub fn start(
-        mut self,
-        buses: Arc<Buses>,
-        opts: ThreadOptions,
-    ) -> Result<VcpuHandle, VcpuError> {
-        install_kick_handler()?;
-        let id = self.id;
-        let run = self.fd.get_kvm_run();
-        // SAFETY: `immediate_exit` is a u8 field of the mmapped kvm_run page, which stays mapped
-        // until `self.fd` is dropped; `Control::kick` only touches it while `exited` is false,
-        // and the thread sets `exited` (under the same lock) before dropping the fd.
-        let imm: *mut u8 = &mut run.immediate_exit;
-        let control = Arc::new(Control {
-            state: Mutex::new(ControlState::default()),
-            cv: Condvar::new(),
-            immediate_exit: AtomicPtr::new(imm),
-        });
-        let c = control.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                c.lock().tid = Some(current_thread());
-                c.cv.notify_all();
-                let result = self.run_loop(&buses, &c, opts.on_first_run, opts.stop_flag);
-                {
-                    let mut st = c.lock();
-                    st.exited = true;
-                    c.cv.notify_all();
-                }
-                drop(self);
-                if let Some(evt) = opts.exit_evt {
-                    if let Err(e) = evt.write(1) {
-                        log::error!("vCPU {id}: cannot signal exit: {e}");
-                    }
-                }
-                result
-            })
-            .map_err(VcpuError::Spawn)?;
-        // Wait until the thread has published its id, so kicks can reach it.
-        {
-            let mut st = control.lock();
-            while st.tid.is_none() && !st.exited {
-                st = control.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-        }
-        Ok(VcpuHandle {
-            id,
-            control,
-            thread: Some(thread),
-        })
-    }
-
-    fn run_loop(
-        &mut self,
-        buses: &Buses,
-        c: &Control,
-        mut on_first_run: Option<Box<dyn FnOnce() + Send>>,
-        stop_flag: Option<Arc<AtomicBool>>,
-    ) -> Result<VcpuOutcome, VcpuError> {
-        loop {
-            {
-                let mut st = c.lock();
-                loop {
-                    match st.request {
-                        Request::Stop => return Ok(VcpuOutcome::Stopped),
-                        Request::Pause => {
-                            if !st.paused {
-                                st.paused = true;
-                                c.cv.notify_all();
-                            }
-                            st = c.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-                        }
-                        Request::Run => {
-                            if st.paused {
-                                st.paused = false;
-                                c.cv.notify_all();
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(f) = on_first_run.take() {
-                f();
-            }
-            match self.run_once(buses)? {
-                Some(outcome) => return Ok(outcome),
-                None => c.clear_immediate_exit(),
-            }
-            // A device this exit reached may have ended the VM (power-off, reset): stop
-            // here rather than run the guest again until the stop request arrives.
-            if stop_flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-                return Ok(VcpuOutcome::Stopped);
-            }
-        }
+        self,
+        buses: Arc<crate::Buses>,
+        opts: crate::ThreadOptions,
+    ) -> Result<crate::VcpuHandle, VcpuError> {
+        crate::start_vcpu(Box::new(self), buses, opts)
     }
 }
 
-/// Options for [`Vcpu::start`].
-#[derive(Default)]
-pub struct ThreadOptions {
-    /// Written (1) when the thread ends, for the VMM's event loop.
-    pub exit_evt: Option<EventFd>,
-    /// Called on the vCPU thread right before its first KVM_RUN.
-    pub on_first_run: Option<Box<dyn FnOnce() + Send>>,
-    /// Checked after every exit: once set (by a device that ends the VM), the thread
-    /// stops without entering the guest again.
-    pub stop_flag: Option<Arc<AtomicBool>>,
-}
-
-impl std::fmt::Debug for ThreadOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadOptions")
-            .field("exit_evt", &self.exit_evt)
-            .field("on_first_run", &self.on_first_run.is_some())
-            .field("stop_flag", &self.stop_flag)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Request {
-    #[default]
-    Run,
-    Pause,
-    Stop,
-}
-
-#[derive(Debug, Default)]
-struct ControlState {
-    request: Request,
-    paused: bool,
-    exited: bool,
-    tid: Option<libc::pthread_t>,
-}
-
-#[derive(Debug)]
-struct Control {
-    state: Mutex<ControlState>,
-    cv: Condvar,
-    immediate_exit: AtomicPtr<u8>,
-}
-
-impl Control {
-    fn lock(&self) -> MutexGuard<'_, ControlState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn immediate_exit(&self) -> &AtomicU8 {
-        // SAFETY: the pointer is to the live kvm_run page (see `Vcpu::start`); callers hold the
-        // state lock with `exited == false` or are the vCPU thread itself.
-        unsafe { AtomicU8::from_ptr(self.immediate_exit.load(Ordering::Relaxed)) }
-    }
-
-    fn clear_immediate_exit(&self) {
-        self.immediate_exit().store(0, Ordering::SeqCst);
-    }
-
-    /// Sets a request and makes the vCPU see it: immediate_exit for a vCPU about to enter
-    /// KVM_RUN, the signal for one inside it.
-    fn request(&self, r: Request) {
-        let mut st = self.lock();
-        if st.request != Request::Stop {
-            st.request = r;
-        }
-        self.cv.notify_all();
-        if !st.exited {
-            self.immediate_exit().store(1, Ordering::SeqCst);
-            if let Some(tid) = st.tid {
-                kick_thread(tid);
-            }
-        }
-    }
-}
-
-/// A running vCPU thread.
-#[derive(Debug)]
-pub struct VcpuHandle {
-    id: u8,
-    control: Arc<Control>,
-    thread: Option<JoinHandle<Result<VcpuOutcome, VcpuError>>>,
-}
-
-impl VcpuHandle {
-    /// The vCPU id.
-    pub fn id(&self) -> u8 {
+impl Vcpu for KvmVcpu {
+    fn id(&self) -> u8 {
         self.id
     }
 
-    /// Pauses the vCPU and waits (up to `timeout`) until it is out of KVM_RUN. Returns
-    /// `Ok(false)` when the thread had already ended.
-    pub fn pause(&self, timeout: Duration) -> Result<bool, VcpuError> {
-        self.control.request(Request::Pause);
-        let deadline = Instant::now() + timeout;
-        let mut st = self.control.lock();
-        while !st.paused && !st.exited {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(VcpuError::PauseTimeout(self.id));
+    fn set_entry(&mut self, entry: &CpuEntry) -> Result<(), VcpuError> {
+        KvmVcpu::set_entry(self, entry)
+    }
+
+    fn run(&mut self) -> Result<VmExit<'_>, VcpuError> {
+        let id = self.id;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(VmExit::Interrupted)
             }
-            st = self
-                .control
-                .cv
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        Ok(!st.exited)
-    }
-
-    /// Whether the vCPU is paused now.
-    pub fn is_paused(&self) -> bool {
-        self.control.lock().paused
-    }
-
-    /// Lets a paused vCPU run again.
-    pub fn resume(&self) {
-        let mut st = self.control.lock();
-        if st.request == Request::Pause {
-            st.request = Request::Run;
-        }
-        self.control.cv.notify_all();
-    }
-
-    /// Asks the vCPU to stop (does not wait; see [`VcpuHandle::join`]).
-    pub fn stop(&self) {
-        self.control.request(Request::Stop);
-    }
-
-    /// Whether the thread has ended.
-    pub fn is_finished(&self) -> bool {
-        self.control.lock().exited
-    }
-
-    /// Waits for the thread and returns its outcome.
-    pub fn join(mut self) -> Result<VcpuOutcome, VcpuError> {
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| VcpuError::Panicked(self.id))?,
-            None => Ok(VcpuOutcome::Stopped),
-        }
-    }
-}
-
-impl Drop for VcpuHandle {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.control.request(Request::Stop);
-            let _ = t.join();
-        }
-    }
-}
-
-/// The real-time signal used to kick vCPU threads out of KVM_RUN.
-pub fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 1
-}
-
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-fn install_kick_handler() -> Result<(), VcpuError> {
-    static ONCE: Once = Once::new();
-    static RESULT: Mutex<Option<i32>> = Mutex::new(None);
-    ONCE.call_once(|| {
-        // SAFETY: a zeroed sigaction is a valid starting point; the handler does nothing
-        // (async-signal-safe) and exists only so the signal interrupts KVM_RUN with EINTR.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = kick_handler as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut())
+            Err(e) => return Err(kvm_err(id, "KVM_RUN")(e)),
         };
-        if rc != 0 {
-            *RESULT.lock().unwrap_or_else(|e| e.into_inner()) =
-                std::io::Error::last_os_error().raw_os_error();
-        }
-    });
-    match *RESULT.lock().unwrap_or_else(|e| e.into_inner()) {
-        Some(errno) => Err(VcpuError::Signal(std::io::Error::from_raw_os_error(errno))),
-        None => Ok(()),
+        Ok(match exit {
+            VcpuExit::IoIn(port, data) => VmExit::IoIn { port, data },
+            VcpuExit::IoOut(port, data) => VmExit::IoOut { port, data },
+            VcpuExit::MmioRead(addr, data) => VmExit::MmioRead { addr, data },
+            VcpuExit::MmioWrite(addr, data) => VmExit::MmioWrite { addr, data },
+            VcpuExit::Hlt => VmExit::Halt,
+            VcpuExit::Shutdown => VmExit::Shutdown,
+            VcpuExit::SystemEvent(kind, _) => VmExit::SystemEvent(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => SystemEvent::Shutdown,
+                KVM_SYSTEM_EVENT_RESET => SystemEvent::Reset,
+                KVM_SYSTEM_EVENT_CRASH => SystemEvent::Crash,
+                other => SystemEvent::Other(other),
+            }),
+            VcpuExit::FailEntry(reason, cpu) => VmExit::FailEntry { reason, cpu },
+            VcpuExit::InternalError => VmExit::InternalError {
+                // The exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+                // member of the exit union; its first field is the sub-error.
+                suberror: self.page.read_u32(std::mem::offset_of!(
+                    kvm_bindings::kvm_run,
+                    __bindgen_anon_1
+                )),
+            },
+            VcpuExit::IrqWindowOpen | VcpuExit::Intr => VmExit::Interrupted,
+            other => {
+                log::debug!("vCPU {id}: unhandled exit {other:?}");
+                VmExit::Unhandled(format!("{other:?}"))
+            }
+        })
+    }
+
+    fn kicker(&self) -> Result<Arc<dyn Kick>, VcpuError> {
+        Ok(self.page.clone())
     }
 }
 
-fn current_thread() -> libc::pthread_t {
-    // SAFETY: pthread_self has no preconditions.
-    unsafe { libc::pthread_self() }
+/// Our own mapping of a vCPU's `kvm_run` page, for `immediate_exit` (from any thread) and
+/// for exit details the run borrow hides. The mapping holds a reference to the vCPU file,
+/// so it stays valid however long it lives, even after the vCPU itself is closed.
+#[derive(Debug)]
+struct KvmRunPage {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
 }
 
-fn kick_thread(tid: libc::pthread_t) {
-    // SAFETY: callers hold the control lock with `exited == false`, so `tid` names a live
-    // thread, and the kick signal has a handler installed.
-    let rc = unsafe { libc::pthread_kill(tid, kick_signal()) };
-    if rc != 0 {
-        log::warn!("cannot kick vCPU thread: errno {rc}");
+// SAFETY: the mapping is shared memory touched only through atomic byte accesses.
+unsafe impl Send for KvmRunPage {}
+// SAFETY: as above.
+unsafe impl Sync for KvmRunPage {}
+
+impl KvmRunPage {
+    fn new(fd: &VcpuFd, len: usize) -> std::io::Result<KvmRunPage> {
+        let offset = std::mem::offset_of!(kvm_bindings::kvm_run, immediate_exit);
+        if len < std::mem::size_of::<kvm_bindings::kvm_run>() || offset >= len {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a fresh shared mapping of the vCPU file at offset 0 (the kvm_run area);
+        // the kernel picks the address, so nothing of ours is replaced.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(KvmRunPage { base, len })
+    }
+
+    /// A volatile read of the u32 at `offset` (0 when out of range).
+    fn read_u32(&self, offset: usize) -> u32 {
+        if offset.checked_add(4).is_none_or(|end| end > self.len) || offset % 4 != 0 {
+            return 0;
+        }
+        // SAFETY: in range and aligned (checked above; the mapping is page-aligned), and
+        // the mapping lives until `drop`.
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(offset).cast::<u32>()) }
+    }
+
+    fn flag(&self) -> &AtomicU8 {
+        let offset = std::mem::offset_of!(kvm_bindings::kvm_run, immediate_exit);
+        // SAFETY: `offset < len` (checked in `new`), the mapping lives until `drop`, and
+        // the byte is only ever accessed atomically by us (the kernel reads it on entry).
+        unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(offset)) }
+    }
+}
+
+impl Kick for KvmRunPage {
+    fn set_immediate_exit(&self, on: bool) {
+        self.flag().store(u8::from(on), Ordering::SeqCst);
+    }
+}
+
+impl Drop for KvmRunPage {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses afterwards.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }

@@ -2,11 +2,14 @@
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY};
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use virtkit_memory::{GuestAddress, GuestRam, Irq, RamRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vcpu::Vcpu;
+use crate::hypervisor::{Hypervisor, Vcpu, Vm};
+use crate::vcpu::{KvmVcpu, VcpuError, VcpuSetup};
 
 /// The address of the 3-page TSS region KVM needs on Intel (inside the MMIO gap).
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
@@ -18,7 +21,7 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 pub enum VmError {
     /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm: {0}")]
-    OpenKvm(kvm_ioctls::Error),
+    OpenKvm(std::io::Error),
     /// A capability the VMM needs is missing.
     #[error("KVM lacks the {0} capability")]
     MissingCap(&'static str),
@@ -28,7 +31,7 @@ pub enum VmError {
         /// What was being done.
         what: &'static str,
         /// The error.
-        error: kvm_ioctls::Error,
+        error: std::io::Error,
     },
     /// More memory regions than KVM has slots.
     #[error("guest memory has more regions than KVM's {0} slots")]
@@ -36,7 +39,10 @@ pub enum VmError {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |error| VmError::Kvm { what, error }
+    move |error| VmError::Kvm {
+        what,
+        error: std::io::Error::from_raw_os_error(error.errno()),
+    }
 }
 
 /// VM options.
@@ -53,20 +59,46 @@ impl Default for VmConfig {
     }
 }
 
+/// KVM as a [`Hypervisor`]: each [`Hypervisor::create_vm`] opens `/dev/kvm` and makes a
+/// [`KvmVm`] with these options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvmHypervisor {
+    /// Options for every VM.
+    pub config: VmConfig,
+}
+
+impl Hypervisor for KvmHypervisor {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn create_vm(&self) -> Result<Arc<dyn Vm>, VmError> {
+        Ok(Arc::new(KvmVm::new(self.config)?))
+    }
+}
+
+/// The memory a VM was given: the slots, and the RAM they point into (kept alive here).
+#[derive(Debug, Default)]
+struct Memory {
+    slots: Vec<RamRegion>,
+    rams: Vec<GuestRam>,
+}
+
 /// A KVM virtual machine.
 #[derive(Debug)]
-pub struct Vm {
+pub struct KvmVm {
     kvm: Kvm,
     fd: VmFd,
     config: VmConfig,
-    slots: Vec<RamRegion>,
+    memory: Mutex<Memory>,
 }
 
-impl Vm {
+impl KvmVm {
     /// Opens /dev/kvm and creates the VM: TSS and identity map addresses, then the irqchip and
     /// PIT when asked for.
-    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    pub fn new(config: VmConfig) -> Result<KvmVm, VmError> {
+        let kvm = Kvm::new()
+            .map_err(|e| VmError::OpenKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         for (cap, name) in [
             (Cap::ImmediateExit, "immediate exit"),
             (Cap::UserMemory, "user memory"),
@@ -91,11 +123,11 @@ impl Vm {
             };
             fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         }
-        Ok(Vm {
+        Ok(KvmVm {
             kvm,
             fd,
             config,
-            slots: Vec::new(),
+            memory: Mutex::new(Memory::default()),
         })
     }
 
@@ -136,20 +168,26 @@ impl Vm {
             .to_vec())
     }
 
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers every RAM region as a memory slot (slot i = region i), with dirty logging
-    /// when the RAM was built with dirty tracking.
-    pub fn register_memory(&mut self, ram: &GuestRam) -> Result<(), VmError> {
+    /// when the RAM was built with dirty tracking. The VM keeps a clone of `ram`.
+    pub fn register_memory(&self, ram: &GuestRam) -> Result<(), VmError> {
         let flags = if ram.track_dirty_pages() {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {
             0
         };
+        let mut mem = self.memory();
         let maps = ram.host_mappings();
-        if maps.len() + self.slots.len() > self.kvm.get_nr_memslots() {
+        if maps.len() + mem.slots.len() > self.kvm.get_nr_memslots() {
             return Err(VmError::TooManySlots(self.kvm.get_nr_memslots()));
         }
+        mem.rams.push(ram.clone());
         for (region, host) in maps {
-            let slot = self.slots.len() as u32;
+            let slot = mem.slots.len() as u32;
             let r = kvm_userspace_memory_region {
                 slot,
                 flags,
@@ -157,23 +195,25 @@ impl Vm {
                 memory_size: region.size,
                 userspace_addr: host,
             };
-            // SAFETY: `host..host+size` is a live mapping owned by `ram`'s GuestMemoryMmap; the
-            // VMM keeps `ram` alive for as long as the VM runs (callers hold the GuestRam).
+            // SAFETY: `host..host+size` is a live mapping owned by `ram`'s GuestMemoryMmap,
+            // and `mem.rams` holds a clone of `ram` for as long as this VM (and so any vCPU
+            // that can reach the slot) exists.
             unsafe { self.fd.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-            self.slots.push(region);
+            mem.slots.push(region);
         }
         Ok(())
     }
 
     /// The registered slots (index = slot number).
-    pub fn slots(&self) -> &[RamRegion] {
-        &self.slots
+    pub fn slots(&self) -> Vec<RamRegion> {
+        self.memory().slots.clone()
     }
 
     /// The dirty bitmap of `slot` since the last call (see `virtkit_memory::dirty`).
     pub fn dirty_log(&self, slot: u32) -> Result<Vec<u64>, VmError> {
         let size = self
+            .memory()
             .slots
             .get(slot as usize)
             .map(|r| r.size as usize)
@@ -206,7 +246,7 @@ impl Vm {
         .map_err(kvm_err("KVM_IOEVENTFD"))
     }
 
-    /// Like [`Vm::register_mmio_ioeventfd`] for an I/O port.
+    /// Like [`KvmVm::register_mmio_ioeventfd`] for an I/O port.
     pub fn register_pio_ioeventfd(
         &self,
         evt: &EventFd,
@@ -228,12 +268,53 @@ impl Vm {
             .map_err(kvm_err("KVM_IRQ_LINE"))
     }
 
-    /// Creates vCPU `id` (its APIC id).
-    pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, VmError> {
+    /// Creates vCPU `id` (its APIC id) of a VM with `cpus` vCPUs and configures it: CPUID
+    /// (KVM's supported set, filtered for this vCPU), the default MSRs, the FPU, and (with an
+    /// irqchip) LINT0 ExtINT / LINT1 NMI.
+    pub fn create_kvm_vcpu(&self, id: u8, cpus: u8) -> Result<KvmVcpu, VcpuError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::from_fd(fd, id))
+        let mmap_size = self
+            .kvm
+            .get_vcpu_mmap_size()
+            .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?;
+        let vcpu = KvmVcpu::from_fd(fd, id, mmap_size)?;
+        vcpu.configure(&VcpuSetup {
+            cpuid: self.supported_cpuid()?,
+            cpus,
+            msr_index_list: self.msr_index_list()?,
+            irqchip: self.config.irqchip,
+            tsc_deadline: self.kvm.check_extension(Cap::TscDeadlineTimer),
+        })?;
+        Ok(vcpu)
+    }
+}
+
+impl Vm for KvmVm {
+    fn max_vcpus(&self) -> usize {
+        KvmVm::max_vcpus(self)
+    }
+
+    fn register_memory(&self, ram: &GuestRam) -> Result<(), VmError> {
+        KvmVm::register_memory(self, ram)
+    }
+
+    fn register_irqfd(&self, evt: &EventFd, irq: Irq) -> Result<(), VmError> {
+        KvmVm::register_irqfd(self, evt, irq)
+    }
+
+    fn register_mmio_ioeventfd(
+        &self,
+        evt: &EventFd,
+        addr: GuestAddress,
+        datamatch: Option<u32>,
+    ) -> Result<(), VmError> {
+        KvmVm::register_mmio_ioeventfd(self, evt, addr, datamatch)
+    }
+
+    fn create_vcpu(&self, id: u8, cpus: u8) -> Result<Box<dyn Vcpu>, VcpuError> {
+        Ok(Box::new(self.create_kvm_vcpu(id, cpus)?))
     }
 }

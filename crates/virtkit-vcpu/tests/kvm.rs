@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use virtkit_boot::cpu::{setup_entry, EntryMode};
 use virtkit_boot::{layout, LinuxBoot};
 use virtkit_memory::{GuestAddress, GuestMemoryBuilder, GuestRam};
-use virtkit_vcpu::{regs, BusDevice, Buses, ThreadOptions, Vcpu, VcpuOutcome, Vm, VmConfig};
+use virtkit_vcpu::{
+    regs, BusDevice, Buses, KvmVcpu as Vcpu, KvmVm as Vm, ThreadOptions, VcpuOutcome, VmConfig,
+};
 use vm_memory::Bytes;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -66,7 +68,7 @@ fn recorder(fill: u8) -> (Arc<Mutex<Recorder>>, Arc<Mutex<Vec<Access>>>) {
 }
 
 fn vm_with(ram: &GuestRam, irqchip: bool) -> Vm {
-    let mut vm = Vm::new(VmConfig { irqchip }).unwrap();
+    let vm = Vm::new(VmConfig { irqchip }).unwrap();
     vm.register_memory(ram).unwrap();
     vm
 }
@@ -75,8 +77,7 @@ fn vm_with(ram: &GuestRam, irqchip: bool) -> Vm {
 fn guest(ram: &GuestRam, vm: &Vm, id: u8, cpus: u8, mode: EntryMode, code: &[u8]) -> Vcpu {
     ram.memory().write_slice(code, GuestAddress(CODE)).unwrap();
     let entry = setup_entry(ram.memory(), mode, CODE, 0x7000).unwrap();
-    let vcpu = vm.create_vcpu(id).unwrap();
-    vcpu.configure(vm, cpus).unwrap();
+    let vcpu = vm.create_kvm_vcpu(id, cpus).unwrap();
     vcpu.set_entry(&entry).unwrap();
     vcpu
 }
@@ -317,8 +318,7 @@ fn kvm_irqchip_vm_sets_lint_and_cpuid() {
     let _g = serial();
     let ram = GuestMemoryBuilder::from_mib(4).build().unwrap();
     let vm = vm_with(&ram, true);
-    let vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.configure(&vm, 4).unwrap();
+    let vcpu = vm.create_kvm_vcpu(0, 4).unwrap();
     let lapic = vcpu.fd().get_lapic().unwrap();
     assert_eq!(regs::lint_modes(&lapic), (7, 4), "LINT0 ExtINT, LINT1 NMI");
     let cpuid = vcpu.fd().get_cpuid2(256).unwrap();
@@ -401,8 +401,7 @@ fn kvm_linux_boot_path_zero_page() {
     .load(&ram)
     .unwrap();
     assert_eq!(setup.kernel.kind, virtkit_boot::KernelKind::Elf64);
-    let vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.configure(&vm, 1).unwrap();
+    let vcpu = vm.create_kvm_vcpu(0, 1).unwrap();
     vcpu.set_entry(&setup.entry).unwrap();
     let (dev, log) = recorder(0);
     let mut buses = Buses::default();

@@ -237,7 +237,7 @@ fn kvm_missing_or_corrupt_disk_image() {
         "path=/nonexistent/d.qcow2,format=qcow2",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert_clean_failure(&o, "--disk /nonexistent/d.qcow2");
+    assert_clean_failure(&o, "disk /nonexistent/d.qcow2");
     let mut junk = tempfile::NamedTempFile::new().unwrap();
     junk.write_all(&[0x55; 4096]).unwrap();
     let spec = format!("path={},format=qcow2", junk.path().display());

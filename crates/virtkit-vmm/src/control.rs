@@ -1,0 +1,170 @@
+//! [`VmController`]: pause, resume, shut down and inspect a VM from any thread while
+//! [`crate::Vmm::run`] runs it (the control API calls these).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use virtkit_vcpu::VcpuHandle;
+
+use crate::config::VmConfig;
+use crate::devices::{ExitNotifier, GuestExit};
+
+/// How long a pause waits for each vCPU to leave the guest.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A VM's life, with Cloud Hypervisor's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Built, vCPUs not started.
+    Created,
+    /// Running guest code.
+    Running,
+    /// vCPUs paused.
+    Paused,
+    /// Ended (the guest or the VMM ended it).
+    Shutdown,
+}
+
+/// Errors from [`VmController`] requests.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// The request does not apply in this state (pause a paused VM, resume a running one).
+    #[error("the VM is {state:?}; {request} needs it {needs}")]
+    WrongState {
+        /// The request.
+        request: &'static str,
+        /// The state it was in.
+        state: VmState,
+        /// The state it needs.
+        needs: &'static str,
+    },
+    /// A vCPU did not pause in time (it was resumed again).
+    #[error("vCPU {0} did not pause in time")]
+    PauseTimeout(u8),
+}
+
+/// What `vm.info` reports (Cloud Hypervisor's `VmInfo`, the fields virtkit has).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM's configuration.
+    pub config: VmConfig,
+    /// Its state.
+    pub state: VmState,
+    /// Guest RAM in bytes.
+    pub memory_actual_size: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<VmState>,
+    vcpus: Mutex<Vec<VcpuHandle>>,
+    exit: ExitNotifier,
+    config: VmConfig,
+    memory: u64,
+}
+
+/// A handle on one VM, cheap to clone and usable from any thread.
+#[derive(Debug, Clone)]
+pub struct VmController {
+    inner: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VmController {
+    pub(crate) fn new(config: VmConfig, memory: u64, exit: ExitNotifier) -> Self {
+        VmController {
+            inner: Arc::new(Shared {
+                state: Mutex::new(VmState::Created),
+                vcpus: Mutex::new(Vec::new()),
+                exit,
+                config,
+                memory,
+            }),
+        }
+    }
+
+    pub(crate) fn set_state(&self, s: VmState) {
+        *lock(&self.inner.state) = s;
+    }
+
+    pub(crate) fn set_vcpus(&self, v: Vec<VcpuHandle>) {
+        *lock(&self.inner.vcpus) = v;
+    }
+
+    pub(crate) fn take_vcpus(&self) -> Vec<VcpuHandle> {
+        std::mem::take(&mut *lock(&self.inner.vcpus))
+    }
+
+    /// The VM's state now.
+    pub fn state(&self) -> VmState {
+        *lock(&self.inner.state)
+    }
+
+    /// What `vm.info` reports.
+    pub fn info(&self) -> VmInfo {
+        VmInfo {
+            config: self.inner.config.clone(),
+            state: self.state(),
+            memory_actual_size: self.inner.memory,
+        }
+    }
+
+    /// Stops every vCPU out of the guest; returns once all are out. Only a running VM.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        let mut state = lock(&self.inner.state);
+        if *state != VmState::Running {
+            return Err(ControlError::WrongState {
+                request: "pause",
+                state: *state,
+                needs: "Running",
+            });
+        }
+        let vcpus = lock(&self.inner.vcpus);
+        for h in vcpus.iter() {
+            if h.pause(PAUSE_TIMEOUT).is_err() {
+                for h in vcpus.iter() {
+                    h.resume();
+                }
+                return Err(ControlError::PauseTimeout(h.id()));
+            }
+        }
+        *state = VmState::Paused;
+        Ok(())
+    }
+
+    /// Lets a paused VM run again.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        let mut state = lock(&self.inner.state);
+        if *state != VmState::Paused {
+            return Err(ControlError::WrongState {
+                request: "resume",
+                state: *state,
+                needs: "Paused",
+            });
+        }
+        for h in lock(&self.inner.vcpus).iter() {
+            h.resume();
+        }
+        *state = VmState::Running;
+        Ok(())
+    }
+
+    /// Ends the VM (as if it powered off); [`crate::Vmm::run`] then returns
+    /// [`crate::VmEnd::Shutdown`]. Works running or paused.
+    pub fn shutdown(&self) -> Result<(), ControlError> {
+        let state = self.state();
+        if !matches!(state, VmState::Running | VmState::Paused) {
+            return Err(ControlError::WrongState {
+                request: "shutdown",
+                state,
+                needs: "Running or Paused",
+            });
+        }
+        self.inner.exit.notify(GuestExit::Shutdown);
+        Ok(())
+    }
+}

@@ -1,0 +1,375 @@
+//! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, VM, devices, boot state, vCPUs) and runs
+//! it until the guest or the VMM's user ends it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use virtkit_boot::LinuxBoot;
+use virtkit_memory::{GuestMemoryBuilder, GuestRam};
+use virtkit_vcpu::{
+    start_vcpu, EventFd, Hypervisor, KvmHypervisor, SystemEvent, ThreadOptions, Vcpu, VcpuError,
+    VcpuHandle, VcpuOutcome, Vm,
+};
+
+use crate::config::{ConfigError, ConsoleMode, VmConfig};
+use crate::control::{VmController, VmState};
+use crate::devices::{open_disk, DeviceError, DeviceManager, ExitNotifier, GuestExit, SerialOut};
+use crate::event_loop::{ConsoleInput, ExitWatcher, RawTerminal};
+
+/// Errors from building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Guest memory could not be made.
+    #[error("guest memory: {0}")]
+    Memory(#[from] virtkit_memory::MemoryError),
+    /// The hypervisor refused the VM.
+    #[error("creating the VM: {0}")]
+    Vm(#[from] virtkit_vcpu::VmError),
+    /// A vCPU failed (set-up or run).
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A device could not be added.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The kernel or initramfs could not be loaded.
+    #[error("loading the guest: {0}")]
+    Boot(#[from] virtkit_boot::BootError),
+    /// The serial output file could not be created.
+    #[error("cannot create serial file {path}: {error}")]
+    SerialFile {
+        /// The file.
+        path: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// An eventfd or the event loop failed.
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    /// A vCPU ended in a way a guest does not end on purpose.
+    #[error("vCPU stopped: {0}")]
+    VcpuStopped(String),
+    /// The VM ended and nothing said why.
+    #[error("VM ended without a reason")]
+    NoReason,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEnd {
+    /// ACPI S5 (or a hypervisor shutdown event).
+    PowerOff,
+    /// i8042 or ACPI reset (or a hypervisor reset event).
+    Reboot,
+    /// A triple fault: a PC resets.
+    TripleFault,
+    /// HLT with no irqchip to wake the vCPU.
+    Halted,
+    /// Ended through [`VmController::shutdown`].
+    Shutdown,
+}
+
+impl std::fmt::Display for VmEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmEnd::PowerOff => "guest powered off",
+            VmEnd::Reboot => "guest rebooted",
+            VmEnd::TripleFault => "guest reset (triple fault)",
+            VmEnd::Halted => "guest halted",
+            VmEnd::Shutdown => "VM shut down on request",
+        })
+    }
+}
+
+/// Builds a [`Vmm`] with options beyond the [`VmConfig`].
+pub struct VmmBuilder {
+    config: VmConfig,
+    hypervisor: Arc<dyn Hypervisor>,
+    serial_out: Option<SerialOut>,
+    on_first_run: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for VmmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmmBuilder")
+            .field("config", &self.config)
+            .field("hypervisor", &self.hypervisor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmmBuilder {
+    /// Runs the VM on `hv` instead of KVM.
+    pub fn hypervisor(mut self, hv: Arc<dyn Hypervisor>) -> Self {
+        self.hypervisor = hv;
+        self
+    }
+
+    /// Sends COM1's output to `out` instead of what the config's serial mode says.
+    pub fn serial_output(mut self, out: SerialOut) -> Self {
+        self.serial_out = Some(out);
+        self
+    }
+
+    /// Calls `f` on the boot vCPU's thread right before it first enters the guest.
+    pub fn on_first_run(mut self, f: Box<dyn FnOnce() + Send>) -> Self {
+        self.on_first_run = Some(f);
+        self
+    }
+
+    /// Validates the config and builds the VM: memory, VM, devices, boot state, vCPUs.
+    pub fn build(self) -> Result<Vmm, VmmError> {
+        Vmm::build(self)
+    }
+}
+
+/// A VM built from a [`VmConfig`], ready to [`Vmm::run`].
+pub struct Vmm {
+    config: VmConfig,
+    hypervisor: Arc<dyn Hypervisor>,
+    _ram: GuestRam,
+    _vm: Arc<dyn Vm>,
+    devices: DeviceManager,
+    vcpus: Vec<Box<dyn Vcpu>>,
+    exit: ExitNotifier,
+    exit_evt: EventFd,
+    controller: VmController,
+    on_first_run: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("config", &self.config)
+            .field("hypervisor", &self.hypervisor.name())
+            .field("devices", &self.devices)
+            .finish_non_exhaustive()
+    }
+}
+
+/// KVM with the defaults.
+impl TryFrom<VmConfig> for Vmm {
+    type Error = VmmError;
+
+    fn try_from(config: VmConfig) -> Result<Vmm, VmmError> {
+        Vmm::builder(config).build()
+    }
+}
+
+fn evt() -> Result<EventFd, VmmError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::EventLoop(e.to_string()))
+}
+
+fn serial_out(config: &VmConfig) -> Result<Option<SerialOut>, VmmError> {
+    Ok(match config.serial.mode {
+        ConsoleMode::Off => None,
+        ConsoleMode::Null => Some(Box::new(std::io::sink())),
+        ConsoleMode::Tty => Some(Box::new(std::io::stdout())),
+        ConsoleMode::File => {
+            let p = config.serial.file.clone().unwrap_or_default();
+            let f = std::fs::File::create(&p).map_err(|error| VmmError::SerialFile {
+                path: p.display().to_string(),
+                error,
+            })?;
+            Some(Box::new(f))
+        }
+    })
+}
+
+impl Vmm {
+    /// A builder for `config` on KVM.
+    pub fn builder(config: VmConfig) -> VmmBuilder {
+        VmmBuilder {
+            config,
+            hypervisor: Arc::new(KvmHypervisor::default()),
+            serial_out: None,
+            on_first_run: None,
+        }
+    }
+
+    fn build(b: VmmBuilder) -> Result<Vmm, VmmError> {
+        let config = b.config;
+        let vm = b.hypervisor.create_vm()?;
+        let max = vm
+            .max_vcpus()
+            .min(usize::from(virtkit_boot::mptable::MAX_CPUS));
+        config.validate(u32::try_from(max).unwrap_or(u32::MAX))?;
+        let cpus = u8::try_from(config.cpus.boot_vcpus).map_err(|_| ConfigError::Cpus {
+            got: config.cpus.boot_vcpus,
+            max: max as u32,
+        })?;
+        let ram = GuestMemoryBuilder::new(config.memory.size)
+            .huge_pages(config.memory.huge_pages())
+            .build()?;
+        vm.register_memory(&ram)?;
+
+        let exit_evt = evt()?;
+        let exit = ExitNotifier::new(
+            exit_evt
+                .try_clone()
+                .map_err(|e| VmmError::EventLoop(e.to_string()))?,
+        );
+        let mut devices = DeviceManager::new(vm.clone(), ram.memory().clone());
+        let out = match b.serial_out {
+            Some(o) => Some(o),
+            None => serial_out(&config)?,
+        };
+        if let Some(out) = out {
+            let port = devices.add_serial(out)?;
+            if config.serial.mode == ConsoleMode::Tty {
+                devices.add_subscriber(Arc::new(Mutex::new(ConsoleInput { serial: port })));
+            }
+        }
+        devices.add_power_devices(&exit)?;
+        for (i, d) in config.disks().iter().enumerate() {
+            devices.add_virtio(open_disk(i, d)?)?;
+        }
+        for (i, n) in config.nets().iter().enumerate() {
+            let spec = n.spec(i)?;
+            let net = spec.build().map_err(|e| DeviceError::Net {
+                tap: spec.tap.clone(),
+                why: e.to_string(),
+            })?;
+            log::info!("net tap={} mac={}", spec.tap, net.mac());
+            devices.add_virtio(Arc::new(Mutex::new(net)))?;
+        }
+
+        let mut cmdline = config.cmdline().to_string();
+        for extra in devices.cmdline_extra() {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        let boot = LinuxBoot {
+            kernel: config.payload.kernel.clone().ok_or(ConfigError::NoKernel)?,
+            initrd: config.payload.initramfs.clone(),
+            cmdline,
+            cpus,
+            acpi: true,
+            acpi_devices: devices.acpi_devices().to_vec(),
+        }
+        .load(&ram)?;
+        log::info!(
+            "kernel {:?} entry {:#x}, {} vCPUs, {} MiB",
+            boot.kernel.kind,
+            boot.entry.rip,
+            cpus,
+            config.memory.size >> 20
+        );
+        let mut vcpus = Vec::with_capacity(usize::from(cpus));
+        for id in 0..cpus {
+            let mut vcpu = vm.create_vcpu(id, cpus)?;
+            if id == 0 {
+                vcpu.set_entry(&boot.entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+        let controller = VmController::new(config.clone(), ram.size(), exit.clone());
+        Ok(Vmm {
+            config,
+            hypervisor: b.hypervisor,
+            _ram: ram,
+            _vm: vm,
+            devices,
+            vcpus,
+            exit,
+            exit_evt,
+            controller,
+            on_first_run: b.on_first_run,
+        })
+    }
+
+    /// The handle that pauses, resumes, stops and inspects this VM from other threads.
+    pub fn controller(&self) -> VmController {
+        self.controller.clone()
+    }
+
+    /// The devices (buses, DSDT entries, command-line additions).
+    pub fn devices(&self) -> &DeviceManager {
+        &self.devices
+    }
+
+    /// Starts the vCPUs and runs the event loop until the VM ends; returns how it ended.
+    pub fn run(mut self) -> Result<VmEnd, VmmError> {
+        let vcpu_exit = evt()?;
+        let done = Arc::new(AtomicBool::new(false));
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+        let tty = self.config.serial.mode == ConsoleMode::Tty;
+        for d in self.devices.take_subscribers() {
+            em.add_subscriber(d);
+        }
+        let clone = |e: &EventFd| {
+            e.try_clone()
+                .map_err(|e| VmmError::EventLoop(e.to_string()))
+        };
+        em.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+            fds: vec![clone(&self.exit_evt)?, clone(&vcpu_exit)?],
+            done: done.clone(),
+        })));
+        let _raw = if tty { RawTerminal::enable() } else { None };
+
+        let buses = Arc::new(self.devices.buses().clone());
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
+        let mut hook = self.on_first_run.take();
+        // Start the APs first so the boot vCPU's first run is the last step of start-up.
+        let started = (|| {
+            for vcpu in std::mem::take(&mut self.vcpus).into_iter().rev() {
+                let on_first_run = if vcpu.id() == 0 { hook.take() } else { None };
+                handles.push(start_vcpu(
+                    vcpu,
+                    buses.clone(),
+                    ThreadOptions {
+                        exit_evt: Some(clone(&vcpu_exit)?),
+                        on_first_run,
+                        stop_flag: Some(self.exit.stop_flag()),
+                    },
+                )?);
+            }
+            Ok::<(), VmmError>(())
+        })();
+        self.controller.set_vcpus(handles);
+        self.controller.set_state(VmState::Running);
+        let mut looped = Ok(());
+        if started.is_ok() {
+            while !done.load(Ordering::SeqCst) {
+                if let Err(e) = em.run_with_timeout(1000) {
+                    looped = Err(VmmError::EventLoop(format!("{e:?}")));
+                    break;
+                }
+            }
+        }
+        let handles = self.controller.take_vcpus();
+        for h in &handles {
+            h.stop();
+        }
+        let mut first: Option<Result<VcpuOutcome, VcpuError>> = None;
+        for h in handles {
+            let r = h.join();
+            if first.is_none() && !matches!(r, Ok(VcpuOutcome::Stopped)) {
+                first = Some(r);
+            }
+        }
+        self.controller.set_state(VmState::Shutdown);
+        started?;
+        looped?;
+        if let Some(why) = self.exit.reason() {
+            return Ok(match why {
+                GuestExit::PowerOff => VmEnd::PowerOff,
+                GuestExit::Reboot => VmEnd::Reboot,
+                GuestExit::Shutdown => VmEnd::Shutdown,
+            });
+        }
+        match first {
+            Some(Ok(VcpuOutcome::Shutdown)) => Ok(VmEnd::TripleFault),
+            Some(Ok(VcpuOutcome::SystemEvent(SystemEvent::Shutdown))) => Ok(VmEnd::PowerOff),
+            Some(Ok(VcpuOutcome::SystemEvent(SystemEvent::Reset))) => Ok(VmEnd::Reboot),
+            Some(Ok(VcpuOutcome::Halted)) => Ok(VmEnd::Halted),
+            Some(Ok(other)) => Err(VmmError::VcpuStopped(format!("{other:?}"))),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(VmmError::NoReason),
+        }
+    }
+}
