@@ -31,6 +31,8 @@ pub mod kernel;
 pub mod layout;
 pub mod mptable;
 pub mod params;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 
 use std::fs::File;
 use std::path::Path;

@@ -13,35 +13,8 @@ use virtkit_vmm::{ConfigError, ControlError, DiskConfig, VmConfig, VmEnd, VmStat
 
 /// A minimal ELF64 kernel (one PT_LOAD at 2 MiB); the fake vCPUs never run it.
 fn kernel() -> tempfile::NamedTempFile {
-    let paddr = 0x20_0000u64;
-    let code = [0xf4u8];
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    f.extend_from_slice(&2u16.to_le_bytes());
-    f.extend_from_slice(&0x3eu16.to_le_bytes());
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&paddr.to_le_bytes());
-    f.extend_from_slice(&64u64.to_le_bytes());
-    f.extend_from_slice(&0u64.to_le_bytes());
-    f.extend_from_slice(&0u32.to_le_bytes());
-    for v in [64u16, 56, 1, 0, 0, 0] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&5u32.to_le_bytes());
-    for v in [
-        120u64,
-        paddr,
-        paddr,
-        code.len() as u64,
-        code.len() as u64,
-        0x1000,
-    ] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    f.extend_from_slice(&code);
     let mut t = tempfile::NamedTempFile::new().unwrap();
-    t.write_all(&f).unwrap();
+    t.write_all(&virtkit_boot::testing::tiny_elf(&[0xf4])).unwrap();
     t
 }
 

@@ -32,31 +32,8 @@ fn assert_clean_failure(o: &Output, needle: &str) {
 
 /// A minimal ELF64 with one PT_LOAD of `code` at 2 MiB (entered in 64-bit mode).
 fn tiny_kernel(code: &[u8]) -> tempfile::NamedTempFile {
-    let paddr = 0x20_0000u64;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    f.extend_from_slice(&2u16.to_le_bytes());
-    f.extend_from_slice(&0x3eu16.to_le_bytes());
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&paddr.to_le_bytes());
-    f.extend_from_slice(&64u64.to_le_bytes());
-    f.extend_from_slice(&0u64.to_le_bytes());
-    f.extend_from_slice(&0u32.to_le_bytes());
-    f.extend_from_slice(&64u16.to_le_bytes());
-    f.extend_from_slice(&56u16.to_le_bytes());
-    f.extend_from_slice(&1u16.to_le_bytes());
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&5u32.to_le_bytes());
-    f.extend_from_slice(&120u64.to_le_bytes());
-    f.extend_from_slice(&paddr.to_le_bytes());
-    f.extend_from_slice(&paddr.to_le_bytes());
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&0x1000u64.to_le_bytes());
-    f.extend_from_slice(code);
     let mut t = tempfile::NamedTempFile::new().unwrap();
-    t.write_all(&f).unwrap();
+    t.write_all(&virtkit_boot::testing::tiny_elf(code)).unwrap();
     t
 }
 
