@@ -24,9 +24,8 @@ use virtkit_boot::CpuEntry;
 use virtkit_memory::{GuestAddress, GuestRam, Irq};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::error::{SystemEvent, VcpuError, VmError};
 use crate::hypervisor::{Hypervisor, Kick, Vcpu, Vm, VmExit};
-use crate::vcpu::{SystemEvent, VcpuError};
-use crate::vm::VmError;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -12,8 +12,7 @@ use virtkit_boot::CpuEntry;
 use virtkit_memory::{GuestAddress, GuestRam, Irq};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vcpu::{SystemEvent, VcpuError};
-use crate::vm::VmError;
+use crate::error::{SystemEvent, VcpuError, VmError};
 
 /// Why a vCPU's run returned to the VMM.
 #[derive(Debug, PartialEq, Eq)]

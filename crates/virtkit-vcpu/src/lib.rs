@@ -57,6 +57,7 @@
 
 pub mod bus;
 pub mod cpuid;
+mod error;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 pub mod hypervisor;
@@ -66,8 +67,9 @@ mod vcpu;
 mod vm;
 
 pub use bus::{Bus, BusDevice, BusError, Buses, SharedDevice};
+pub use error::{SystemEvent, VcpuError, VcpuOutcome, VmError};
 pub use hypervisor::{Hypervisor, Kick, Vcpu, Vm, VmExit};
 pub use thread::{kick_signal, run_once, start_vcpu, ThreadOptions, VcpuHandle};
-pub use vcpu::{KvmVcpu, SystemEvent, VcpuError, VcpuOutcome};
-pub use vm::{KvmHypervisor, KvmVm, VmConfig, VmError, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+pub use vcpu::KvmVcpu;
+pub use vm::{KvmHypervisor, KvmVm, VmConfig, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 pub use vmm_sys_util::eventfd::EventFd;

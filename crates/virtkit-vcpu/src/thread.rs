@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Buses;
+use crate::error::{VcpuError, VcpuOutcome};
 use crate::hypervisor::{Kick, Vcpu, VmExit};
-use crate::vcpu::{VcpuError, VcpuOutcome};
 
 /// Runs `vcpu` once and dispatches the exit. `Ok(None)`: keep running (I/O handled, or
 /// interrupted by a kick); `Ok(Some(_))`: the vCPU is done.

@@ -11,92 +11,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use virtkit_boot::CpuEntry;
 
 use crate::cpuid::{self, Topology};
+use crate::error::{SystemEvent, VcpuError};
 use crate::hypervisor::{Kick, Vcpu, VmExit};
 use crate::regs;
-use crate::vm::VmError;
-
-/// Errors from vCPU setup and running.
-#[derive(Debug, thiserror::Error)]
-pub enum VcpuError {
-    /// A hypervisor call failed.
-    #[error("vCPU {id}: {what}: {error}")]
-    Kvm {
-        /// vCPU id.
-        id: u8,
-        /// What was being done.
-        what: &'static str,
-        /// The error.
-        error: std::io::Error,
-    },
-    /// KVM set fewer MSRs than asked.
-    #[error("vCPU {id}: KVM set {set} of {wanted} MSRs")]
-    Msrs {
-        /// vCPU id.
-        id: u8,
-        /// How many were set.
-        set: usize,
-        /// How many were asked for.
-        wanted: usize,
-    },
-    /// The MSR list could not be built.
-    #[error("cannot build the MSR list: {0}")]
-    MsrList(String),
-    /// VM-level failure while configuring.
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    /// The thread could not be spawned.
-    #[error("cannot spawn vCPU thread: {0}")]
-    Spawn(std::io::Error),
-    /// The vCPU thread panicked.
-    #[error("vCPU {0} thread panicked")]
-    Panicked(u8),
-    /// The vCPU did not acknowledge a pause in time.
-    #[error("vCPU {0} did not pause in time")]
-    PauseTimeout(u8),
-    /// The kick signal handler could not be installed.
-    #[error("cannot install the vCPU kick signal handler: {0}")]
-    Signal(std::io::Error),
-}
-
-/// Why a vCPU stopped running.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VcpuOutcome {
-    /// The guest executed HLT (only exits without an in-kernel irqchip).
-    Halted,
-    /// Triple fault or similar (KVM_EXIT_SHUTDOWN); a reset for a PC.
-    Shutdown,
-    /// KVM_EXIT_SYSTEM_EVENT (PSCI-style shutdown, reset or crash).
-    SystemEvent(SystemEvent),
-    /// KVM_EXIT_FAIL_ENTRY: the hardware refused the guest state.
-    FailEntry {
-        /// Hardware entry failure reason.
-        reason: u64,
-        /// The physical CPU.
-        cpu: u32,
-    },
-    /// KVM_EXIT_INTERNAL_ERROR (for example an instruction KVM cannot emulate).
-    InternalError {
-        /// KVM's suberror code.
-        suberror: u32,
-    },
-    /// Stopped on request ([`crate::VcpuHandle::stop`]).
-    Stopped,
-    /// An exit this run loop does not handle.
-    Unhandled(String),
-}
-
-/// Kinds of KVM_EXIT_SYSTEM_EVENT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SystemEvent {
-    /// The guest asked to power off.
-    Shutdown,
-    /// The guest asked to reset.
-    Reset,
-    /// The guest crashed.
-    Crash,
-    /// Another event type.
-    Other(u32),
-}
 
 fn kvm_err(id: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |error| VcpuError::Kvm {

@@ -8,35 +8,14 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use virtkit_memory::{GuestAddress, GuestRam, Irq, RamRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::error::{VcpuError, VmError};
 use crate::hypervisor::{Hypervisor, Vcpu, Vm};
-use crate::vcpu::{KvmVcpu, VcpuError, VcpuSetup};
+use crate::vcpu::{KvmVcpu, VcpuSetup};
 
 /// The address of the 3-page TSS region KVM needs on Intel (inside the MMIO gap).
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// The identity-map page KVM needs on Intel, just below the TSS.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
-
-/// Errors from VM setup.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// /dev/kvm could not be opened.
-    #[error("cannot open /dev/kvm: {0}")]
-    OpenKvm(std::io::Error),
-    /// A capability the VMM needs is missing.
-    #[error("KVM lacks the {0} capability")]
-    MissingCap(&'static str),
-    /// An ioctl failed.
-    #[error("{what}: {error}")]
-    Kvm {
-        /// What was being done.
-        what: &'static str,
-        /// The error.
-        error: std::io::Error,
-    },
-    /// More memory regions than KVM has slots.
-    #[error("guest memory has more regions than KVM's {0} slots")]
-    TooManySlots(usize),
-}
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |error| VmError::Kvm {
