@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use virtkit_lab::{has_interpreter, lab_opted_out, run_in, Payload, Venue, STATIC_TARGET};
+use virtkit_lab::{has_interpreter, run_in, Payload, Venue, STATIC_TARGET};
 
 /// Builds the `root_cgroups` test binary statically and returns its path.
 fn static_root_tests() -> PathBuf {
@@ -56,10 +56,8 @@ fn static_root_tests() -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_cgroup_v2_real_tests() {
-    if lab_opted_out("lab_cgroup_v2_real_tests") {
-        return;
-    }
     let exe = static_root_tests();
     let payload = Payload::new(
         "echo \"cgroupfs: $(grep ' /sys/fs/cgroup ' /proc/mounts | cut -d' ' -f3)\"\n./root_cgroups\n",

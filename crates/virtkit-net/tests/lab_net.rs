@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use virtkit_lab::{
-    boot_payload, guest_kernel, initramfs, lab_opted_out, program_with_libraries, run,
+    boot_payload, guest_kernel, initramfs, program_with_libraries, run,
     static_binary, BootResult, GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE, NET_PEER_SETUP,
 };
 
@@ -107,20 +107,16 @@ fn mbits(line: &str) -> f64 {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_net_guest_pings_a_peer_across_the_bridge() {
-    if lab_opted_out("lab_net_guest_pings_a_peer_across_the_bridge") {
-        return;
-    }
     let r = boot();
     assert_eq!(r.value("GUEST-MAC"), Some(GUEST_MAC), "{}", r.console);
     assert_eq!(r.value("PING"), Some("ok"), "{}", r.console);
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_net_iperf3_both_directions() {
-    if lab_opted_out("lab_net_iperf3_both_directions") {
-        return;
-    }
     let r = boot();
     assert_eq!(
         r.check_status,

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use virtkit_lab::{
-    boot_payload, guest_kernel, initramfs, lab_opted_out, run, static_binary, BootResult,
+    boot_payload, guest_kernel, initramfs, run, static_binary, BootResult,
     GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE,
 };
 
@@ -208,10 +208,8 @@ fn boot_result(name: &str) -> BootResult {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_blk_guest_reads_and_writes_a_qcow2_ext4_disk() {
-    if lab_opted_out("lab_blk_guest_reads_and_writes_a_qcow2_ext4_disk") {
-        return;
-    }
     let r = boot_result("blk-rw");
     assert_eq!(
         r.check_status,
@@ -227,10 +225,8 @@ fn lab_blk_guest_reads_and_writes_a_qcow2_ext4_disk() {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_blk_readonly_disk_refuses_guest_writes() {
-    if lab_opted_out("lab_blk_readonly_disk_refuses_guest_writes") {
-        return;
-    }
     let r = boot_result("blk-ro");
     assert_eq!(
         r.check_status,
@@ -245,10 +241,8 @@ fn lab_blk_readonly_disk_refuses_guest_writes() {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_blk_overlay_writes_leave_the_base_untouched() {
-    if lab_opted_out("lab_blk_overlay_writes_leave_the_base_untouched") {
-        return;
-    }
     let r = boot_result("blk-overlay");
     assert_eq!(
         r.check_status,

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use virtkit_lab::{has_interpreter, lab_opted_out, run_in, static_binary, Payload, Venue};
+use virtkit_lab::{has_interpreter, run_in, static_binary, Payload, Venue};
 
 /// `container-runner spec` (the host build), with `args`, no tty and `resources`.
 fn config(dir: &Path, name: &str, args: &[&str], resources: Value) -> std::path::PathBuf {
@@ -95,10 +95,8 @@ exit 0
 "#;
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_runtime_on_cgroup_v2() {
-    if lab_opted_out("lab_runtime_on_cgroup_v2") {
-        return;
-    }
     let runner = static_binary("container-runner", "container-runner")
         .expect("static build of container-runner");
     assert!(
