@@ -1,4 +1,7 @@
-//! Compression of whole clusters for compressed writes.
+//! The cluster codecs: compression of whole clusters for compressed writes,
+//! and decompression of what the read path found in the file.
+
+use std::io::Read;
 
 use crate::error::{Qcow2Error, Result};
 use crate::header::CompressionType;
@@ -27,4 +30,32 @@ pub(crate) fn compress(kind: CompressionType, data: &[u8]) -> Result<Vec<u8>> {
         }
         CompressionType::Zstd => zstd::bulk::compress(data, 3).map_err(Qcow2Error::Io),
     }
+}
+
+/// Inflate the compressed data of one cluster (`src`, as read from the
+/// file) into `cluster_size` bytes. The error says what is wrong with the
+/// data; the caller names the cluster.
+pub(crate) fn decompress(
+    kind: CompressionType,
+    src: &[u8],
+    cluster_size: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut out = vec![0u8; cluster_size];
+    match kind {
+        CompressionType::Zlib => {
+            let mut d = flate2::Decompress::new(false);
+            d.decompress(src, &mut out, flate2::FlushDecompress::Finish)
+                .map_err(|e| e.to_string())?;
+            if d.total_out() != cluster_size as u64 {
+                return Err(format!("inflated to {} bytes", d.total_out()));
+            }
+        }
+        CompressionType::Zstd => {
+            let mut d = zstd::stream::read::Decoder::with_buffer(src)
+                .map_err(|e| e.to_string())?
+                .single_frame();
+            d.read_exact(&mut out).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(out)
 }

@@ -6,8 +6,8 @@ use virtkit_block::{BlockBackend, HostFile, RawBackend, RawOptions};
 
 use crate::create::{create, CreateOptions};
 use crate::error::{Qcow2Error, Result};
+use crate::format::ImageFormat;
 use crate::image::{BackingMode, OpenOptions, Qcow2};
-use crate::ImageFormat;
 
 /// Options for [`convert`].
 #[derive(Debug, Clone)]

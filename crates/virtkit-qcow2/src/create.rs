@@ -5,9 +5,9 @@ use std::path::Path;
 use virtkit_block::HostFile;
 
 use crate::error::{Qcow2Error, Result};
+use crate::format::ImageFormat;
 use crate::header::{build_header, CompressionType, MAX_L1_BYTES};
 use crate::meta::rb_set;
-use crate::ImageFormat;
 
 /// qcow2 compatibility level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -35,9 +35,11 @@ mod bounds;
 mod cache;
 pub mod check;
 mod compress;
+mod consistency;
 pub mod convert;
 pub mod create;
 pub mod error;
+mod format;
 pub mod header;
 mod image;
 pub mod map;
@@ -50,48 +52,11 @@ pub use check::{check_image, CheckReport, Repair};
 pub use convert::{convert, ConvertOptions};
 pub use create::{create, Compat, CreateOptions};
 pub use error::Qcow2Error;
+pub use format::ImageFormat;
 pub use header::{CompressionType, Header};
 pub use image::{BackingMode, OpenOptions, Qcow2};
 pub use map::MapEntry;
 pub use snapshot::Snapshot;
-
-/// A disk image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// A plain file.
-    Raw,
-    /// qcow2.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// The name used by qemu-img.
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageFormat::Raw => "raw",
-            ImageFormat::Qcow2 => "qcow2",
-        }
-    }
-}
-
-impl std::str::FromStr for ImageFormat {
-    type Err = Qcow2Error;
-    fn from_str(s: &str) -> Result<Self, Qcow2Error> {
-        match s {
-            "raw" => Ok(ImageFormat::Raw),
-            "qcow2" => Ok(ImageFormat::Qcow2),
-            other => Err(Qcow2Error::InvalidOption(format!(
-                "unknown image format {other:?} (raw or qcow2)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for ImageFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Open `path` as a disk of the given format (never probed). `read_only`,
 /// `direct` and, for qcow2, the other options apply.

@@ -2,7 +2,7 @@
 
 use virtkit_block::{BlockBackend, HostFile};
 
-use crate::error::Result;
+use crate::error::{Qcow2Error, Result};
 use crate::image::{Backing, Qcow2};
 use crate::meta::Mapping;
 
@@ -133,7 +133,7 @@ impl Qcow2 {
 
     fn map_range(&self, start: u64, len: u64, depth: u32, out: &mut Vec<MapEntry>) -> Result<()> {
         if self.header().extended_l2() {
-            return Err(crate::Qcow2Error::UnsupportedFeature(
+            return Err(Qcow2Error::UnsupportedFeature(
                 "maps of images with extended L2 entries",
             ));
         }

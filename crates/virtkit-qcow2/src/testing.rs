@@ -8,7 +8,9 @@ use std::path::Path;
 
 use virtkit_block::BlockBackend;
 
-use crate::{check_image, BackingMode, OpenOptions, Qcow2, Qcow2Error, Repair};
+use crate::check::{check_image, Repair};
+use crate::error::Qcow2Error;
+use crate::image::{BackingMode, OpenOptions, Qcow2};
 
 /// Write `data` to `path` as an image file, then open it read-only (backing
 /// files ignored), read at its start, middle and end, map it and check it.

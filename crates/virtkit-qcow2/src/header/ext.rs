@@ -3,7 +3,9 @@
 //! offset and length here comes from the file and is checked against the
 //! first cluster (and the bytes actually read) before it is used.
 
-use super::{be32, Extension, Header, EXT_BACKING_FORMAT, EXT_FEATURE_NAMES, MAX_BACKING_NAME};
+use super::fields::{
+    be32, Extension, Header, EXT_BACKING_FORMAT, EXT_FEATURE_NAMES, MAX_BACKING_NAME,
+};
 use crate::bounds::{range_end, to_usize};
 use crate::error::{Qcow2Error, Result};
 
