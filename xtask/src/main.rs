@@ -11,6 +11,8 @@
 //! - `cargo xtask boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]`:
 //!   boot to the /init marker, vm-runner vs QEMU microvm, in one lab run (see
 //!   benches/scripts/boot-vs-qemu.sh).
+//! - `cargo xtask fuzz [TARGET...] [--time SECONDS] [--jobs N] [--build-only]`: run the fuzz
+//!   targets (all by default), installing cargo-fuzz when missing (`src/fuzz.rs`).
 //! - `cargo xtask soak vm-boots [OPTIONS]`: boot the guest with vm-runner hundreds of
 //!   times in one lab run and count boots that locked up a CPU (`src/soak.rs`).
 
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
 
+mod fuzz;
 mod soak;
 
 /// Debian packages the whole test suite needs (also installed by .ci/run).
@@ -510,10 +513,11 @@ fn demo(only: &[String]) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tasks = "tasks: test, guest, lab, demo, boot-bench, soak";
+    let tasks = "tasks: test, guest, lab, demo, boot-bench, soak, fuzz";
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("guest") => guest().map(|_| ()),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("lab") => {
             let code = lab(&args[1..])?;
             std::process::exit(code);
