@@ -17,6 +17,9 @@ pub enum VmError {
         /// The error.
         error: std::io::Error,
     },
+    /// A saved state that does not fit this VM.
+    #[error("cannot restore the VM state: {0}")]
+    StateMismatch(&'static str),
     /// More memory regions than KVM has slots.
     #[error("guest memory has more regions than KVM's {0} slots")]
     TooManySlots(usize),
@@ -60,6 +63,29 @@ pub enum VcpuError {
     /// The vCPU did not acknowledge a pause in time.
     #[error("vCPU {0} did not pause in time")]
     PauseTimeout(u8),
+    /// A saved state that does not fit this vCPU.
+    #[error("vCPU {id}: cannot restore the state: {why}")]
+    StateMismatch {
+        /// vCPU id.
+        id: u8,
+        /// Why.
+        why: &'static str,
+    },
+    /// The host cannot run the guest at the TSC frequency it was saved at.
+    #[error("vCPU {id}: the guest ran with a TSC of {wanted} kHz and this host cannot set it (it runs at {host} kHz): {error}")]
+    TscFrequency {
+        /// vCPU id.
+        id: u8,
+        /// The saved frequency.
+        wanted: u32,
+        /// This host's.
+        host: u32,
+        /// The error setting it.
+        error: std::io::Error,
+    },
+    /// A state save was asked of a vCPU that is not paused.
+    #[error("vCPU {0} must be paused to save its state")]
+    NotPaused(u8),
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(std::io::Error),

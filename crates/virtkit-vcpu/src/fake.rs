@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{SystemEvent, VcpuError, VmError};
 use crate::hypervisor::{Hypervisor, Kick, Vcpu, Vm, VmExit};
+use crate::state::{VcpuState, VmState};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -220,6 +221,17 @@ impl Vm for FakeVm {
         Ok(())
     }
 
+    fn save_state(&self) -> Result<VmState, VmError> {
+        Ok(VmState::Fake)
+    }
+
+    fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        match state {
+            VmState::Fake => Ok(()),
+            _ => Err(VmError::StateMismatch("not a fake VM's state")),
+        }
+    }
+
     fn create_vcpu(&self, id: u8, cpus: u8) -> Result<Box<dyn Vcpu>, VcpuError> {
         let mut st = lock(&self.state);
         st.vcpus.push((id, cpus));
@@ -231,6 +243,7 @@ impl Vm for FakeVm {
             reads: st.reads.clone(),
             kick: Arc::new(FakeKick::default()),
             entry: None,
+            position: 0,
         }))
     }
 }
@@ -271,6 +284,8 @@ pub struct FakeVcpu {
     reads: ReadLog,
     kick: Arc<FakeKick>,
     entry: Option<CpuEntry>,
+    /// Script steps replayed so far (what a saved state records).
+    position: u64,
 }
 
 impl Vcpu for FakeVcpu {
@@ -295,6 +310,7 @@ impl Vcpu for FakeVcpu {
             self.kick.wait(Duration::from_millis(20));
             return Ok(VmExit::Interrupted);
         };
+        self.position += 1;
         Ok(match step {
             ScriptedExit::IoOut { port, data } => {
                 self.buf = data;
@@ -346,5 +362,29 @@ impl Vcpu for FakeVcpu {
 
     fn kicker(&self) -> Result<Arc<dyn Kick>, VcpuError> {
         Ok(self.kick.clone())
+    }
+
+    fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        Ok(VcpuState::Fake {
+            id: self.id,
+            position: self.position,
+        })
+    }
+
+    /// Resumes the script where the saved vCPU was: drops the steps it had replayed.
+    fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+        match state {
+            VcpuState::Fake { id, position } if *id == self.id => {
+                for _ in self.position..*position {
+                    self.script.pop_front();
+                }
+                self.position = self.position.max(*position);
+                Ok(())
+            }
+            _ => Err(VcpuError::StateMismatch {
+                id: self.id,
+                why: "not this fake vCPU's state",
+            }),
+        }
     }
 }

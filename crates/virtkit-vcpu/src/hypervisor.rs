@@ -13,6 +13,7 @@ use virtkit_memory::{GuestAddress, GuestRam, Irq};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{SystemEvent, VcpuError, VmError};
+use crate::state::{VcpuState, VmState};
 
 /// Why a vCPU's run returned to the VMM.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +90,12 @@ pub trait Vcpu: Send + std::fmt::Debug {
     /// The handle another thread uses to kick this vCPU out of [`Vcpu::run`]. It stays
     /// valid (and harmless) after the vCPU is dropped.
     fn kicker(&self) -> Result<Arc<dyn Kick>, VcpuError>;
+    /// Saves the vCPU's state (call only while it is not running: before it starts, or
+    /// from its own thread while paused, as [`crate::VcpuHandle::save_state`] does).
+    fn save_state(&self) -> Result<VcpuState, VcpuError>;
+    /// Restores a state saved by [`Vcpu::save_state`] (on the same kind of hypervisor),
+    /// before the vCPU first runs.
+    fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError>;
 }
 
 /// A virtual machine: memory slots, interrupt and notification wiring, vCPUs.
@@ -111,6 +118,11 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     /// Creates vCPU `id` of a VM with `cpus` vCPUs, configured (CPUID, MSRs, FPU, LAPIC)
     /// and ready for [`Vcpu::set_entry`].
     fn create_vcpu(&self, id: u8, cpus: u8) -> Result<Box<dyn Vcpu>, VcpuError>;
+    /// Saves the VM-wide in-kernel device state (interrupt controllers, timers, clock),
+    /// with every vCPU paused.
+    fn save_state(&self) -> Result<VmState, VmError>;
+    /// Restores a state saved by [`Vm::save_state`], before any vCPU runs.
+    fn restore_state(&self, state: &VmState) -> Result<(), VmError>;
 }
 
 /// A hypervisor: the thing VMs are made from.

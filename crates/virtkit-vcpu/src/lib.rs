@@ -61,7 +61,9 @@ mod error;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 pub mod hypervisor;
+mod kvm_state;
 pub mod regs;
+pub mod state;
 mod thread;
 mod vcpu;
 mod vm;
@@ -69,6 +71,7 @@ mod vm;
 pub use bus::{Bus, BusDevice, BusError, Buses, SharedDevice};
 pub use error::{SystemEvent, VcpuError, VcpuOutcome, VmError};
 pub use hypervisor::{Hypervisor, Kick, Vcpu, Vm, VmExit};
+pub use state::{VcpuState, VmState};
 pub use thread::{kick_signal, run_once, start_vcpu, ThreadOptions, VcpuHandle};
 pub use vcpu::KvmVcpu;
 pub use vm::{KvmHypervisor, KvmVm, VmConfig, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};

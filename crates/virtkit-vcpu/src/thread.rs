@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::Buses;
 use crate::error::{VcpuError, VcpuOutcome};
 use crate::hypervisor::{Kick, Vcpu, VmExit};
+use crate::state::VcpuState;
 
 /// Runs `vcpu` once and dispatches the exit. `Ok(None)`: keep running (I/O handled, or
 /// interrupted by a kick); `Ok(Some(_))`: the vCPU is done.
@@ -102,6 +103,21 @@ pub fn start_vcpu(
     })
 }
 
+/// Saves a paused vCPU's state. The last exit may have left an I/O instruction half done
+/// (KVM completes an `in` or `out` on the next KVM_RUN): one run with `immediate_exit` set
+/// completes it without entering the guest, so the state saved is after the instruction.
+/// Called with the control lock held, so no request interleaves.
+fn save_paused(vcpu: &mut dyn Vcpu, kick: &dyn Kick) -> Result<VcpuState, VcpuError> {
+    kick.set_immediate_exit(true);
+    let completed = vcpu.run().map(|e| matches!(e, VmExit::Interrupted));
+    kick.set_immediate_exit(false);
+    match completed {
+        Ok(true) => vcpu.save_state(),
+        Ok(false) => Err(VcpuError::NotPaused(vcpu.id())),
+        Err(e) => Err(e),
+    }
+}
+
 fn run_loop(
     vcpu: &mut dyn Vcpu,
     buses: &Buses,
@@ -118,6 +134,10 @@ fn run_loop(
                     Request::Pause => {
                         if !st.paused {
                             st.paused = true;
+                            c.cv.notify_all();
+                        }
+                        if matches!(st.save, Some(SaveSlot::Requested)) {
+                            st.save = Some(SaveSlot::Done(save_paused(vcpu, &*c.kick)));
                             c.cv.notify_all();
                         }
                         st = c.cv.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -183,6 +203,14 @@ struct ControlState {
     paused: bool,
     exited: bool,
     tid: Option<libc::pthread_t>,
+    save: Option<SaveSlot>,
+}
+
+/// A state save asked of a paused vCPU thread, then its result.
+#[derive(Debug)]
+enum SaveSlot {
+    Requested,
+    Done(Result<VcpuState, VcpuError>),
 }
 
 #[derive(Debug)]
@@ -247,6 +275,41 @@ impl VcpuHandle {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         Ok(!st.exited)
+    }
+
+    /// Saves the state of a paused vCPU: its own thread (which owns the vCPU) does it and
+    /// hands the result back. Fails with [`VcpuError::NotPaused`] unless
+    /// [`VcpuHandle::pause`] returned `Ok(true)` first.
+    pub fn save_state(&self, timeout: Duration) -> Result<VcpuState, VcpuError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.control.lock();
+        if !st.paused || st.exited || st.request != Request::Pause {
+            return Err(VcpuError::NotPaused(self.id));
+        }
+        st.save = Some(SaveSlot::Requested);
+        self.control.cv.notify_all();
+        loop {
+            if let Some(SaveSlot::Done(_)) = st.save {
+                if let Some(SaveSlot::Done(r)) = st.save.take() {
+                    return r;
+                }
+            }
+            if st.exited {
+                st.save = None;
+                return Err(VcpuError::NotPaused(self.id));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.save = None;
+                return Err(VcpuError::PauseTimeout(self.id));
+            }
+            st = self
+                .control
+                .cv
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 
     /// Whether the vCPU is paused now.

@@ -14,6 +14,7 @@ use crate::cpuid::{self, Topology};
 use crate::error::{SystemEvent, VcpuError};
 use crate::hypervisor::{Kick, Vcpu, VmExit};
 use crate::regs;
+use crate::state::VcpuState;
 
 fn kvm_err(id: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |error| VcpuError::Kvm {
@@ -41,13 +42,29 @@ pub(crate) struct VcpuSetup {
 /// A KVM vCPU, not yet running.
 #[derive(Debug)]
 pub struct KvmVcpu {
-    fd: VcpuFd,
-    id: u8,
+    pub(crate) fd: VcpuFd,
+    pub(crate) id: u8,
     page: Arc<KvmRunPage>,
+    /// What saving and restoring need: the MSRs to save, whether there is a LAPIC, and
+    /// whether KVM's XSAVE area fits `kvm_xsave` (4 KiB).
+    pub(crate) save: SaveSetup,
+}
+
+/// What a vCPU's state save needs to know about its VM.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SaveSetup {
+    pub msr_index_list: Vec<u32>,
+    pub irqchip: bool,
+    pub xsave_fits: bool,
 }
 
 impl KvmVcpu {
-    pub(crate) fn from_fd(fd: VcpuFd, id: u8, mmap_size: usize) -> Result<KvmVcpu, VcpuError> {
+    pub(crate) fn from_fd(
+        fd: VcpuFd,
+        id: u8,
+        mmap_size: usize,
+        save: SaveSetup,
+    ) -> Result<KvmVcpu, VcpuError> {
         let page = KvmRunPage::new(&fd, mmap_size).map_err(|error| VcpuError::Kvm {
             id,
             what: "mmap of kvm_run",
@@ -57,6 +74,7 @@ impl KvmVcpu {
             fd,
             id,
             page: Arc::new(page),
+            save,
         })
     }
 
@@ -191,6 +209,20 @@ impl Vcpu for KvmVcpu {
 
     fn kicker(&self) -> Result<Arc<dyn Kick>, VcpuError> {
         Ok(self.page.clone())
+    }
+
+    fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        Ok(VcpuState::Kvm(Box::new(self.save_kvm_state()?)))
+    }
+
+    fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+        match state {
+            VcpuState::Kvm(s) => self.restore_kvm_state(s),
+            _ => Err(VcpuError::StateMismatch {
+                id: self.id,
+                why: "the state was not saved from KVM",
+            }),
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{VcpuError, VmError};
 use crate::hypervisor::{Hypervisor, Vcpu, Vm};
-use crate::vcpu::{KvmVcpu, VcpuSetup};
+use crate::state::VmState;
+use crate::vcpu::{KvmVcpu, SaveSetup, VcpuSetup};
 
 /// The address of the 3-page TSS region KVM needs on Intel (inside the MMIO gap).
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
@@ -259,11 +260,19 @@ impl KvmVm {
             .kvm
             .get_vcpu_mmap_size()
             .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?;
-        let vcpu = KvmVcpu::from_fd(fd, id, mmap_size)?;
+        let msr_index_list = self.msr_index_list()?;
+        // KVM_CAP_XSAVE2 gives the XSAVE area size; 0 (no cap) means the 4 KiB kvm_xsave.
+        let xsave_size = self.fd.check_extension_int(Cap::Xsave2);
+        let save = SaveSetup {
+            msr_index_list: msr_index_list.clone(),
+            irqchip: self.config.irqchip,
+            xsave_fits: xsave_size <= 4096,
+        };
+        let vcpu = KvmVcpu::from_fd(fd, id, mmap_size, save)?;
         vcpu.configure(&VcpuSetup {
             cpuid: self.supported_cpuid()?,
             cpus,
-            msr_index_list: self.msr_index_list()?,
+            msr_index_list,
             irqchip: self.config.irqchip,
             tsc_deadline: self.kvm.check_extension(Cap::TscDeadlineTimer),
         })?;
@@ -295,5 +304,16 @@ impl Vm for KvmVm {
 
     fn create_vcpu(&self, id: u8, cpus: u8) -> Result<Box<dyn Vcpu>, VcpuError> {
         Ok(Box::new(self.create_kvm_vcpu(id, cpus)?))
+    }
+
+    fn save_state(&self) -> Result<VmState, VmError> {
+        Ok(VmState::Kvm(Box::new(self.save_kvm_state()?)))
+    }
+
+    fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        match state {
+            VmState::Kvm(s) => self.restore_kvm_state(s),
+            _ => Err(VmError::StateMismatch("the state was not saved from KVM")),
+        }
     }
 }
