@@ -1,6 +1,7 @@
 //! Minimal ACPI tables (built with the `acpi_tables` crate): RSDP, XSDT, a hardware-reduced FADT
 //! whose sleep control and reset registers are I/O ports the VMM handles, a DSDT holding `_S5`
-//! (so `poweroff` works), and a MADT listing the local APICs and the IOAPIC.
+//! (so `poweroff` works) and the devices (COM1, virtio-mmio windows, the Generic Event Device
+//! with its power button), and a MADT listing the local APICs and the IOAPIC.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -24,6 +25,12 @@ const OEM_REVISION: u32 = 1;
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
 /// MADT flag: the board also has dual 8259 PICs.
 const MADT_PCAT_COMPAT: u32 = 1;
+
+/// The power-button bit of the Generic Event Device's event register
+/// ([`AcpiDevice::Ged`]).
+pub const GED_EVENT_POWER_BUTTON: u8 = 1 << 3;
+/// Length in bytes of the Generic Event Device's event register.
+pub const GED_REGISTER_LEN: u32 = 1;
 
 /// Errors from writing the ACPI tables.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +93,17 @@ pub enum AcpiDevice {
         /// GSI.
         irq: u32,
     },
+    /// A Generic Event Device (`ACPI0013`, `\_SB_.GED_`), the hardware-reduced ACPI way to
+    /// raise events, and the power button (`PNP0C0C`, `\_SB_.PWRB`) it serves. Its `_CRS`
+    /// holds one edge-triggered GSI; on that interrupt Linux's GED driver runs `_EVT`, which
+    /// reads the one-byte event register at `base` (the VMM clears it on read) and, when
+    /// [`GED_EVENT_POWER_BUTTON`] is set, notifies the power button with 0x80 (pressed).
+    Ged {
+        /// Guest physical address of the event register (32-bit MMIO).
+        base: u32,
+        /// GSI.
+        irq: u32,
+    },
     /// Raw AML bytes appended to the DSDT as they are.
     Aml(Vec<u8>),
 }
@@ -123,9 +141,55 @@ impl AcpiDevice {
                 let dev = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
                 bytes_of(&dev)
             }
+            AcpiDevice::Ged { base, irq } => ged_aml(*base, *irq),
             AcpiDevice::Aml(b) => b.clone(),
         }
     }
+}
+
+/// The GED and the power button it notifies (see [`AcpiDevice::Ged`]).
+fn ged_aml(base: u32, irq: u32) -> Vec<u8> {
+    let int = aml::Interrupt::new(true, true, false, false, irq);
+    let crs = aml::ResourceTemplate::new(vec![&int]);
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let region = aml::OpRegion::new(
+        "GDST".into(),
+        aml::OpRegionSpace::SystemMemory,
+        &base,
+        &GED_REGISTER_LEN,
+    );
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    // Method (_EVT, 1, Serialized) {
+    //     Local0 = GDAT
+    //     If (Local0 & GED_EVENT_POWER_BUTTON) { Notify (\_SB_.PWRB, 0x80) }
+    // }
+    let local0 = aml::Local(0);
+    let gdat = aml::Path::new("GDAT");
+    let read = aml::Store::new(&local0, &gdat);
+    let power_bit = aml::And::new(&aml::ZERO, &local0, &GED_EVENT_POWER_BUTTON);
+    let pwrb = aml::Path::new("\\_SB_.PWRB");
+    let pressed = aml::Notify::new(&pwrb, &0x80u8);
+    let on_power = aml::If::new(&power_bit, vec![&pressed]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_power]);
+    let ged = aml::Device::new(
+        "_SB_.GED_".into(),
+        vec![&hid, &uid, &crs, &region, &field, &evt],
+    );
+    let button_hid = aml::EISAName::new("PNP0C0C");
+    let button_hid = aml::Name::new("_HID".into(), &button_hid);
+    let button_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let button = aml::Device::new("_SB_.PWRB".into(), vec![&button_hid, &button_uid]);
+    let mut bytes = bytes_of(&ged);
+    bytes.extend_from_slice(&bytes_of(&button));
+    bytes
 }
 
 /// The DSDT: `Name (_S5, Package () { 5 })` and the `devices`.
@@ -264,6 +328,61 @@ mod tests {
         assert_eq!(le32(&m, 4) as usize, m.len());
         assert_eq!(le32(&m, 40), MADT_PCAT_COMPAT);
         assert_eq!(m.len(), 44 + 3 * 8 + 12);
+    }
+
+    #[test]
+    fn ged_and_power_button_are_in_the_dsdt() {
+        let base = dsdt(&[]);
+        let d = dsdt(&[AcpiDevice::Ged {
+            base: 0xd000_2000,
+            irq: 7,
+        }]);
+        assert_eq!(sum(&d), 0);
+        assert_eq!(le32(&d, 4) as usize, d.len());
+        let body = &d[base.len()..];
+        // Two DeviceOps (GED, then the button), each exactly as long as its PkgLength says.
+        let mut at = 0;
+        let mut names = Vec::new();
+        while at < body.len() {
+            assert_eq!(body[at..at + 2], [0x5b, 0x82], "DeviceOp at {at}");
+            let lead = body[at + 2];
+            let extra = usize::from(lead >> 6);
+            let mut len = usize::from(lead & if extra == 0 { 0x3f } else { 0x0f });
+            for i in 0..extra {
+                len |= usize::from(body[at + 3 + i]) << (4 + 8 * i);
+            }
+            // DualNamePrefix "_SB_" + the device's own name.
+            assert_eq!(body[at + 3 + extra], 0x2e);
+            names.push(body[at + 8 + extra..at + 12 + extra].to_vec());
+            at += 2 + len;
+        }
+        assert_eq!(at, body.len(), "the devices fill the DSDT exactly");
+        assert_eq!(names, [b"GED_".to_vec(), b"PWRB".to_vec()]);
+        let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"ACPI0013\0"));
+        assert!(has(b"_EVT"));
+        // Extended IRQ descriptor: consumer, edge, active high, exclusive; GSI 7.
+        assert!(has(&[0x89, 6, 0, 0b11, 1, 7, 0, 0, 0]));
+        // OperationRegion (GDST, SystemMemory, 0xd0002000, One)
+        assert!(has(&[
+            0x5b, 0x80, b'G', b'D', b'S', b'T', 0, 0x0c, 0, 0x20, 0, 0xd0, 1
+        ]));
+        // Notify (\_SB_.PWRB, 0x80)
+        assert!(has(&[
+            0x86, b'\\', 0x2e, b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B', 0x0a, 0x80
+        ]));
+        // EisaId ("PNP0C0C")
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x0c, 0x0c]));
+        // Method (_EVT, 1, Serialized) { Store (GDAT, Local0)
+        //     If (And (Local0, 0x08, Zero)) { Notify (\_SB_.PWRB, 0x80) } }
+        #[rustfmt::skip]
+        let evt = [
+            0x14, 0x20, b'_', b'E', b'V', b'T', 0x09,
+            0x70, b'G', b'D', b'A', b'T', 0x60,
+            0xa0, 0x13, 0x7b, 0x60, 0x0a, GED_EVENT_POWER_BUTTON, 0x00,
+            0x86, b'\\', 0x2e, b'_', b'S', b'B', b'_', b'P', b'W', b'R', b'B', 0x0a, 0x80,
+        ];
+        assert!(has(&evt));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! [`VmController`]: pause, resume, shut down and inspect a VM from any thread while
-//! [`crate::Vmm::run`] runs it (the control API calls these).
+//! [`VmController`]: pause, resume, shut down, press the power button of and inspect a VM
+//! from any thread while [`crate::Vmm::run`] runs it (the control API calls these).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use virtkit_vcpu::VcpuHandle;
 
 use crate::config::VmConfig;
-use crate::devices::{ExitNotifier, GuestExit};
+use crate::devices::{ExitNotifier, Ged, GuestExit};
 
 /// How long a pause waits for each vCPU to leave the guest.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +42,9 @@ pub enum ControlError {
     /// A vCPU did not pause in time (it was resumed again).
     #[error("vCPU {0} did not pause in time")]
     PauseTimeout(u8),
+    /// The power-button interrupt could not be raised.
+    #[error("cannot raise the power-button interrupt: {0}")]
+    PowerButton(String),
 }
 
 /// What `vm.info` reports (Cloud Hypervisor's `VmInfo`, the fields virtkit has).
@@ -60,6 +63,7 @@ struct Shared {
     state: Mutex<VmState>,
     vcpus: Mutex<Vec<VcpuHandle>>,
     exit: ExitNotifier,
+    ged: Ged,
     config: VmConfig,
     memory: u64,
 }
@@ -75,12 +79,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl VmController {
-    pub(crate) fn new(config: VmConfig, memory: u64, exit: ExitNotifier) -> Self {
+    pub(crate) fn new(config: VmConfig, memory: u64, exit: ExitNotifier, ged: Ged) -> Self {
         VmController {
             inner: Arc::new(Shared {
                 state: Mutex::new(VmState::Created),
                 vcpus: Mutex::new(Vec::new()),
                 exit,
+                ged,
                 config,
                 memory,
             }),
@@ -154,17 +159,36 @@ impl VmController {
     }
 
     /// Ends the VM (as if it powered off); [`crate::Vmm::run`] then returns
-    /// [`crate::VmEnd::Shutdown`]. Works running or paused.
+    /// [`crate::VmEnd::Shutdown`]. Works running or paused, and on a VM not started yet
+    /// (its `run` then ends at once), so a VM being started can always be stopped.
     pub fn shutdown(&self) -> Result<(), ControlError> {
         let state = self.state();
-        if !matches!(state, VmState::Running | VmState::Paused) {
+        if state == VmState::Shutdown {
             return Err(ControlError::WrongState {
                 request: "shutdown",
                 state,
-                needs: "Running or Paused",
+                needs: "Created, Running or Paused",
             });
         }
         self.inner.exit.notify(GuestExit::Shutdown);
         Ok(())
+    }
+
+    /// Presses the guest's ACPI power button (through the Generic Event Device); the guest
+    /// decides what to do (Linux with systemd-logind or acpid powers off). Running or paused
+    /// (a paused guest sees the press when it resumes).
+    pub fn power_button(&self) -> Result<(), ControlError> {
+        let state = self.state();
+        if !matches!(state, VmState::Running | VmState::Paused) {
+            return Err(ControlError::WrongState {
+                request: "power-button",
+                state,
+                needs: "Running or Paused",
+            });
+        }
+        self.inner
+            .ged
+            .power_button()
+            .map_err(|e| ControlError::PowerButton(e.to_string()))
     }
 }

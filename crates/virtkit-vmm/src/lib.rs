@@ -9,7 +9,9 @@
 //! * [`Vmm`]: memory, VM, devices, boot state and vCPUs from a config, on any
 //!   [`virtkit_vcpu::Hypervisor`] (KVM by default; the fake one in tests), then the event
 //!   loop until the guest powers off, reboots or is shut down.
-//! * [`control`]: pause, resume, shutdown and `info` while the VM runs.
+//! * [`control`]: pause, resume, shutdown, power button and `info` while the VM runs.
+//! * [`api`]: Cloud Hypervisor's REST API on a Unix socket over all of the above
+//!   ([`api::serve`]).
 //!
 //! ```no_run
 //! use virtkit_vmm::{DiskConfig, ImageType, Vmm, VmConfig};
@@ -35,6 +37,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod devices;

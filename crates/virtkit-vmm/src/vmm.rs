@@ -236,6 +236,7 @@ impl Vmm {
             log::info!("net tap={} mac={}", spec.tap, net.mac());
             devices.add_virtio(Arc::new(Mutex::new(net)))?;
         }
+        let ged = devices.add_ged()?;
 
         let mut cmdline = config.cmdline().to_string();
         for extra in devices.cmdline_extra() {
@@ -266,7 +267,7 @@ impl Vmm {
             }
             vcpus.push(vcpu);
         }
-        let controller = VmController::new(config.clone(), ram.size(), exit.clone());
+        let controller = VmController::new(config.clone(), ram.size(), exit.clone(), ged);
         Ok(Vmm {
             config,
             hypervisor: b.hypervisor,

@@ -16,15 +16,23 @@ use virtkit_vmm::{
 /// file is followed only with `backing=on`. Each `--net` creates the tap (attached to the
 /// existing bridge `BR` when given) and adds a virtio-net device (`eth0`, `eth1`, ...).
 ///
-/// Exit status 0 when the guest powers off or reboots; 1 with a one-line reason on any VMM
-/// error; 2 on a usage error. `RUST_LOG` sets the log level; `VM_RUNNER_STARTUP_STATS=1`
-/// prints the process CPU time right before the first KVM_RUN.
+/// With `--api-socket PATH` vm-runner also serves Cloud Hypervisor's REST API there
+/// (`ch-remote --api-socket PATH info|pause|resume|reboot|power-button|shutdown|...`): with
+/// `--kernel` the VM boots at once; without, it waits for `vm.create` and `vm.boot`, and
+/// `vmm.shutdown` ends it.
+///
+/// Exit status 0 when the guest powers off or reboots (or on `vmm.shutdown`); 1 with a
+/// one-line reason on any VMM error; 2 on a usage error. `RUST_LOG` sets the log level;
+/// `VM_RUNNER_STARTUP_STATS=1` prints the process CPU time right before the first KVM_RUN.
 #[derive(Debug, Parser)]
 #[command(name = "vm-runner")]
 pub struct Args {
-    /// Kernel image (vmlinux ELF or bzImage); required.
+    /// Kernel image (vmlinux ELF or bzImage); required without --api-socket.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+    /// Serve the control API (Cloud Hypervisor's REST API) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// An initramfs.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -199,6 +207,9 @@ mod tests {
         assert_eq!(d.serial.mode, ConsoleMode::Tty);
         assert_eq!(d.memory.huge_pages(), HugePages::Transparent);
         assert!(p(&[]).unwrap().vm_config().is_none());
+        let a = p(&["--api-socket", "/tmp/s"]).unwrap();
+        assert_eq!(a.api_socket, Some("/tmp/s".into()));
+        assert!(a.vm_config().is_none());
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! vm-runner: a thin command line over `virtkit-vmm`. It parses the flags into a
-//! `VmConfig`, builds the VM on KVM and runs it. See `vm-runner --help`.
+//! `VmConfig`, builds the VM on KVM and runs it, or serves the control API
+//! (`--api-socket`). See `vm-runner --help`.
 
 mod args;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use clap::Parser;
 use virtkit_vcpu::KvmHypervisor;
-use virtkit_vmm::Vmm;
+use virtkit_vmm::api::ApiServer;
+use virtkit_vmm::{VmConfig, Vmm, VmmBuilder};
 
 fn startup_stats_hook() -> Option<Box<dyn FnOnce() + Send>> {
     std::env::var_os("VM_RUNNER_STARTUP_STATS")?;
@@ -24,13 +27,27 @@ fn startup_stats_hook() -> Option<Box<dyn FnOnce() + Send>> {
     }))
 }
 
-fn run(config: virtkit_vmm::VmConfig) -> anyhow::Result<String> {
-    let hv = Arc::new(KvmHypervisor::default());
-    let mut builder = Vmm::builder(config).hypervisor(hv);
-    if let Some(hook) = startup_stats_hook() {
-        builder = builder.on_first_run(hook);
+fn with_startup_stats(builder: VmmBuilder) -> VmmBuilder {
+    match startup_stats_hook() {
+        Some(hook) => builder.on_first_run(hook),
+        None => builder,
     }
+}
+
+fn run(config: VmConfig) -> anyhow::Result<String> {
+    let hv = Arc::new(KvmHypervisor::default());
+    let builder = with_startup_stats(Vmm::builder(config).hypervisor(hv));
     Ok(builder.build()?.run()?.to_string())
+}
+
+/// Serves the API (booting `config` at once when given) until the VM ends or `vmm.shutdown`.
+fn serve(socket: &Path, config: Option<VmConfig>) -> anyhow::Result<String> {
+    let hv = Arc::new(KvmHypervisor::default());
+    let server = ApiServer::bind(socket, hv)?.configure_vmm(with_startup_stats);
+    Ok(match server.serve(config)? {
+        Some(end) => end.to_string(),
+        None => "VMM shut down through the API".to_string(),
+    })
 }
 
 fn main() {
@@ -38,11 +55,15 @@ fn main() {
         .format_timestamp_micros()
         .init();
     let args = args::Args::parse();
-    let Some(config) = args.vm_config() else {
-        eprintln!("vm-runner: error: --kernel is required (see --help)");
-        std::process::exit(2);
+    let result = match (&args.api_socket, args.vm_config()) {
+        (Some(socket), config) => serve(socket, config),
+        (None, Some(config)) => run(config),
+        (None, None) => {
+            eprintln!("vm-runner: error: --kernel is required (see --help)");
+            std::process::exit(2);
+        }
     };
-    match run(config) {
+    match result {
         Ok(end) => {
             eprintln!("vm-runner: {end}");
             std::process::exit(0);

@@ -4,15 +4,17 @@
 //!
 //! Adding a virtio device is one call: [`DeviceManager::add_virtio`]. For any other MMIO
 //! device, [`DeviceManager::add_mmio_device`] gives a window, a line and the irqfd that
-//! raises it.
+//! raises it. [`DeviceManager::add_ged`] adds the ACPI Generic Event Device that presses the
+//! guest's power button.
 
 mod disk;
+pub mod ged;
 pub mod legacy;
 
 use std::sync::{Arc, Mutex};
 
 use event_manager::MutEventSubscriber;
-use virtkit_boot::acpi::AcpiDevice;
+use virtkit_boot::acpi::{AcpiDevice, GED_REGISTER_LEN};
 use virtkit_boot::layout::{ACPI_RESET_PORT, ACPI_SLEEP_CONTROL_PORT};
 use virtkit_memory::{DeviceAllocator, GuestAddress, Irq, MmioRange};
 use virtkit_vcpu::{BusDevice, Buses, EventFd, SharedDevice, Vm};
@@ -22,6 +24,7 @@ use vm_memory::GuestMemoryMmap;
 use vm_superio::{I8042Device, Serial};
 
 pub use disk::open_disk;
+pub use ged::Ged;
 use legacy::{AcpiPorts, EventTrigger, ExitTrigger, I8042};
 pub use legacy::{ExitNotifier, GuestExit, SerialOut, SerialPort, COM1_IRQ, COM1_PORT, I8042_PORT};
 
@@ -44,7 +47,7 @@ pub enum DeviceError {
     #[error("virtio-mmio transport: {0}")]
     Transport(String),
     /// A window above 4 GiB (the DSDT describes 32-bit windows).
-    #[error("virtio-mmio windows must lie below 4 GiB for the DSDT")]
+    #[error("MMIO windows must lie below 4 GiB for the DSDT")]
     WindowAbove4G,
     /// Too many virtio devices.
     #[error("too many virtio devices")]
@@ -98,6 +101,7 @@ pub struct DeviceManager {
     acpi: Vec<AcpiDevice>,
     subscribers: Vec<Subscriber>,
     serial: Option<Arc<Mutex<SerialPort>>>,
+    ged: Option<Ged>,
     virtio_count: u16,
 }
 
@@ -123,6 +127,7 @@ impl DeviceManager {
             acpi: Vec::new(),
             subscribers: Vec::new(),
             serial: None,
+            ged: None,
             virtio_count: 0,
         }
     }
@@ -234,6 +239,25 @@ impl DeviceManager {
         self.virtio_count = next;
         self.subscribers.push(device);
         Ok(range)
+    }
+
+    /// The ACPI Generic Event Device (`ACPI0013`) on its own MMIO window and line, with the
+    /// power button it notifies, both described in the DSDT. Add it after the virtio devices
+    /// so their windows and lines do not move.
+    pub fn add_ged(&mut self) -> Result<Ged, DeviceError> {
+        let ged = Ged::new();
+        let (range, irq, evt) =
+            self.add_mmio_device(ged.0.clone(), u64::from(GED_REGISTER_LEN), false)?;
+        let base = u32::try_from(range.start.0).map_err(|_| DeviceError::WindowAbove4G)?;
+        ged.set_irq(evt);
+        self.acpi.push(AcpiDevice::Ged { base, irq: irq.0 });
+        self.ged = Some(ged.clone());
+        Ok(ged)
+    }
+
+    /// The Generic Event Device, when added.
+    pub fn ged(&self) -> Option<&Ged> {
+        self.ged.as_ref()
     }
 
     /// Adds a subscriber to the event loop (console input, a backend's own events).

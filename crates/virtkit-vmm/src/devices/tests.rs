@@ -139,3 +139,38 @@ fn serial_and_power_ports_are_routed() {
         Err(DeviceError::Bus("COM1", _))
     ));
 }
+
+#[test]
+fn the_power_button_raises_the_ged_line_and_the_guest_reads_the_event() {
+    let (mut dm, vm) = manager();
+    dm.add_serial(Box::new(std::io::sink())).unwrap();
+    let dev = virtkit_virtio::blk::Block::new(
+        Arc::new(virtkit_block::mem::MemBackend::new(4096)),
+        virtkit_virtio::blk::BlockOptions::default(),
+    )
+    .unwrap();
+    dm.add_virtio(Arc::new(Mutex::new(dev))).unwrap();
+    let ged = dm.add_ged().unwrap();
+    // After the virtio device: its window and line did not move.
+    assert_eq!(
+        dm.acpi_devices()[2],
+        AcpiDevice::Ged {
+            base: 0xd000_1000,
+            irq: 6
+        }
+    );
+    assert!(dm.ged().is_some());
+    assert_eq!(vm.irq_count(Irq(6)), 0);
+    ged.power_button().unwrap();
+    assert_eq!(vm.irq_count(Irq(6)), 1, "the press raises the GED's line");
+    assert_eq!(vm.irq_count(Irq(5)), 0, "and no other");
+    // The guest's _EVT reads the event register on the MMIO bus; reading clears it.
+    let mut b = [0u8; 1];
+    assert!(dm.buses().mmio.read(0xd000_1000, &mut b));
+    assert_eq!(b[0], virtkit_boot::acpi::GED_EVENT_POWER_BUTTON);
+    assert!(dm.buses().mmio.read(0xd000_1000, &mut b));
+    assert_eq!(b[0], 0);
+    // The DSDT the guest gets describes it.
+    let dsdt = virtkit_boot::acpi::dsdt(dm.acpi_devices());
+    assert!(dsdt.windows(9).any(|w| w == b"ACPI0013\0"));
+}

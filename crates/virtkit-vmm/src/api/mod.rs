@@ -1,0 +1,239 @@
+//! The control API: Cloud Hypervisor's REST API (HTTP/1.1, JSON bodies) on a Unix socket,
+//! so its `ch-remote`, the `cloud-hypervisor-client` crate and libvirt's ch driver can
+//! drive a virtkit VM.
+//!
+//! | request | answer | errors (Cloud Hypervisor's statuses) |
+//! |---|---|---|
+//! | `GET /api/v1/vmm.ping` | 200, `{"build_version", "version", "pid", "features"}` | |
+//! | `PUT /api/v1/vmm.shutdown` | 200; stops the VM, then the server | |
+//! | `PUT /api/v1/vm.create`, body: a [`VmConfig`] | 204 | 400 no body or bad JSON, 500 already created |
+//! | `PUT /api/v1/vm.boot` | 204; builds and starts the VM (resumes a paused one) | 404 not created, 500 running or the build failed (with its message) |
+//! | `GET /api/v1/vm.info` | 200, `{"config", "state", "memory_actual_size"}` | 404 not created |
+//! | `PUT /api/v1/vm.pause`, `vm.resume` | 204 | 500 not booted or in the wrong state |
+//! | `PUT /api/v1/vm.shutdown` | 204; stops the VM, keeps the config | 500 not booted |
+//! | `PUT /api/v1/vm.reboot` | 204; stops the VM, boots a fresh one from the config | 404 not booted |
+//! | `PUT /api/v1/vm.power-button` | 204; ACPI power button press | 500 not booted |
+//! | `PUT /api/v1/vm.delete` | 204; stops the VM, forgets the config | |
+//!
+//! Any other path: 404 (501 for Cloud Hypervisor endpoints virtkit lacks, such as
+//! `vm.snapshot`); a wrong method, or a body on a bodiless `PUT`: 400. Error bodies are Cloud
+//! Hypervisor's, a JSON array of messages from the outermost to the root cause. Malformed
+//! requests get 400, bodies over the limit 413, requests that do not arrive in time 408, and
+//! connections past the limit 503 (see [`Limits`]); each connection is served on a thread of
+//! its own, so a slow or stalled client holds neither the VM nor other clients.
+//!
+//! The server ends when `vmm.shutdown` is answered, or when the booted VM ends on its own
+//! (the guest powers off or resets, or the VM fails), as Cloud Hypervisor's process does; a
+//! VM stopped through the API (`vm.shutdown`, `vm.reboot`, `vm.delete`) does not end it.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::sync::Arc;
+//! use virtkit_vcpu::KvmHypervisor;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Wait for vm.create and vm.boot, e.g. `ch-remote --api-socket /tmp/vm.sock create vm.json`.
+//! let end = virtkit_vmm::api::serve(
+//!     Path::new("/tmp/vm.sock"),
+//!     Arc::new(KvmHypervisor::default()),
+//!     None,
+//! )?;
+//! println!("{end:?}");
+//! # Ok(()) }
+//! ```
+
+mod http;
+mod routes;
+mod server;
+mod slot;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virtkit_vcpu::{EventFd, Hypervisor};
+
+pub use http::{HttpError, Limits};
+pub use routes::{RouteError, API_ROOT};
+pub use server::ServerError;
+pub use slot::{SlotError, STOP_TIMEOUT};
+
+use crate::config::VmConfig;
+use crate::vmm::{VmEnd, VmmBuilder};
+
+/// Errors that end (or prevent) the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A server already answers on the socket path.
+    #[error("API socket {0}: another server is listening there")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket (it is left alone).
+    #[error("API socket {0}: the path exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// The socket could not be made.
+    #[error("API socket {path}: {error}")]
+    Socket {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The VM given to boot at start could not boot.
+    #[error("booting the VM: {0}")]
+    Boot(SlotError),
+    /// The booted VM ended with an error.
+    #[error(transparent)]
+    VmFailed(SlotError),
+    /// The server loop failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// The socket file; removed on drop while it is still the one this server made.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let now = std::fs::symlink_metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        if now.ok() == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A bound API socket, ready to [`ApiServer::serve`].
+pub struct ApiServer {
+    listener: UnixListener,
+    socket: SocketFile,
+    hypervisor: Arc<dyn Hypervisor>,
+    limits: Limits,
+    configure: Option<slot::Configure>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("socket", &self.socket.path)
+            .field("hypervisor", &self.hypervisor.name())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn socket_error(path: &Path) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
+    move |error| ApiError::Socket {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+impl ApiServer {
+    /// Binds `socket` for VMs on `hypervisor`. A stale socket file (no server answers) is
+    /// replaced; a live one, or a path that is not a socket, is refused.
+    pub fn bind(socket: &Path, hypervisor: Arc<dyn Hypervisor>) -> Result<ApiServer, ApiError> {
+        match std::fs::symlink_metadata(socket) {
+            Ok(m) if !m.file_type().is_socket() => {
+                return Err(ApiError::NotASocket(socket.to_path_buf()))
+            }
+            Ok(_) => match UnixStream::connect(socket) {
+                Ok(_) => return Err(ApiError::InUse(socket.to_path_buf())),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    log::info!("replacing stale API socket {}", socket.display());
+                    std::fs::remove_file(socket).map_err(socket_error(socket))?;
+                }
+                Err(e) => return Err(socket_error(socket)(e)),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(socket_error(socket)(e)),
+        }
+        let listener = UnixListener::bind(socket).map_err(socket_error(socket))?;
+        let id = std::fs::symlink_metadata(socket)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        let socket = SocketFile {
+            path: socket.to_path_buf(),
+            id,
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(socket_error(&socket.path))?;
+        Ok(ApiServer {
+            listener,
+            socket,
+            hypervisor,
+            limits: Limits::default(),
+            configure: None,
+        })
+    }
+
+    /// Serves with these limits instead of the defaults.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Calls `f` on each VM's builder before it is built (every boot and reboot), to add
+    /// what a [`VmConfig`] cannot say: a serial output, a start-up hook.
+    pub fn configure_vmm(
+        mut self,
+        f: impl Fn(VmmBuilder) -> VmmBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Some(Arc::new(f));
+        self
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.socket.path
+    }
+
+    /// Boots `boot` at once when given, then serves until `vmm.shutdown` (`Ok(None)`) or
+    /// until the booted VM ends on its own (`Ok(Some(how))`, or the VM's error). Stops any
+    /// VM left, disconnects the clients and removes the socket file before it returns.
+    pub fn serve(self, boot: Option<VmConfig>) -> Result<Option<VmEnd>, ApiError> {
+        let wake = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| ApiError::Server(ServerError::EventLoop(e)))?;
+        let wake = Arc::new(wake);
+        let vms = slot::VmSlot::new(
+            self.hypervisor.clone(),
+            self.configure.clone(),
+            wake.clone(),
+        );
+        let shared = Arc::new(server::Shared::new(vms, self.limits.clone(), wake));
+        let result = (|| {
+            if let Some(config) = boot {
+                shared
+                    .slot
+                    .create(config)
+                    .and_then(|()| shared.slot.boot())
+                    .map_err(ApiError::Boot)?;
+            }
+            match server::run(&self.listener, &shared)? {
+                server::Outcome::Shutdown => Ok(None),
+                server::Outcome::VmEnded(Ok(end)) => Ok(Some(end)),
+                server::Outcome::VmEnded(Err(e)) => Err(ApiError::VmFailed(e)),
+            }
+        })();
+        if let Err(e) = shared.slot.delete() {
+            log::error!("stopping the VM: {e}");
+        }
+        shared.disconnect_all();
+        result
+    }
+}
+
+/// Serves the control API on `socket` for VMs on `hypervisor` with the default limits (see
+/// [`ApiServer`]): boots `boot` at once when given, returns on `vmm.shutdown` (`None`) or
+/// when the booted VM ends on its own (how it ended), and removes the socket file.
+pub fn serve(
+    socket: &Path,
+    hypervisor: Arc<dyn Hypervisor>,
+    boot: Option<VmConfig>,
+) -> Result<Option<VmEnd>, ApiError> {
+    ApiServer::bind(socket, hypervisor)?.serve(boot)
+}
