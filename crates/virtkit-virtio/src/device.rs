@@ -89,6 +89,11 @@ pub trait VirtioDevice: Send + Debug {
     ) -> Result<(), ActivateError>;
     /// Stop the device and forget its queues (the driver wrote status 0).
     fn reset(&mut self);
+    /// The live state of each queue the device was activated with, in activation order,
+    /// for a snapshot; empty when not active. Chains the device took but has not
+    /// completed are given back (their state's `next_avail` is before them), so a device
+    /// restored from it takes them again.
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState>;
 }
 
 pub use crate::config::read_config_bytes;

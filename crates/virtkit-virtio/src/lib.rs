@@ -23,6 +23,7 @@
 //! #   fn activate(&mut self, _: virtkit_virtio::GuestMem, _: Arc<dyn virtkit_virtio::Interrupt>,
 //! #       _: Vec<virtkit_virtio::ActiveQueue>) -> Result<(), virtkit_virtio::ActivateError> { Ok(()) }
 //! #   fn reset(&mut self) {}
+//! #   fn queue_states(&self) -> Vec<virtio_queue::QueueState> { Vec::new() }
 //! # }
 //! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
 //! let dev = Arc::new(Mutex::new(Dummy));

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use virtkit_lab::{
-    boot_payload, guest_kernel, initramfs, run, static_binary, BootResult,
-    GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE,
+    boot_payload, guest_kernel, initramfs, run, static_binary, BootResult, GuestBoot, LabError,
+    LabOutput, Vmm, GUEST_CMDLINE,
 };
 
 /// The guest's check, chosen per boot by `virtkit_mode=` on the kernel command line.

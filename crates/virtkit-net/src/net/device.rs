@@ -186,4 +186,15 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             error!("virtio-net: waking the event loop on reset: {e}");
         }
     }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        let Some(a) = &self.active else {
+            return Vec::new();
+        };
+        let mut rx = a.rx.queue().state();
+        // Receive chains held for the next frame go back to the ring.
+        let held = u16::try_from(a.rx_bufs.held()).unwrap_or(u16::MAX);
+        rx.next_avail = rx.next_avail.wrapping_sub(held);
+        vec![rx, a.tx.queue().state()]
+    }
 }

@@ -42,6 +42,11 @@ pub(super) struct RxBuffers {
 }
 
 impl RxBuffers {
+    /// Chains taken from the ring and not yet used.
+    pub(super) fn held(&self) -> usize {
+        self.chains.len()
+    }
+
     /// No buffers yet, for chains in `mem`.
     pub(super) fn new(mem: GuestMem) -> Self {
         RxBuffers {

@@ -316,6 +316,14 @@ impl VirtioDevice for Block {
         }
         self.config.reset();
     }
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        // Requests complete within one event, so no chain is ever held between events.
+        self.active
+            .as_ref()
+            .or(self.pending.as_ref())
+            .map(|a| vec![a.queue.queue().state()])
+            .unwrap_or_default()
+    }
 }
 
 impl MutEventSubscriber for Block {

@@ -17,6 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice};
 
+mod state;
+pub use state::{MmioState, SavedQueue};
+
 /// Size of the register window of one device.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the QueueNotify register (where ioeventfds go).
@@ -64,6 +67,9 @@ pub enum MmioError {
     /// The device declares no queues or too many.
     #[error("device declares {0} queues (1..=64 supported)")]
     QueueCount(usize),
+    /// A saved state that does not fit this transport and device.
+    #[error("cannot restore the virtio-mmio state: {0}")]
+    State(String),
 }
 
 /// The interrupt a transport hands to its device: sets the interrupt status
