@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use virtkit_lab::{
-    boot_payload, guest_kernel, initramfs, program_with_libraries, run,
-    static_binary, BootResult, GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE, NET_PEER_SETUP,
+    boot_payload, guest_kernel, initramfs, program_with_libraries, run, static_binary, BootResult,
+    GuestBoot, LabError, LabOutput, Vmm, GUEST_CMDLINE, NET_PEER_SETUP,
 };
 
 const CHECK: &str = r#"

@@ -14,7 +14,8 @@ use virtkit_vmm::{ConfigError, ControlError, DiskConfig, VmConfig, VmEnd, VmStat
 /// A minimal ELF64 kernel (one PT_LOAD at 2 MiB); the fake vCPUs never run it.
 fn kernel() -> tempfile::NamedTempFile {
     let mut t = tempfile::NamedTempFile::new().unwrap();
-    t.write_all(&virtkit_boot::testing::tiny_elf(&[0xf4])).unwrap();
+    t.write_all(&virtkit_boot::testing::tiny_elf(&[0xf4]))
+        .unwrap();
     t
 }
 

@@ -21,7 +21,10 @@ fn usage_and_missing_files_are_clear_errors() {
     let o = vmm(&["/nonexistent/vmlinux", "/nonexistent/disk"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot open kernel /nonexistent/vmlinux"), "{err}");
+    assert!(
+        err.contains("cannot open kernel /nonexistent/vmlinux"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -38,7 +41,8 @@ fn kvm_boots_a_guest_with_one_disk() {
         0xf4,
     ];
     let mut k = tempfile::NamedTempFile::new().unwrap();
-    k.write_all(&virtkit_boot::testing::tiny_elf(&code)).unwrap();
+    k.write_all(&virtkit_boot::testing::tiny_elf(&code))
+        .unwrap();
     let disk = tempfile::NamedTempFile::new().unwrap();
     disk.as_file().set_len(1 << 20).unwrap();
     let o = vmm(&[k.path().to_str().unwrap(), disk.path().to_str().unwrap()]);
