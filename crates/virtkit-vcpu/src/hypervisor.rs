@@ -3,7 +3,7 @@
 //!
 //! The shape follows Cloud Hypervisor's `hypervisor` crate. KVM
 //! ([`crate::KvmHypervisor`]) is the one real implementation; the `test-utils` feature adds
-//! [`crate::fake`], whose vCPUs replay a script of exits, so that a device manager or a VMM
+//! `fake`, whose vCPUs replay a script of exits, so that a device manager or a VMM
 //! lifecycle can be tested without `/dev/kvm`. Nothing here names a `kvm-ioctls` type.
 
 use std::sync::Arc;

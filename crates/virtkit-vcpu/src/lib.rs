@@ -3,7 +3,7 @@
 //!
 //! * [`hypervisor`]: the traits [`Hypervisor`] -> [`Vm`] -> [`Vcpu`] (the shape of Cloud
 //!   Hypervisor's `hypervisor` crate) and [`VmExit`]. A VMM written against them runs on
-//!   KVM ([`KvmHypervisor`]) or, in tests, on [`fake`] (feature `test-utils`), whose vCPUs
+//!   KVM ([`KvmHypervisor`]) or, in tests, on `fake` (feature `test-utils`), whose vCPUs
 //!   replay a script of exits.
 //! * [`KvmVm`]: creates the VM (TSS and identity-map addresses, in-kernel irqchip and PIT),
 //!   registers `virtkit-memory` RAM as memory slots (with optional dirty logging), and wires

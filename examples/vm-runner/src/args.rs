@@ -52,10 +52,10 @@ pub struct Args {
     #[arg(long, value_name = "KIND", default_value = "thp",
           value_parser = ["none", "thp", "hugetlbfs"])]
     pub huge_pages: String,
-    /// A disk: path=PATH[,format=raw|qcow2][,readonly=on][,backing=on]; repeatable.
+    /// A disk: `path=PATH[,format=raw|qcow2][,readonly=on][,backing=on]`; repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
-    /// A network interface: tap=NAME[,mac=MAC][,bridge=BR][,mtu=N]; repeatable.
+    /// A network interface: `tap=NAME[,mac=MAC][,bridge=BR][,mtu=N]`; repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
 }
