@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask test [CARGO TEST ARGS]`: format check, clippy, the workspace's tests
 //!   (unit, host KVM and lab tiers), after building the guest artifacts.
-//! - `cargo xtask guest`: build the test guest's kernel and initramfs (cached).
+//! - `cargo xtask guest`: build the test guest's kernel and initramfs, and the Debian
+//!   guest (debootstrap; needs root and deb.debian.org), all cached.
 //! - `cargo xtask lab [--timeout S] [--file HOST[:NAME]]... [--program PATH]... [--qemu] [--host] -- CMD...`:
 //!   run a command in the lab VM (or, with `--host`, here) and exit with its status.
 //! - `cargo xtask demo [WORD...]`: build the guest and boot it with vm-runner where Linux
@@ -93,6 +94,17 @@ fn guest() -> Result<(virtkit_lab::GuestKernel, PathBuf)> {
     Ok((kernel, initrd))
 }
 
+/// `guest`: the test guest, then the stock Debian guest (`virtkit_lab::debian_guest`).
+fn guest_all() -> Result<()> {
+    guest()?;
+    let debian = timed("Debian guest", || Ok(virtkit_lab::debian_guest()?))?;
+    println!(
+        "debian:    {} (root.qcow2, vmlinuz, initrd.img)",
+        debian.dir.display()
+    );
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     let start = Instant::now();
     if let Err(e) = virtkit_lab::ensure_packages(TEST_PACKAGES) {
@@ -115,7 +127,7 @@ fn test(extra: &[String]) -> Result<()> {
             virtkit_lab::SKIP_LAB_ENV
         );
     } else {
-        guest()?;
+        guest_all()?;
     }
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
@@ -516,7 +528,7 @@ fn main() -> Result<()> {
     let tasks = "tasks: test, guest, lab, demo, boot-bench, soak, fuzz";
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("guest") => guest().map(|_| ()),
+        Some("guest") => guest_all(),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("lab") => {
             let code = lab(&args[1..])?;

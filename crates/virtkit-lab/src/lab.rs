@@ -6,7 +6,7 @@
 //! run there must be static or be carried with its loader and libraries
 //! ([`Payload::host_program`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::cpio::CpioWriter;
 use crate::error::{LabError, Result};
 use crate::guest;
+use crate::payload::{qemu_disk_args, Payload};
 use crate::util::{self, FileLock, InputHash};
 use crate::venue::{detect_venue, Venue};
 
@@ -34,153 +35,6 @@ pub const LAB_MEMORY_MIB: u32 = 3072;
 
 const UP_MARKER: &str = "VIRTKIT-LAB-UP";
 const EXIT_MARKER: &str = "VIRTKIT-LAB-EXIT=";
-
-/// What to run: a shell script plus the files it needs.
-///
-/// The script runs with `sh` in a folder holding the payload files (`/payload` in the
-/// lab, a temporary folder on the host), so it names them `./name`.
-#[derive(Debug, Clone)]
-pub struct Payload {
-    files: Vec<(PathBuf, String)>,
-    host_files: BTreeSet<PathBuf>,
-    script: String,
-    timeout: Duration,
-    modules: Vec<String>,
-    lab_cpus: u32,
-    lab_memory_mib: u32,
-    echo: bool,
-}
-
-impl Payload {
-    /// A payload running `script` with `sh`, with a 10-minute timeout.
-    pub fn new(script: impl Into<String>) -> Self {
-        Payload {
-            files: Vec::new(),
-            host_files: BTreeSet::new(),
-            script: script.into(),
-            timeout: Duration::from_secs(600),
-            modules: Vec::new(),
-            lab_cpus: LAB_CPUS,
-            lab_memory_mib: LAB_MEMORY_MIB,
-            echo: true,
-        }
-    }
-
-    /// Carries the host file `host` as `./name` (a relative path, folders allowed).
-    pub fn file(mut self, host: impl Into<PathBuf>, name: impl Into<String>) -> Self {
-        self.files.push((host.into(), name.into()));
-        self
-    }
-
-    /// Makes the host file `path` available at the same absolute path (in the lab it is
-    /// copied in; on the host it is already there). Use it for data files a carried
-    /// program reads, such as QEMU's firmware under /usr/share/qemu.
-    pub fn host_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.host_files.insert(path.into());
-        self
-    }
-
-    /// Makes a dynamically linked host program runnable at its own absolute path: the
-    /// program, its ELF loader and the libraries `ldd` lists are carried in at their
-    /// host paths.
-    pub fn host_program(mut self, path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let path = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            util::which(&path.to_string_lossy()).ok_or_else(|| {
-                LabError::BadInput(format!("program {} not found on PATH", path.display()))
-            })?
-        };
-        if !path.is_file() {
-            return Err(LabError::BadInput(format!(
-                "program {} not found",
-                path.display()
-            )));
-        }
-        for lib in shared_libraries(&path)? {
-            self.host_files.insert(lib);
-        }
-        self.host_files.insert(path);
-        Ok(self)
-    }
-
-    /// Puts `text` before the script (e.g. checks to run first).
-    pub fn prepend_script(mut self, text: &str) -> Self {
-        self.script.insert_str(0, text);
-        self
-    }
-
-    /// Appends `text` to the script.
-    pub fn append_script(mut self, text: &str) -> Self {
-        self.script.push_str(text);
-        self
-    }
-
-    /// The overall time limit (lab boot included).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Loads one more lab kernel module (by name, dependencies included).
-    pub fn module(mut self, name: impl Into<String>) -> Self {
-        self.modules.push(name.into());
-        self
-    }
-
-    /// The lab VM's vCPU count (default [`LAB_CPUS`]).
-    pub fn lab_cpus(mut self, cpus: u32) -> Self {
-        self.lab_cpus = cpus;
-        self
-    }
-
-    /// The lab VM's memory in MiB (default [`LAB_MEMORY_MIB`]).
-    pub fn lab_memory_mib(mut self, mib: u32) -> Self {
-        self.lab_memory_mib = mib;
-        self
-    }
-
-    /// Whether to copy the output to stderr as it comes (default true).
-    pub fn echo(mut self, echo: bool) -> Self {
-        self.echo = echo;
-        self
-    }
-
-    fn check(&self) -> Result<()> {
-        for (host, name) in &self.files {
-            if !host.is_file() {
-                return Err(LabError::BadInput(format!(
-                    "payload file {} not found",
-                    host.display()
-                )));
-            }
-            if name.is_empty()
-                || name.starts_with('/')
-                || name.split('/').any(|c| c == ".." || c.is_empty())
-                || name == "run.sh"
-            {
-                return Err(LabError::BadInput(format!(
-                    "bad payload file name {name:?}"
-                )));
-            }
-        }
-        for p in &self.host_files {
-            if !p.is_absolute() || !p.exists() {
-                return Err(LabError::BadInput(format!(
-                    "host file {} not found",
-                    p.display()
-                )));
-            }
-        }
-        if self.lab_cpus == 0 || self.lab_memory_mib < 256 {
-            return Err(LabError::BadInput(
-                "the lab needs at least 1 vCPU and 256 MiB".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The loader and libraries of a dynamically linked program, from `ldd`.
 /// The ELF loader and shared libraries `ldd` lists for `program` (empty for a static
@@ -358,7 +212,7 @@ fn run_on_host(payload: &Payload) -> Result<LabOutput> {
         .prefix("virtkit-payload")
         .tempdir()
         .map_err(LabError::io("creating", "temp dir"))?;
-    for (host, name) in &payload.files {
+    for (host, name) in payload.files.iter().chain(&payload.disk_files) {
         let dest = dir.path().join(name);
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(LabError::io("creating", parent))?;
@@ -709,16 +563,19 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
     let start = Instant::now();
     let qemu = qemu()?;
     let (vmlinuz, modules_dir) = lab_kernel()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("virtkit-lab")
+        .tempdir()
+        .map_err(LabError::io("creating", "temp dir"))?;
+    // Big files go on a disk of their own (Payload::disk_file), mounted by a prelude.
+    let (payload, disk) = payload.with_lab_disk(tmp.path())?;
+    let payload = &payload;
     let mut modules: Vec<String> = LAB_MODULES.iter().map(|m| m.to_string()).collect();
     modules.extend(payload.modules.iter().cloned());
     let base = lab_base(&modules_dir, &modules)?;
     // One initrd: the cached base archive followed by the payload's archive.
     let mut initrd_bytes = fs::read(&base).map_err(LabError::io("reading", &base))?;
     initrd_bytes.extend(payload_archive(payload)?);
-    let tmp = tempfile::Builder::new()
-        .prefix("virtkit-lab")
-        .tempdir()
-        .map_err(LabError::io("creating", "temp dir"))?;
     let initrd = tmp.path().join("initrd.cpio");
     fs::write(&initrd, &initrd_bytes).map_err(LabError::io("writing", &initrd))?;
     drop(initrd_bytes);
@@ -753,6 +610,9 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", &append]);
+    if let Some(image) = &disk {
+        cmd.args(qemu_disk_args(image));
+    }
     // A wedged lab can be inspected through QEMU's monitor (`info registers -a` gives
     // each lab CPU's RIP; map it with the lab kernel's System.map).
     if let Some(path) = monitor {
@@ -878,26 +738,6 @@ mod tests {
             libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
             "{libs:?}"
         );
-    }
-
-    #[test]
-    fn bad_payloads_are_refused() {
-        assert!(matches!(
-            Payload::new("true").file("/nonexistent/x", "x").check(),
-            Err(LabError::BadInput(_))
-        ));
-        assert!(matches!(
-            Payload::new("true").file("/bin/sh", "../x").check(),
-            Err(LabError::BadInput(_))
-        ));
-        assert!(matches!(
-            Payload::new("true").host_file("relative").check(),
-            Err(LabError::BadInput(_))
-        ));
-        assert!(matches!(
-            Payload::new("true").lab_memory_mib(1).check(),
-            Err(LabError::BadInput(_))
-        ));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   QEMU TCG VM with emulated AMD SVM whose own `/dev/kvm` boots Linux, with real
 //!   cgroup v2, tun, bridge and veth. Lab failures come back as [`LabError`] variants
 //!   of their own; the payload's status and output as [`LabOutput`].
+//! - [`debian_guest`] builds a stock Debian 12 guest (debootstrap, Debian's own cloud
+//!   kernel and initramfs, the root on a qcow2 disk) cached under `target/debian/`;
+//!   [`Payload::disk_file`] carries such big files into the lab on a disk of their own.
 //! - [`static_binary`] builds a workspace program statically, so it runs in the lab.
 //!
 //! ```
@@ -27,15 +30,21 @@
 
 pub mod boot;
 pub mod cpio;
+mod debian;
 mod error;
 mod guest;
 mod lab;
+mod payload;
 pub mod soak;
 mod static_bin;
 mod util;
 mod venue;
 
 pub use boot::{boot_payload, BootResult, GuestBoot, Vmm};
+pub use debian::{
+    debian_guest, debian_guest_built, DebianGuest, DebianReport, DEBIAN_CMDLINE, DEBIAN_MIRROR,
+    DEBIAN_PACKAGES, DEBIAN_STATE_MARKER, DEBIAN_SUITE,
+};
 pub use error::{LabError, Result};
 pub use guest::{
     busybox, guest_kernel, initramfs, GuestKernel, CHECK_EXIT_MARKER, GUEST_CMDLINE, INIT_MARKER,
@@ -43,8 +52,9 @@ pub use guest::{
 };
 pub use lab::{
     lab_kernel, program_with_libraries, run, run_in, shared_libraries, with_kvm_hold, LabOutput,
-    Payload, LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES, LAB_MONITOR_ENV,
+    LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES, LAB_MONITOR_ENV,
 };
+pub use payload::{Payload, LAB_DISK_MOUNT};
 pub use soak::{soak_payload, SoakBoot, SoakReport, STUCK_MESSAGE};
 pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET};
 pub use util::{ensure_packages, workspace_root};
