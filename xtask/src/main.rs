@@ -26,6 +26,7 @@ use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
 
 mod fuzz;
 mod soak;
+mod soak_vm;
 
 /// Debian packages the whole test suite needs (also installed by .ci/run).
 const TEST_PACKAGES: &[&str] = &[

@@ -6,18 +6,21 @@
 //!   a row in one lab run (default 300 boots, 1 vCPU, 128 MiB, vmlinux, THP), with a
 //!   watchdog that never waits on a vm-runner stuck in the kernel, and count boots
 //!   that locked up a CPU (`virtkit_lab::soak`).
+//! - `vm-cycles [--cycles N] [--net]`: one vm-runner, N create/boot/shutdown/delete cycles
+//!   through its control API on the host, checked for leaks (`src/soak_vm.rs`).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{GuestBoot, SoakReport, Vmm};
 
-const USAGE: &str = "usage: cargo xtask soak vm-boots [--boots N] [--cpus N] [--memory MiB] \
+const USAGE: &str = "usage: cargo xtask soak vm-cycles [--cycles N] [--net] | soak vm-boots [--boots N] [--cpus N] [--memory MiB] \
                      [--kernel vmlinux|bzImage] [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold]";
 
 pub fn soak(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("vm-boots") => vm_boots(&args[1..]),
+        Some("vm-cycles") => crate::soak_vm::vm_cycles(&args[1..]),
         _ => bail!("{USAGE}"),
     }
 }

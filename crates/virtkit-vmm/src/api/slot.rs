@@ -146,6 +146,12 @@ impl VmSlot {
                 let _ = tx.send(vmm.run());
             })
             .map_err(SlotError::Spawn)?;
+        // vm.boot answers once the vCPUs run (as Cloud Hypervisor's does), so a vm.info
+        // right after it says Running.
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        while ctl.state() == VmState::Created && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(Booted {
             config: config.clone(),
             ctl,
