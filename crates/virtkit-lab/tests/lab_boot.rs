@@ -10,8 +10,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use virtkit_lab::{
-    boot_payload, guest_kernel, initramfs, lab_opted_out, run, static_binary, BootResult,
-    GuestBoot, LabError, LabOutput, Payload, Venue, Vmm,
+    boot_payload, guest_kernel, initramfs, run, static_binary, BootResult, GuestBoot, LabError,
+    LabOutput, Payload, Venue, Vmm,
 };
 
 /// The guest's check: report what the guest sees.
@@ -202,10 +202,8 @@ fn assert_boot_named(name: &str, cpus: u32, mib: u32) {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_has_cgroup2_and_kvm() {
-    if lab_opted_out("lab_has_cgroup2_and_kvm") {
-        return;
-    }
     let out = output();
     if out.venue == Venue::Lab {
         assert!(out.output.contains("LAB-CGROUP2=1\n"), "{}", out.output);
@@ -214,45 +212,38 @@ fn lab_has_cgroup2_and_kvm() {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_qemu_peer_boots_1cpu_128m() {
-    if !lab_opted_out("lab_qemu_peer_boots_1cpu_128m") {
-        assert_boot(Vmm::QemuMicrovm, 1, 128);
-    }
+    assert_boot(Vmm::QemuMicrovm, 1, 128);
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_qemu_peer_boots_2cpu_512m() {
-    if !lab_opted_out("lab_qemu_peer_boots_2cpu_512m") {
-        assert_boot(Vmm::QemuMicrovm, 2, 512);
-    }
+    assert_boot(Vmm::QemuMicrovm, 2, 512);
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_vm_runner_boots_1cpu_128m() {
-    if !lab_opted_out("lab_vm_runner_boots_1cpu_128m") {
-        assert_boot(Vmm::VmRunner, 1, 128);
-    }
+    assert_boot(Vmm::VmRunner, 1, 128);
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_vm_runner_boots_2cpu_512m() {
-    if !lab_opted_out("lab_vm_runner_boots_2cpu_512m") {
-        assert_boot(Vmm::VmRunner, 2, 512);
-    }
+    assert_boot(Vmm::VmRunner, 2, 512);
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_vm_runner_boots_bzimage() {
-    if !lab_opted_out("lab_vm_runner_boots_bzimage") {
-        assert_boot_named("vm-runner-bzimage-1cpu-128m", 1, 128);
-    }
+    assert_boot_named("vm-runner-bzimage-1cpu-128m", 1, 128);
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_vm_runner_guest_without_init_is_caught() {
-    if lab_opted_out("lab_vm_runner_guest_without_init_is_caught") {
-        return;
-    }
     if let Err(e) = &batch().vm_runner_build {
         panic!("the static vm-runner build failed: {e}");
     }
@@ -260,10 +251,9 @@ fn lab_vm_runner_guest_without_init_is_caught() {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_qemu_peer_guest_without_init_is_caught() {
-    if !lab_opted_out("lab_qemu_peer_guest_without_init_is_caught") {
-        assert_no_init_caught("qemu-no-init");
-    }
+    assert_no_init_caught("qemu-no-init");
 }
 
 /// The guest kernel booted but found no /init: what assert_boot checks must reject it.
@@ -284,10 +274,8 @@ fn assert_no_init_caught(name: &str) {
 }
 
 #[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
 fn lab_timeout_is_reported_as_a_lab_failure() {
-    if lab_opted_out("lab_timeout_is_reported_as_a_lab_failure") {
-        return;
-    }
     let _one_lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let err = virtkit_lab::run_in(
         Venue::Lab,
