@@ -29,10 +29,12 @@ pub mod allocator;
 pub mod dirty;
 pub mod layout;
 mod memory;
+mod save;
 
 pub use allocator::{AllocatorError, DeviceAllocator, Irq, MmioRange};
 pub use layout::{LayoutError, RamRegion};
 pub use memory::{host_ram_bytes, GuestMemoryBuilder, GuestRam, HugePages, MemoryError};
+pub use save::SaveStats;
 pub use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// One KiB.

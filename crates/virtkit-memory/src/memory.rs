@@ -36,6 +36,17 @@ pub enum MemoryError {
     /// madvise failed.
     #[error("madvise on guest memory failed: {0}")]
     Madvise(io::Error),
+    /// The backing file could not be inspected.
+    #[error("guest memory backing file: {0}")]
+    Backing(io::Error),
+    /// The backing file is smaller than the RAM.
+    #[error("the guest memory file holds {have} bytes, the RAM needs {want}")]
+    BackingTooSmall {
+        /// Its size.
+        have: u64,
+        /// The RAM's size.
+        want: u64,
+    },
     /// vm-memory refused the region list.
     #[error("cannot assemble guest memory: {0}")]
     Collection(vm_memory::GuestRegionCollectionError),
@@ -111,6 +122,7 @@ pub struct GuestMemoryBuilder {
     huge_pages: HugePages,
     track_dirty: bool,
     check_host_ram: bool,
+    backing: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl GuestMemoryBuilder {
@@ -121,7 +133,18 @@ impl GuestMemoryBuilder {
             huge_pages: HugePages::None,
             track_dirty: false,
             check_host_ram: true,
+            backing: None,
         }
+    }
+
+    /// Maps the RAM privately from `file` instead of anonymous memory: the regions in
+    /// order, back to back from offset 0 (the layout [`GuestRam::save_sparse`] writes).
+    /// Pages are read from the file when the guest first touches them and copied on its
+    /// first write (the file never changes), so mapping costs the same for any size.
+    /// The file must hold at least the RAM's size.
+    pub fn backing_file(mut self, file: std::fs::File) -> Self {
+        self.backing = Some(std::sync::Arc::new(file));
+        self
     }
 
     /// RAM of `mib` MiB.
@@ -164,9 +187,22 @@ impl GuestMemoryBuilder {
             }
         }
         let regions = layout::ram_regions(self.size)?;
+        if let Some(f) = &self.backing {
+            let have = f.metadata().map_err(MemoryError::Backing)?.len();
+            if have < self.size {
+                return Err(MemoryError::BackingTooSmall {
+                    have,
+                    want: self.size,
+                });
+            }
+        }
         let mut mapped = Vec::with_capacity(regions.len());
+        let mut file_offset = 0u64;
         for r in &regions {
-            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+            if self.backing.is_none() {
+                flags |= libc::MAP_ANONYMOUS;
+            }
             if self.huge_pages == HugePages::Hugetlbfs {
                 flags |= libc::MAP_HUGETLB;
             }
@@ -174,15 +210,19 @@ impl GuestMemoryBuilder {
                 size: r.size,
                 max: layout::MAX_RAM_SIZE,
             })?;
-            let region = MmapRegionBuilder::new(len)
+            let mut builder = MmapRegionBuilder::new(len)
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                 .with_mmap_flags(flags)
-                .with_hugetlbfs(self.huge_pages == HugePages::Hugetlbfs)
-                .build()
-                .map_err(|error| MemoryError::Mmap {
-                    size: r.size,
-                    error,
-                })?;
+                .with_hugetlbfs(self.huge_pages == HugePages::Hugetlbfs);
+            if let Some(f) = &self.backing {
+                builder = builder
+                    .with_file_offset(vm_memory::FileOffset::from_arc(f.clone(), file_offset));
+            }
+            file_offset = file_offset.saturating_add(r.size);
+            let region = builder.build().map_err(|error| MemoryError::Mmap {
+                size: r.size,
+                error,
+            })?;
             if self.huge_pages == HugePages::Transparent {
                 madvise_hugepage(region.as_ptr(), len)?;
             }

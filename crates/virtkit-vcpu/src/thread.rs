@@ -64,7 +64,14 @@ pub fn start_vcpu(
     install_kick_handler()?;
     let id = vcpu.id();
     let control = Arc::new(Control {
-        state: Mutex::new(ControlState::default()),
+        state: Mutex::new(ControlState {
+            request: if opts.start_paused {
+                Request::Pause
+            } else {
+                Request::Run
+            },
+            ..ControlState::default()
+        }),
         cv: Condvar::new(),
         kick: vcpu.kicker()?,
     });
@@ -177,6 +184,9 @@ pub struct ThreadOptions {
     /// Checked after every exit: once set (by a device that ends the VM), the thread
     /// stops without entering the guest again.
     pub stop_flag: Option<Arc<AtomicBool>>,
+    /// Start paused: the vCPU enters the guest only after [`VcpuHandle::resume`] (a
+    /// restored VM comes back paused).
+    pub start_paused: bool,
 }
 
 impl std::fmt::Debug for ThreadOptions {
@@ -185,6 +195,7 @@ impl std::fmt::Debug for ThreadOptions {
             .field("exit_evt", &self.exit_evt)
             .field("on_first_run", &self.on_first_run.is_some())
             .field("stop_flag", &self.stop_flag)
+            .field("start_paused", &self.start_paused)
             .finish()
     }
 }

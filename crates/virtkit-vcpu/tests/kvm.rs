@@ -282,8 +282,7 @@ fn kvm_spinning_vcpu_pause_resume_stop() {
             Arc::new(Buses::default()),
             ThreadOptions {
                 exit_evt: Some(exit_evt.try_clone().unwrap()),
-                on_first_run: None,
-                stop_flag: None,
+                ..ThreadOptions::default()
             },
         )
         .unwrap();

@@ -45,7 +45,16 @@ pub enum ControlError {
     /// The power-button interrupt could not be raised.
     #[error("cannot raise the power-button interrupt: {0}")]
     PowerButton(String),
+    /// The snapshot failed (the VM stays paused).
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
 }
+
+/// A snapshot request for the event loop's thread, and where its answer goes.
+pub(crate) type SnapshotRequest = (
+    std::path::PathBuf,
+    std::sync::mpsc::Sender<Result<crate::snapshot::SnapshotInfo, String>>,
+);
 
 /// What `vm.info` reports (Cloud Hypervisor's `VmInfo`, the fields virtkit has).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +75,16 @@ struct Shared {
     ged: Ged,
     config: VmConfig,
     memory: u64,
+    snapshot: Mutex<
+        Option<(
+            std::sync::mpsc::Sender<SnapshotRequest>,
+            Arc<virtkit_vcpu::EventFd>,
+        )>,
+    >,
 }
+
+/// How long [`VmController::snapshot`] waits for the event loop to write the snapshot.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A handle on one VM, cheap to clone and usable from any thread.
 #[derive(Debug, Clone)]
@@ -88,8 +106,59 @@ impl VmController {
                 ged,
                 config,
                 memory,
+                snapshot: Mutex::new(None),
             }),
         }
+    }
+
+    pub(crate) fn set_snapshot_channel(
+        &self,
+        ch: Option<(
+            std::sync::mpsc::Sender<SnapshotRequest>,
+            Arc<virtkit_vcpu::EventFd>,
+        )>,
+    ) {
+        *lock(&self.inner.snapshot) = ch;
+    }
+
+    /// Saves each paused vCPU's state, by id (their threads do it).
+    pub(crate) fn save_vcpus(&self) -> Result<Vec<virtkit_vcpu::VcpuState>, String> {
+        let vcpus = lock(&self.inner.vcpus);
+        let mut by_id: Vec<&VcpuHandle> = vcpus.iter().collect();
+        by_id.sort_by_key(|h| h.id());
+        by_id
+            .into_iter()
+            .map(|h| h.save_state(PAUSE_TIMEOUT).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// Writes a snapshot of the paused VM into `dir` (created when missing): its config,
+    /// the state of every vCPU and device, its memory and a copy of each disk (see
+    /// [`crate::snapshot`]). The VM stays paused; resume it or shut it down after.
+    pub fn snapshot(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<crate::snapshot::SnapshotInfo, ControlError> {
+        let state = self.state();
+        if state != VmState::Paused {
+            return Err(ControlError::WrongState {
+                request: "snapshot",
+                state,
+                needs: "Paused",
+            });
+        }
+        let (tx, evt) = lock(&self.inner.snapshot)
+            .clone()
+            .ok_or_else(|| ControlError::Snapshot("the VM's event loop is not running".into()))?;
+        let (reply, answer) = std::sync::mpsc::channel();
+        tx.send((dir.to_path_buf(), reply))
+            .map_err(|_| ControlError::Snapshot("the VM's event loop has ended".into()))?;
+        evt.write(1)
+            .map_err(|e| ControlError::Snapshot(format!("waking the event loop: {e}")))?;
+        answer
+            .recv_timeout(SNAPSHOT_TIMEOUT)
+            .map_err(|e| ControlError::Snapshot(format!("no answer from the event loop: {e}")))?
+            .map_err(ControlError::Snapshot)
     }
 
     pub(crate) fn set_state(&self, s: VmState) {

@@ -42,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 mod event_loop;
+pub mod snapshot;
 mod vmm;
 
 pub use config::{

@@ -16,6 +16,7 @@ use crate::config::{ConfigError, ConsoleMode, VmConfig};
 use crate::control::{VmController, VmState};
 use crate::devices::{open_disk, DeviceError, DeviceManager, ExitNotifier, GuestExit, SerialOut};
 use crate::event_loop::{ConsoleInput, ExitWatcher, RawTerminal};
+use crate::snapshot::{MachineState, SnapshotContext, SnapshotError, Snapshotter};
 
 /// Errors from building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub enum VmmError {
     /// A vCPU ended in a way a guest does not end on purpose.
     #[error("vCPU stopped: {0}")]
     VcpuStopped(String),
+    /// A snapshot could not be read or does not fit.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The VM ended and nothing said why.
     #[error("VM ended without a reason")]
     NoReason,
@@ -90,6 +94,13 @@ pub struct VmmBuilder {
     hypervisor: Arc<dyn Hypervisor>,
     serial_out: Option<SerialOut>,
     on_first_run: Option<Box<dyn FnOnce() + Send>>,
+    restore: Option<Restore>,
+}
+
+/// What a restore brings: the saved machine state and the memory file.
+struct Restore {
+    state: MachineState,
+    memory: std::fs::File,
 }
 
 impl std::fmt::Debug for VmmBuilder {
@@ -120,6 +131,40 @@ impl VmmBuilder {
         self
     }
 
+    /// A builder that restores the snapshot in `dir` (see [`crate::snapshot`]), on KVM
+    /// unless [`VmmBuilder::hypervisor`] says otherwise. Each disk gets a fresh working copy
+    /// of the snapshot's image under `dir/run-PID-N/`, so the snapshot can be restored
+    /// again; memory is mapped from `dir/memory` copy-on-write. The VM comes back paused:
+    /// [`VmController::resume`] it.
+    pub fn from_snapshot(dir: &std::path::Path) -> Result<VmmBuilder, VmmError> {
+        let (mut config, state) = crate::snapshot::read_state(dir)?;
+        let mem_path = dir.join("memory");
+        let memory = std::fs::File::open(&mem_path).map_err(|error| SnapshotError::Io {
+            path: mem_path.clone(),
+            error,
+        })?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let work = dir.join(format!("run-{}-{stamp}", std::process::id()));
+        if !state.disks.is_empty() {
+            std::fs::create_dir_all(&work).map_err(|error| SnapshotError::Io {
+                path: work.clone(),
+                error,
+            })?;
+        }
+        if let Some(disks) = config.disks.as_mut() {
+            for (d, name) in disks.iter_mut().zip(&state.disks) {
+                let copy = work.join(name);
+                crate::snapshot::sparse_copy(&dir.join(name), &copy)?;
+                d.path = Some(copy);
+            }
+        }
+        let mut b = Vmm::builder(config);
+        b.restore = Some(Restore { state, memory });
+        Ok(b)
+    }
+
     /// Validates the config and builds the VM: memory, VM, devices, boot state, vCPUs.
     pub fn build(self) -> Result<Vmm, VmmError> {
         Vmm::build(self)
@@ -130,9 +175,11 @@ impl VmmBuilder {
 pub struct Vmm {
     config: VmConfig,
     hypervisor: Arc<dyn Hypervisor>,
-    _ram: GuestRam,
-    _vm: Arc<dyn Vm>,
+    ram: GuestRam,
+    vm: Arc<dyn Vm>,
     devices: DeviceManager,
+    disks: Vec<(std::path::PathBuf, Arc<dyn virtkit_block::BlockBackend>)>,
+    start_paused: bool,
     vcpus: Vec<Box<dyn Vcpu>>,
     exit: ExitNotifier,
     exit_evt: EventFd,
@@ -187,23 +234,41 @@ impl Vmm {
             hypervisor: Arc::new(KvmHypervisor::default()),
             serial_out: None,
             on_first_run: None,
+            restore: None,
         }
     }
 
     fn build(b: VmmBuilder) -> Result<Vmm, VmmError> {
         let config = b.config;
+        let restore = b.restore;
         let vm = b.hypervisor.create_vm()?;
         let max = vm
             .max_vcpus()
             .min(usize::from(virtkit_boot::mptable::MAX_CPUS));
-        config.validate(u32::try_from(max).unwrap_or(u32::MAX))?;
+        if restore.is_none() {
+            config.validate(u32::try_from(max).unwrap_or(u32::MAX))?;
+        }
         let cpus = u8::try_from(config.cpus.boot_vcpus).map_err(|_| ConfigError::Cpus {
             got: config.cpus.boot_vcpus,
             max: max as u32,
         })?;
-        let ram = GuestMemoryBuilder::new(config.memory.size)
-            .huge_pages(config.memory.huge_pages())
-            .build()?;
+        let mut ram =
+            GuestMemoryBuilder::new(config.memory.size).huge_pages(config.memory.huge_pages());
+        if let Some(r) = &restore {
+            if r.state.vcpus.len() != usize::from(cpus) {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "{} vCPU states for {cpus} vCPUs",
+                    r.state.vcpus.len()
+                ))
+                .into());
+            }
+            let memory = r.memory.try_clone().map_err(|error| SnapshotError::Io {
+                path: "memory".into(),
+                error,
+            })?;
+            ram = ram.backing_file(memory);
+        }
+        let ram = ram.build()?;
         vm.register_memory(&ram)?;
 
         let exit_evt = evt()?;
@@ -218,14 +283,21 @@ impl Vmm {
             None => serial_out(&config)?,
         };
         if let Some(out) = out {
-            let port = devices.add_serial(out)?;
+            let saved = restore
+                .as_ref()
+                .and_then(|r| r.state.serial.as_ref())
+                .map(vm_superio::serial::SerialState::from);
+            let port = devices.add_serial_with_state(out, saved.as_ref())?;
             if config.serial.mode == ConsoleMode::Tty {
                 devices.add_subscriber(Arc::new(Mutex::new(ConsoleInput { serial: port })));
             }
         }
         devices.add_power_devices(&exit)?;
+        let mut disks = Vec::new();
         for (i, d) in config.disks().iter().enumerate() {
-            devices.add_virtio(open_disk(i, d)?)?;
+            let (blk, backend) = open_disk(i, d)?;
+            devices.add_virtio(blk)?;
+            disks.push((d.path.clone().unwrap_or_default(), backend));
         }
         for (i, n) in config.nets().iter().enumerate() {
             let spec = n.spec(i)?;
@@ -238,6 +310,46 @@ impl Vmm {
         }
         let ged = devices.add_ged()?;
 
+        let vcpus = match &restore {
+            Some(r) => {
+                devices.restore_virtio(&r.state.virtio)?;
+                let mut vcpus = Vec::with_capacity(usize::from(cpus));
+                for (id, st) in (0..cpus).zip(&r.state.vcpus) {
+                    let mut vcpu = vm.create_vcpu(id, cpus)?;
+                    vcpu.restore_state(st)?;
+                    vcpus.push(vcpu);
+                }
+                vm.restore_state(&r.state.vm)?;
+                log::info!("restored {cpus} vCPUs, {} MiB", config.memory.size >> 20);
+                vcpus
+            }
+            None => Self::boot(&config, &ram, &*vm, &devices, cpus)?,
+        };
+        let controller = VmController::new(config.clone(), ram.size(), exit.clone(), ged);
+        Ok(Vmm {
+            config,
+            hypervisor: b.hypervisor,
+            ram,
+            vm,
+            devices,
+            disks,
+            start_paused: restore.is_some(),
+            vcpus,
+            exit,
+            exit_evt,
+            controller,
+            on_first_run: b.on_first_run,
+        })
+    }
+
+    /// Loads the kernel, initramfs and boot tables, and creates the vCPUs at the entry.
+    fn boot(
+        config: &VmConfig,
+        ram: &GuestRam,
+        vm: &dyn Vm,
+        devices: &DeviceManager,
+        cpus: u8,
+    ) -> Result<Vec<Box<dyn Vcpu>>, VmmError> {
         let mut cmdline = config.cmdline().to_string();
         for extra in devices.cmdline_extra() {
             cmdline.push(' ');
@@ -251,7 +363,7 @@ impl Vmm {
             acpi: true,
             acpi_devices: devices.acpi_devices().to_vec(),
         }
-        .load(&ram)?;
+        .load(ram)?;
         log::info!(
             "kernel {:?} entry {:#x}, {} vCPUs, {} MiB",
             boot.kernel.kind,
@@ -267,19 +379,7 @@ impl Vmm {
             }
             vcpus.push(vcpu);
         }
-        let controller = VmController::new(config.clone(), ram.size(), exit.clone(), ged);
-        Ok(Vmm {
-            config,
-            hypervisor: b.hypervisor,
-            _ram: ram,
-            _vm: vm,
-            devices,
-            vcpus,
-            exit,
-            exit_evt,
-            controller,
-            on_first_run: b.on_first_run,
-        })
+        Ok(vcpus)
     }
 
     /// The handle that pauses, resumes, stops and inspects this VM from other threads.
@@ -310,6 +410,23 @@ impl Vmm {
             fds: vec![clone(&self.exit_evt)?, clone(&vcpu_exit)?],
             done: done.clone(),
         })));
+        let snap_evt = Arc::new(evt()?);
+        let (snap_tx, snap_rx) = std::sync::mpsc::channel();
+        em.add_subscriber(Arc::new(Mutex::new(Snapshotter {
+            evt: snap_evt.clone(),
+            requests: snap_rx,
+            ctx: SnapshotContext {
+                config: self.config.clone(),
+                ram: self.ram.clone(),
+                vm: self.vm.clone(),
+                controller: self.controller.clone(),
+                serial: self.devices.serial().cloned(),
+                virtio: self.devices.virtio_slots(),
+                disks: std::mem::take(&mut self.disks),
+            },
+        })));
+        self.controller
+            .set_snapshot_channel(Some((snap_tx, snap_evt)));
         let _raw = if tty { RawTerminal::enable() } else { None };
 
         let buses = Arc::new(self.devices.buses().clone());
@@ -326,13 +443,18 @@ impl Vmm {
                         exit_evt: Some(clone(&vcpu_exit)?),
                         on_first_run,
                         stop_flag: Some(self.exit.stop_flag()),
+                        start_paused: self.start_paused,
                     },
                 )?);
             }
             Ok::<(), VmmError>(())
         })();
         self.controller.set_vcpus(handles);
-        self.controller.set_state(VmState::Running);
+        self.controller.set_state(if self.start_paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        });
         let mut looped = Ok(());
         if started.is_ok() {
             while !done.load(Ordering::SeqCst) {
@@ -342,6 +464,7 @@ impl Vmm {
                 }
             }
         }
+        self.controller.set_snapshot_channel(None);
         let handles = self.controller.take_vcpus();
         for h in &handles {
             h.stop();

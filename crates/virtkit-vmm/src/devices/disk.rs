@@ -8,8 +8,11 @@ use virtkit_virtio::blk::{Block, BlockOptions};
 use super::DeviceError;
 use crate::config::DiskConfig;
 
+/// An opened disk: its virtio-blk device and the backend under it (kept to flush it).
+pub type OpenedDisk = (Arc<Mutex<Block>>, Arc<dyn virtkit_block::BlockBackend>);
+
 /// Opens disk number `index` as a virtio-blk device (serial `virtkit<index>`).
-pub fn open_disk(index: usize, d: &DiskConfig) -> Result<Arc<Mutex<Block>>, DeviceError> {
+pub fn open_disk(index: usize, d: &DiskConfig) -> Result<OpenedDisk, DeviceError> {
     let path = d.path.clone().unwrap_or_default();
     let err = |why: String| DeviceError::Disk {
         path: path.display().to_string(),
@@ -27,12 +30,12 @@ pub fn open_disk(index: usize, d: &DiskConfig) -> Result<Arc<Mutex<Block>>, Devi
     };
     let backend = open_image(&path, d.format(), &opts).map_err(|e| err(e.to_string()))?;
     let blk = Block::new(
-        backend,
+        backend.clone(),
         BlockOptions {
             read_only: d.readonly,
             serial: format!("virtkit{index}"),
         },
     )
     .map_err(|e| err(format!("creating the virtio-blk device: {e}")))?;
-    Ok(Arc::new(Mutex::new(blk)))
+    Ok((Arc::new(Mutex::new(blk)), backend))
 }

@@ -91,6 +91,26 @@ impl BusDevice for VirtioSlot {
     }
 }
 
+/// The virtio-mmio transports of a VM, in device order.
+#[derive(Clone)]
+pub struct VirtioSlots(Vec<Arc<Mutex<VirtioSlot>>>);
+
+impl std::fmt::Debug for VirtioSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VirtioSlots({})", self.0.len())
+    }
+}
+
+impl VirtioSlots {
+    /// Each transport's state (with its device's live queues).
+    pub fn save(&self) -> Vec<virtkit_virtio::mmio::MmioState> {
+        self.0
+            .iter()
+            .filter_map(|s| lock_slot(s).0.as_ref().map(MmioTransport::save_state))
+            .collect()
+    }
+}
+
 /// Owns the buses and the devices while the VM is being built.
 pub struct DeviceManager {
     vm: Arc<dyn Vm>,
@@ -103,6 +123,7 @@ pub struct DeviceManager {
     serial: Option<Arc<Mutex<SerialPort>>>,
     ged: Option<Ged>,
     virtio_count: u16,
+    virtio_slots: Vec<Arc<Mutex<VirtioSlot>>>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -129,19 +150,33 @@ impl DeviceManager {
             serial: None,
             ged: None,
             virtio_count: 0,
+            virtio_slots: Vec::new(),
         }
     }
 
     /// COM1 at 0x3f8 with its interrupt on GSI 4 through an irqfd.
     pub fn add_serial(&mut self, out: SerialOut) -> Result<Arc<Mutex<SerialPort>>, DeviceError> {
+        self.add_serial_with_state(out, None)
+    }
+
+    /// COM1 as [`DeviceManager::add_serial`], in a saved register state (a restore).
+    pub fn add_serial_with_state(
+        &mut self,
+        out: SerialOut,
+        state: Option<&vm_superio::serial::SerialState>,
+    ) -> Result<Arc<Mutex<SerialPort>>, DeviceError> {
         let evt = eventfd("the serial irqfd")?;
         self.vm
             .register_irqfd(&evt, COM1_IRQ)
             .map_err(|e| DeviceError::Vm("registering the serial irqfd", e))?;
-        let port = Arc::new(Mutex::new(SerialPort::new(Serial::new(
-            EventTrigger(evt),
-            out,
-        ))));
+        let serial = match state {
+            Some(st) => {
+                Serial::from_state(st, EventTrigger(evt), vm_superio::serial::NoEvents, out)
+                    .map_err(|e| DeviceError::Transport(format!("serial state: {e:?}")))?
+            }
+            None => Serial::new(EventTrigger(evt), out),
+        };
+        let port = Arc::new(Mutex::new(SerialPort::new(serial)));
         self.buses
             .pio
             .insert(port.clone(), u64::from(COM1_PORT), 8)
@@ -219,6 +254,7 @@ impl DeviceManager {
         let uid = self.virtio_count;
         let next = uid.checked_add(1).ok_or(DeviceError::TooMany)?;
         let slot = Arc::new(Mutex::new(VirtioSlot(None)));
+        self.virtio_slots.push(slot.clone());
         let (range, irq, irq_evt) = self.add_mmio_device(slot.clone(), MMIO_WINDOW_SIZE, false)?;
         let base = u32::try_from(range.start.0).map_err(|_| DeviceError::WindowAbove4G)?;
         let transport = MmioTransport::new(device.clone(), self.mem.clone(), irq_evt)
@@ -285,10 +321,47 @@ impl DeviceManager {
         &self.acpi
     }
 
+    /// The state of every virtio-mmio transport (and its device's queues), in the order
+    /// the devices were added.
+    pub fn save_virtio(&self) -> Vec<virtkit_virtio::mmio::MmioState> {
+        self.virtio_slots().save()
+    }
+
+    /// A handle on the virtio transports, for saving them from the event loop's thread.
+    pub fn virtio_slots(&self) -> VirtioSlots {
+        VirtioSlots(self.virtio_slots.clone())
+    }
+
+    /// Puts the virtio devices, added in the same order as when saved, back in a saved
+    /// state (re-activating those that were active).
+    pub fn restore_virtio(
+        &self,
+        states: &[virtkit_virtio::mmio::MmioState],
+    ) -> Result<(), DeviceError> {
+        if states.len() != self.virtio_slots.len() {
+            return Err(DeviceError::Transport(format!(
+                "the snapshot has {} virtio devices, this VM {}",
+                states.len(),
+                self.virtio_slots.len()
+            )));
+        }
+        for (slot, st) in self.virtio_slots.iter().zip(states) {
+            if let Some(t) = lock_slot(slot).0.as_mut() {
+                t.restore_state(st)
+                    .map_err(|e| DeviceError::Transport(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Hands the event-loop subscribers over (once).
     pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
         std::mem::take(&mut self.subscribers)
     }
+}
+
+fn lock_slot(s: &Mutex<VirtioSlot>) -> std::sync::MutexGuard<'_, VirtioSlot> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, DeviceError> {

@@ -1,0 +1,198 @@
+//! Snapshot and restore through the VMM: a paused VM is saved into a directory (config,
+//! state, sparse memory, disk copies) and brought back, paused, in a new VMM, where it goes
+//! on from where it stopped; the disk it gets is the one it had at the snapshot even when
+//! the original changed afterwards. `kvm_` tests need /dev/kvm; the others run on the fake
+//! hypervisor.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virtkit_vcpu::fake::{FakeHypervisor, ScriptedExit};
+use virtkit_vmm::snapshot::SnapshotError;
+use virtkit_vmm::{ControlError, DiskConfig, VmConfig, VmEnd, VmState, Vmm, VmmBuilder, VmmError};
+
+#[derive(Clone, Default, Debug)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Capture {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kernel(code: &[u8]) -> tempfile::NamedTempFile {
+    let mut t = tempfile::NamedTempFile::new().unwrap();
+    t.write_all(&virtkit_boot::testing::tiny_elf(code)).unwrap();
+    t
+}
+
+fn config(k: &tempfile::NamedTempFile, disk: &std::path::Path) -> VmConfig {
+    let mut c = VmConfig::with_kernel(k.path());
+    c.memory.size = 64 << 20;
+    c.disks = Some(vec![DiskConfig {
+        path: Some(disk.into()),
+        ..DiskConfig::default()
+    }]);
+    c
+}
+
+/// Runs `b`, waits for `min` bytes of output, pauses, snapshots into `dir`, shuts down.
+/// Returns the output seen up to the pause.
+fn run_and_snapshot(b: VmmBuilder, serial: &Capture, dir: &std::path::Path, min: usize) -> Vec<u8> {
+    let vmm = b.build().unwrap();
+    let ctl = vmm.controller();
+    assert!(matches!(
+        ctl.snapshot(dir),
+        Err(ControlError::WrongState { .. })
+    ));
+    let t = std::thread::spawn(move || vmm.run());
+    wait_until("guest output", || serial.bytes().len() >= min);
+    assert!(
+        matches!(ctl.snapshot(dir), Err(ControlError::WrongState { .. })),
+        "running"
+    );
+    ctl.pause().unwrap();
+    let seen = serial.bytes();
+    let info = ctl.snapshot(dir).unwrap();
+    assert_eq!(info.memory_size, 64 << 20);
+    assert!(
+        info.memory_written < info.memory_size,
+        "memory is written sparsely"
+    );
+    ctl.shutdown().unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), VmEnd::Shutdown);
+    seen
+}
+
+fn restore_and_resume(b: VmmBuilder, serial: &Capture, min: usize) -> (Vec<u8>, VmConfig) {
+    let vmm = b.build().unwrap();
+    let ctl = vmm.controller();
+    let t = std::thread::spawn(move || vmm.run());
+    wait_until("the restored VM", || ctl.state() == VmState::Paused);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        serial.bytes().is_empty(),
+        "a restored VM stays paused until resumed"
+    );
+    ctl.resume().unwrap();
+    wait_until("output after restore", || serial.bytes().len() >= min);
+    let config = ctl.info().config;
+    ctl.shutdown().unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), VmEnd::Shutdown);
+    (serial.bytes(), config)
+}
+
+#[test]
+fn kvm_a_restored_vm_goes_on_where_it_stopped_with_the_disk_it_had() {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "kvm_ tests need /dev/kvm"
+    );
+    // xor eax, eax; 1: inc al; mov dx, 0x3f8; out dx, al; jmp 1
+    let k = kernel(&[
+        0x31, 0xc0, 0xfe, 0xc0, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xf7,
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.raw");
+    std::fs::write(&disk, [b"before".as_slice(), &[0u8; 4090]].concat()).unwrap();
+    let snap = work.path().join("snap");
+    let serial = Capture::default();
+    let b = Vmm::builder(config(&k, &disk)).serial_output(Box::new(serial.clone()));
+    let seen = run_and_snapshot(b, &serial, &snap, 100);
+    for f in ["config.json", "state.json", "memory", "disk0"] {
+        assert!(snap.join(f).exists(), "{f}");
+    }
+    // The original disk changes after the snapshot; the restored VM must not see it.
+    std::fs::write(&disk, b"after!").unwrap();
+
+    let serial2 = Capture::default();
+    let b = VmmBuilder::from_snapshot(&snap)
+        .unwrap()
+        .serial_output(Box::new(serial2.clone()));
+    let (out, cfg) = restore_and_resume(b, &serial2, 5);
+    let last = *seen.last().unwrap();
+    assert_eq!(
+        out[0],
+        last.wrapping_add(1),
+        "goes on after {last}: {:?}",
+        &out[..5]
+    );
+    assert_eq!(out[1], last.wrapping_add(2));
+    let working = cfg.disks()[0].path.clone().unwrap();
+    assert!(working.starts_with(&snap), "{}", working.display());
+    assert_eq!(&std::fs::read(&working).unwrap()[..6], b"before");
+    assert_eq!(&std::fs::read(snap.join("disk0")).unwrap()[..6], b"before");
+}
+
+#[test]
+fn snapshots_round_trip_on_the_fake_hypervisor_and_bad_ones_are_refused() {
+    let k = kernel(&[0xf4]);
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let snap = work.path().join("snap");
+    let steps: Vec<_> = (0u8..=255)
+        .cycle()
+        .take(50_000)
+        .flat_map(|i| {
+            [
+                ScriptedExit::IoOut {
+                    port: 0x3f8,
+                    data: vec![i],
+                },
+                ScriptedExit::Run(Duration::from_micros(200)),
+            ]
+        })
+        .collect();
+    let hv = Arc::new(FakeHypervisor::default());
+    hv.script(0, steps.clone());
+    let serial = Capture::default();
+    let b = Vmm::builder(config(&k, &disk))
+        .hypervisor(hv)
+        .serial_output(Box::new(serial.clone()));
+    let seen = run_and_snapshot(b, &serial, &snap, 20);
+
+    let hv2 = Arc::new(FakeHypervisor::default());
+    hv2.script(0, steps);
+    let serial2 = Capture::default();
+    let b = VmmBuilder::from_snapshot(&snap)
+        .unwrap()
+        .hypervisor(hv2)
+        .serial_output(Box::new(serial2.clone()));
+    let (out, _) = restore_and_resume(b, &serial2, 3);
+    assert_eq!(out[0], seen.last().unwrap().wrapping_add(1));
+
+    // Damaged snapshots: a clear error, nothing built.
+    let state = snap.join("state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, text.replacen("\"position\":", "\"position\":1", 1)).unwrap();
+    let e = VmmBuilder::from_snapshot(&snap).unwrap_err();
+    assert!(
+        matches!(e, VmmError::Snapshot(SnapshotError::Checksum { .. })),
+        "{e}"
+    );
+    std::fs::write(&state, text).unwrap();
+    std::fs::remove_file(snap.join("memory")).unwrap();
+    let e = VmmBuilder::from_snapshot(&snap).unwrap_err();
+    assert!(e.to_string().contains("memory"), "{e}");
+    let e = VmmBuilder::from_snapshot(&work.path().join("nothing")).unwrap_err();
+    assert!(e.to_string().contains("config.json"), "{e}");
+}
