@@ -297,6 +297,41 @@ fn a_vm_paused_through_the_api_stops_running_guest_code() {
 }
 
 #[test]
+fn snapshot_and_restore_through_the_api() {
+    let srv = Server::start(busy(), test_limits(), true);
+    wait_until("the guest to run", || srv.serial_len() > 10);
+    let snap = srv._dir.path().join("snap");
+    let body = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    // Cloud Hypervisor snapshots only a paused VM.
+    assert_eq!(srv.call("PUT", "vm.snapshot", Some(&body)).0, 500);
+    assert_eq!(srv.call("PUT", "vm.pause", None).0, 204);
+    for bad in [
+        "{}",
+        r#"{"destination_url":"http://x/y"}"#,
+        r#"{"destination_url":"file://rel"}"#,
+    ] {
+        assert_eq!(srv.call("PUT", "vm.snapshot", Some(bad)).0, 400, "{bad}");
+    }
+    assert_eq!(srv.call("PUT", "vm.snapshot", None).0, 400);
+    let (code, b) = srv.call("PUT", "vm.snapshot", Some(&body));
+    assert_eq!(code, 204, "{b}");
+    assert!(snap.join("state.json").exists() && snap.join("memory").exists());
+    let restore = format!(r#"{{"source_url":"file://{}"}}"#, snap.display());
+    // A VM exists: restore is refused until it is deleted.
+    assert_eq!(srv.call("PUT", "vm.restore", Some(&restore)).0, 500);
+    assert_eq!(srv.call("PUT", "vm.delete", None).0, 204);
+    let missing = r#"{"source_url":"file:///nonexistent/snap"}"#;
+    let (code, b) = srv.call("PUT", "vm.restore", Some(missing));
+    assert_eq!(code, 500);
+    assert!(b.contains("config.json"), "{b}");
+    let (code, b) = srv.call("PUT", "vm.restore", Some(&restore));
+    assert_eq!(code, 204, "{b}");
+    assert_eq!(srv.state(), "Paused", "a restored VM comes back paused");
+    assert_eq!(srv.call("PUT", "vm.resume", None).0, 204);
+    assert_eq!(srv.state(), "Running");
+}
+
+#[test]
 fn shutdown_reboot_power_button_and_delete() {
     let srv = Server::start(busy(), test_limits(), true);
     wait_until("the guest to run", || srv.serial_len() > 10);
@@ -371,9 +406,12 @@ fn bad_requests_get_cloud_hypervisors_errors() {
     let (code, body) = c.call("PUT", "vm.create", Some(r#"{"memory":{"size":-1}}"#));
     assert_eq!(code, 400, "{body}");
     // A Cloud Hypervisor endpoint virtkit does not implement.
-    let (code, body) = c.call("PUT", "vm.snapshot", Some("{}"));
+    let (code, body) = c.call("PUT", "vm.send-migration", Some("{}"));
     assert_eq!(code, 501);
-    assert_eq!(messages(&body), ["virtkit does not implement vm.snapshot"]);
+    assert_eq!(
+        messages(&body),
+        ["virtkit does not implement vm.send-migration"]
+    );
     // Two pipelined requests, two answers in order; the connection stays usable.
     c.s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\nGET /api/v1/vm.info HTTP/1.1\r\n\r\n")
         .unwrap();

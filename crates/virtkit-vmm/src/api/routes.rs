@@ -29,9 +29,7 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "vm.resize",
     "vm.resize-disk",
     "vm.resize-zone",
-    "vm.restore",
     "vm.send-migration",
-    "vm.snapshot",
 ];
 
 /// Errors of the routing layer: what a request asked for that no endpoint gives.
@@ -45,7 +43,7 @@ pub enum RouteError {
     #[error("Bad Request")]
     BadRequest,
     /// `vm.create` without a body.
-    #[error("vm.create needs a VmConfig body")]
+    #[error("the request needs a JSON body")]
     NoBody,
     /// A body that is not a `VmConfig` (Cloud Hypervisor's message, then serde's).
     #[error("Failed to deserialize JSON")]
@@ -140,6 +138,21 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Response, RouteError> {
         .map_err(RouteError::Serialize)
 }
 
+/// The directory of a `file://` URL field of the JSON body (Cloud Hypervisor's
+/// `destination_url` / `source_url`).
+fn file_url(req: &Request, field: &str) -> Result<std::path::PathBuf, RouteError> {
+    let body = req.body.as_deref().ok_or(RouteError::NoBody)?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(RouteError::Json)?;
+    let url = v
+        .get(field)
+        .and_then(|u| u.as_str())
+        .ok_or(RouteError::BadRequest)?;
+    match url.strip_prefix("file://") {
+        Some(p) if p.starts_with('/') => Ok(p.into()),
+        _ => Err(RouteError::BadRequest),
+    }
+}
+
 fn route(slot: &VmSlot, req: &Request) -> Result<(Response, After), RouteError> {
     let name = req
         .path
@@ -186,7 +199,23 @@ fn route(slot: &VmSlot, req: &Request) -> Result<(Response, After), RouteError> 
         "vm.reboot" => action(VmSlot::reboot, "The VM could not reboot"),
         "vm.power-button" => action(VmSlot::power_button, "Error triggering power button"),
         "vm.delete" => action(VmSlot::delete, "The VM could not be deleted"),
-        "vmm.ping" | "vm.info" | "vmm.shutdown" | "vm.create" => Err(RouteError::BadRequest),
+        "vm.snapshot" if put => {
+            let dir = file_url(req, "destination_url")?;
+            serve(no_content(
+                slot.snapshot(&dir),
+                "The VM could not be snapshotted",
+            ))
+        }
+        "vm.restore" if put => {
+            let dir = file_url(req, "source_url")?;
+            serve(no_content(
+                slot.restore(&dir),
+                "The VM could not be restored",
+            ))
+        }
+        "vmm.ping" | "vm.info" | "vmm.shutdown" | "vm.create" | "vm.snapshot" | "vm.restore" => {
+            Err(RouteError::BadRequest)
+        }
         other if NOT_IMPLEMENTED.contains(&other) => {
             Err(RouteError::NotImplemented(other.to_string()))
         }

@@ -127,7 +127,11 @@ impl VmSlot {
 
     /// Builds a VM from `config` and starts the thread that runs it.
     fn start(&self, config: &VmConfig) -> Result<Booted, SlotError> {
-        let mut builder = Vmm::builder(config.clone()).hypervisor(self.hypervisor.clone());
+        self.start_with(config, Vmm::builder(config.clone()))
+    }
+
+    fn start_with(&self, config: &VmConfig, builder: VmmBuilder) -> Result<Booted, SlotError> {
+        let mut builder = builder.hypervisor(self.hypervisor.clone());
         if let Some(f) = &self.configure {
             builder = f(builder);
         }
@@ -210,6 +214,25 @@ impl VmSlot {
             State::Booted(b) => Ok(f(&b.ctl)?),
             _ => Err(SlotError::NotBooted),
         }
+    }
+
+    /// `vm.snapshot`: a paused VM into `dir` (see [`crate::snapshot`]).
+    pub(crate) fn snapshot(&self, dir: &std::path::Path) -> Result<(), SlotError> {
+        self.with_booted(|c| c.snapshot(dir).map(|_| ()))
+    }
+
+    /// `vm.restore`: a VM from the snapshot in `dir`, paused; only when there is no VM.
+    pub(crate) fn restore(&self, dir: &std::path::Path) -> Result<(), SlotError> {
+        let mut st = self.lock();
+        if !matches!(&*st, State::Empty) {
+            return Err(SlotError::AlreadyCreated);
+        }
+        let builder = VmmBuilder::from_snapshot(dir).map_err(SlotError::Build)?;
+        let (config, _) = crate::snapshot::read_state(dir)
+            .map_err(|e| SlotError::Build(VmmError::Snapshot(e)))?;
+        let booted = self.start_with(&config, builder)?;
+        *st = State::Booted(booted);
+        Ok(())
     }
 
     /// `vm.pause`.
