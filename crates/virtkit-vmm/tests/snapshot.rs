@@ -196,3 +196,55 @@ fn snapshots_round_trip_on_the_fake_hypervisor_and_bad_ones_are_refused() {
     let e = VmmBuilder::from_snapshot(&work.path().join("nothing")).unwrap_err();
     assert!(e.to_string().contains("config.json"), "{e}");
 }
+
+/// Restore time, 1 vCPU / 128 MiB, no disk: from reading the snapshot to the vCPU thread
+/// started (paused), median of 9, on the host's /dev/kvm. Run with
+/// `cargo test --release -p virtkit-vmm --test snapshot -- --ignored --nocapture kvm_restore_time`.
+#[test]
+#[ignore = "a benchmark: prints the restore time"]
+fn kvm_restore_time() {
+    let k = kernel(&[
+        0x31, 0xc0, 0xfe, 0xc0, 0x66, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xf7,
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let snap = work.path().join("snap");
+    let mut c = VmConfig::with_kernel(k.path());
+    c.memory.size = 128 << 20;
+    let serial = Capture::default();
+    let vmm = Vmm::builder(c)
+        .serial_output(Box::new(serial.clone()))
+        .build()
+        .unwrap();
+    let ctl = vmm.controller();
+    let t = std::thread::spawn(move || vmm.run());
+    wait_until("guest output", || serial.bytes().len() >= 10);
+    ctl.pause().unwrap();
+    let info = ctl.snapshot(&snap).unwrap();
+    ctl.shutdown().unwrap();
+    t.join().unwrap().unwrap();
+    let mut times = Vec::new();
+    for _ in 0..9 {
+        let start = Instant::now();
+        let vmm = VmmBuilder::from_snapshot(&snap)
+            .unwrap()
+            .serial_output(Box::new(std::io::sink()))
+            .build()
+            .unwrap();
+        let ctl = vmm.controller();
+        let t = std::thread::spawn(move || vmm.run());
+        while ctl.state() != VmState::Paused {
+            std::thread::yield_now();
+        }
+        times.push(start.elapsed());
+        ctl.shutdown().unwrap();
+        t.join().unwrap().unwrap();
+    }
+    times.sort();
+    println!(
+        "restore (1 vCPU, 128 MiB; snapshot took {} ms, wrote {} KiB of memory): median {:.2} ms, min {:.2} ms",
+        info.millis,
+        info.memory_written / 1024,
+        times[4].as_secs_f64() * 1000.0,
+        times[0].as_secs_f64() * 1000.0
+    );
+}
