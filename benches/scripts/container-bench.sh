@@ -17,6 +17,9 @@
 # installed on a read-only /usr), which needs neither the protective re-exec nor the
 # exec DMZ.
 #
+# The last lines are for `cargo xtask bench` (machine-readable, one per figure):
+#   RESULT name=run-median-vs-crun value=MS unit=ms peer=crun peer_value=MS target_ratio=<=0.7 label="..."
+#
 # Measures `run` of busybox `true` (create + start + wait + delete in one command):
 # median / min / p90 / mean per run, the total of N sequential runs, the median CPU time
 # (user + sys of the runtime and the processes it reaped), the runtime's peak RSS
@@ -155,9 +158,23 @@ for name, exe in rts.items():
     print(f"  {name:20} {'ok' if rc == 0 else 'FAILED rc=' + str(rc)} {ms(dt)} ms {err[:160] if rc else ''}")
     subprocess.run([exe, "--root", f"{work}/state/root-{name}", "delete", "--force", "m512"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+# Machine-readable figures (ours first, the peer's second).
+def result(name, ours, peer, values, target, label):
+    if ours in values and peer in values:
+        tgt = f" target_ratio={target}" if target else ""
+        print(f"RESULT name={name} value={values[ours] * 1000:.3f} unit=ms peer={peer} "
+              f"peer_value={values[peer] * 1000:.3f}{tgt} label=\"{label}, {n} runs\"")
+    else:
+        print(f"RESULT-MISSING {name}: no successful runs of {ours} or {peer}")
+result("run-median-vs-crun", "container-runner", "crun", m, "<=0.7", "run of busybox true, median wall time")
+result("run-min-vs-crun", "container-runner", "crun", mn, "", "run of busybox true, min wall time")
+result("run-cpu-vs-crun", "container-runner", "crun", c, "", "run of busybox true, median CPU time")
+result("run-median-vs-runc", "container-runner", "runc", m, "", "run of busybox true, median wall time")
+result("run-median-ro-vs-crun", "container-runner ro", "crun", m, "", "run of busybox true from a read-only mount, median wall time")
 EOF
 
-echo "host: $(uname -r), $(nproc) cpus; $("$RUNNER" --version | head -1); $(runc --version | head -1); $(crun --version | head -1)"
+echo "host: $(uname -r), $(nproc) cpus; $("$RUNNER" --version | sed -n 1p); $(runc --version | sed -n 1p); $(crun --version | sed -n 1p)"
 touch "$work/cr-ro"
 unshare -m --propagation private bash -c '
     umount /sys/fs/cgroup/unified 2>/dev/null || true

@@ -3,7 +3,13 @@
 # touched (the Rss of the 128 MiB guest mapping), read from /proc/PID/smaps while a tiny guest
 # spins. Prints MiB.
 #
+# Peer (when qemu-system-x86_64 is installed): QEMU `-M microvm`, 1 vCPU, 128 MiB, no kernel
+# (its qboot firmware runs and idles with nothing to boot), measured the same way.
+#
 #   benches/scripts/vmm-memory.sh
+#
+# The last line is for `cargo xtask bench` (machine-readable):
+#   RESULT name=memory-overhead value=MIB unit=MiB [peer=qemu-microvm peer_value=MIB] target_value=<=5 label="..."
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -z "${VM_RUNNER:-}" ]; then
@@ -11,12 +17,11 @@ if [ -z "${VM_RUNNER:-}" ]; then
   VM_RUNNER=${CARGO_TARGET_DIR:-$root/target}/release/vm-runner
 fi
 tmp=$(mktemp -d)
-python3 "$root/benches/scripts/tiny-kernel.py" "$tmp/k" spin
-"$VM_RUNNER" --kernel "$tmp/k" --cpus 1 --memory 128 --serial none </dev/null &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-sleep "${SETTLE_S:-2}"
-python3 - "$pid" <<'PY'
+pid=
+trap '[ -n "$pid" ] && { kill $pid 2>/dev/null; wait $pid 2>/dev/null; }; rm -rf "$tmp"' EXIT
+# overhead NAME PID: prints the human line and leaves the overhead in MiB in $tmp/NAME.
+overhead() {
+  python3 - "$2" "$1" "$tmp/$1" <<'PY'
 import sys
 total = guest = 0
 in_guest = False
@@ -29,6 +34,34 @@ for line in open(f"/proc/{sys.argv[1]}/smaps"):
         kib = int(f[1])
         total += kib
         guest += kib if in_guest else 0
-print(f"vmm-memory: rss_kib={total} guest_touched_kib={guest} "
-      f"overhead_mib={(total - guest) / 1024:.2f} (target <= 5)")
+mib = (total - guest) / 1024
+print(f"{sys.argv[2]}: rss_kib={total} guest_touched_kib={guest} "
+      f"overhead_mib={mib:.2f}" + (" (target <= 5)" if sys.argv[2] == "vmm-memory" else ""))
+open(sys.argv[3], "w").write(f"{mib:.2f}\n")
 PY
+}
+python3 "$root/benches/scripts/tiny-kernel.py" "$tmp/k" spin
+"$VM_RUNNER" --kernel "$tmp/k" --cpus 1 --memory 128 --serial none </dev/null &
+pid=$!
+sleep "${SETTLE_S:-2}"
+overhead vmm-memory "$pid"
+kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
+pid=
+
+peer=
+if command -v qemu-system-x86_64 >/dev/null; then
+  qemu-system-x86_64 -M microvm -enable-kvm -m 128 -smp 1 -nodefaults -no-user-config \
+    -display none -serial none </dev/null 2>"$tmp/qemu.err" &
+  pid=$!
+  sleep "${SETTLE_S:-2}"
+  if kill -0 $pid 2>/dev/null; then
+    overhead qemu-microvm "$pid"
+    peer=$(cat "$tmp/qemu-microvm")
+  else
+    echo "vmm-memory: no QEMU peer: QEMU exited: $(tail -3 "$tmp/qemu.err")"
+  fi
+else
+  echo "vmm-memory: no QEMU peer: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+fi
+printf 'RESULT name=memory-overhead value=%s unit=MiB%s target_value=<=5 label="RSS minus touched guest RAM, 1 vCPU, 128 MiB, idle guest"\n' \
+  "$(cat "$tmp/vmm-memory")" "${peer:+ peer=qemu-microvm peer_value=$peer}"

@@ -12,6 +12,8 @@
 //! - `cargo xtask boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]`:
 //!   boot to the /init marker, vm-runner vs QEMU microvm, in one lab run (see
 //!   benches/scripts/boot-vs-qemu.sh).
+//! - `cargo xtask bench [--quick] [--update-docs] [GROUP...]`: every benchmark group side by
+//!   side with its peer; writes target/bench/report.{md,json} and ratios.svg (`src/bench/`).
 //! - `cargo xtask fuzz [TARGET...] [--time SECONDS] [--jobs N] [--build-only]`: run the fuzz
 //!   targets (all by default), installing cargo-fuzz when missing (`src/fuzz.rs`).
 //! - `cargo xtask soak vm-boots [OPTIONS]`: boot the guest with vm-runner hundreds of
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
 
+mod bench;
 mod fuzz;
 mod soak;
 mod soak_vm;
@@ -526,11 +529,12 @@ fn demo(only: &[String]) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tasks = "tasks: test, guest, lab, demo, boot-bench, soak, fuzz";
+    let tasks = "tasks: test, guest, lab, demo, boot-bench, bench, soak, fuzz";
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("guest") => guest_all(),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("lab") => {
             let code = lab(&args[1..])?;
             std::process::exit(code);
