@@ -31,7 +31,11 @@ pub fn targets(fuzz: &Path) -> Result<Vec<String>> {
             in_bin = line == "[[bin]]";
         } else if in_bin {
             if let Some(v) = line.strip_prefix("name") {
-                let name = v.trim_start().trim_start_matches('=').trim().trim_matches('"');
+                let name = v
+                    .trim_start()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"');
                 out.push(name.to_string());
             }
         }
@@ -138,7 +142,10 @@ fn parse(args: &[String]) -> Result<Options> {
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("fuzz: {a} needs a value"));
+        let mut val = || {
+            it.next()
+                .with_context(|| format!("fuzz: {a} needs a value"))
+        };
         match a.as_str() {
             "--time" => o.time = val()?.parse().context("fuzz: --time SECONDS")?,
             "--jobs" => o.jobs = val()?.parse().context("fuzz: --jobs N")?,

@@ -36,11 +36,20 @@ fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Resul
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("bad response to {path}: {out:?}"))?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     Ok((code, body))
 }
 
-fn expect(socket: &Path, method: &str, path: &str, body: Option<&str>, want: u16) -> Result<String> {
+fn expect(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    want: u16,
+) -> Result<String> {
     let (code, b) = request(socket, method, path, body)?;
     if code != want {
         bail!("{method} {path}: HTTP {code} (wanted {want}): {b}");

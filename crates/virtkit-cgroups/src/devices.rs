@@ -50,6 +50,13 @@ impl DeviceAccess {
         mknod: true,
     };
 
+    /// Mknod only ("m").
+    pub const MKNOD: DeviceAccess = DeviceAccess {
+        read: false,
+        write: false,
+        mknod: true,
+    };
+
     /// Parses "rwm", "r", "rw"...; empty means all (as in OCI).
     pub fn parse(s: &str) -> Result<DeviceAccess> {
         if s.is_empty() {
@@ -116,6 +123,22 @@ impl DeviceRule {
         })
     }
 
+    /// An allow rule (`None` numbers are the wildcard '*').
+    pub const fn allow(
+        kind: DeviceType,
+        major: Option<u32>,
+        minor: Option<u32>,
+        access: DeviceAccess,
+    ) -> DeviceRule {
+        DeviceRule {
+            allow: true,
+            kind,
+            major,
+            minor,
+            access,
+        }
+    }
+
     /// The rule denying everything (usually first).
     pub const DENY_ALL: DeviceRule = DeviceRule {
         allow: false,
@@ -146,6 +169,25 @@ impl DeviceRule {
             && access.bits() & !self.access.bits() == 0
     }
 }
+
+/// A container's default device policy, as runc sets it: everything denied, then
+/// mknod of any char or block device, and read/write/mknod of null, zero, full,
+/// random, urandom, tty, console, ptmx and the pts devices. A runtime appends the
+/// config's own rules (a later rule wins).
+pub const DEFAULT_RULES: &[DeviceRule] = &[
+    DeviceRule::DENY_ALL,
+    DeviceRule::allow(DeviceType::Char, None, None, DeviceAccess::MKNOD),
+    DeviceRule::allow(DeviceType::Block, None, None, DeviceAccess::MKNOD),
+    DeviceRule::allow(DeviceType::Char, Some(1), Some(3), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(1), Some(5), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(1), Some(7), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(1), Some(8), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(1), Some(9), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(5), Some(0), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(5), Some(1), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(5), Some(2), DeviceAccess::ALL),
+    DeviceRule::allow(DeviceType::Char, Some(136), None, DeviceAccess::ALL),
+];
 
 /// The reference semantics: the verdict of `rules` for one request (the eBPF
 /// program must agree, and the v1 kernel list does the same).
@@ -275,10 +317,11 @@ fn finish(p: Vec<BpfInsn>, rules: usize) -> Result<Vec<BpfInsn>> {
     Ok(p)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// An interpreter of the eBPF subset [`bpf_program`] emits, to check programs
+/// against [`evaluate`] (unit tests, and the fuzz entry points of `testing`).
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) mod interp {
     use super::*;
-    use proptest::prelude::*;
 
     /// Runs the subset of eBPF that [`bpf_program`] emits.
     pub(crate) fn run(prog: &[BpfInsn], access_type: u32, major: u32, minor: u32) -> u64 {
@@ -292,7 +335,7 @@ pub(crate) mod tests {
             match i.code {
                 LDX_W => {
                     assert_eq!(src, 1, "loads only from the context");
-                    r[dst] = u64::from(ctx[usize::try_from(i.off).unwrap() / 4]);
+                    r[dst] = u64::from(ctx[usize::try_from(i.off).expect("a load offset") / 4]);
                 }
                 ALU_AND_K => r[dst] = (r[dst] as u32 & i.imm as u32) as u64,
                 ALU_RSH_K => r[dst] = ((r[dst] as u32) >> i.imm) as u64,
@@ -300,7 +343,7 @@ pub(crate) mod tests {
                 ALU_MOV_X => r[dst] = r[src] as u32 as u64,
                 JMP_JNE_K => {
                     if r[dst] != i.imm as u32 as u64 {
-                        pc += usize::try_from(i.off).unwrap();
+                        pc += usize::try_from(i.off).expect("a forward jump");
                     }
                 }
                 JMP_EXIT => return r[0],
@@ -311,7 +354,7 @@ pub(crate) mod tests {
     }
 
     /// Whether every instruction can be reached from the first one.
-    fn all_reachable(prog: &[BpfInsn]) -> bool {
+    pub(crate) fn all_reachable(prog: &[BpfInsn]) -> bool {
         let mut seen = vec![false; prog.len()];
         let mut todo = vec![0usize];
         while let Some(pc) = todo.pop() {
@@ -323,13 +366,20 @@ pub(crate) mod tests {
                 JMP_EXIT => {}
                 JMP_JNE_K => {
                     todo.push(pc + 1);
-                    todo.push(pc + 1 + usize::try_from(prog[pc].off).unwrap());
+                    todo.push(pc + 1 + usize::try_from(prog[pc].off).expect("a forward jump"));
                 }
                 _ => todo.push(pc + 1),
             }
         }
         seen.iter().all(|s| *s)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interp::{all_reachable, run};
+    use super::*;
+    use proptest::prelude::*;
 
     fn acc(bits: u32) -> DeviceAccess {
         DeviceAccess {

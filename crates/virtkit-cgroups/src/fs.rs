@@ -175,7 +175,11 @@ pub(crate) fn keyed_map(content: &str) -> std::collections::BTreeMap<String, u64
 
 /// Reads the pids in a cgroup.procs (or tasks) file.
 pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>> {
-    let s = read(path)?;
+    parse_pids(path, &read(path)?)
+}
+
+/// Parses the content of a cgroup.procs (or tasks) file: one pid a line.
+pub(crate) fn parse_pids(path: &Path, s: &str) -> Result<Vec<i32>> {
     s.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -349,7 +353,7 @@ pub(crate) fn kill(pid: i32, signal: i32) -> Result<()> {
 }
 
 /// Parses "major:minor" at the start of an io stat line.
-fn parse_device(s: &str) -> Option<crate::resources::DeviceNumber> {
+pub(crate) fn parse_device(s: &str) -> Option<crate::resources::DeviceNumber> {
     let (ma, mi) = s.split_once(':')?;
     Some(crate::resources::DeviceNumber::new(
         ma.parse().ok()?,

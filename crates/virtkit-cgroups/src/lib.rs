@@ -18,7 +18,8 @@
 //!   SIGKILL with the freezer against forks) and delete (children first,
 //!   EBUSY retried) complete the [`CgroupManager`] trait.
 //! - With the `test-utils` feature, `fake::FakeCgroupFs` lays out a v1 or
-//!   v2 tree in a tempdir for unit tests.
+//!   v2 tree in a tempdir for unit tests, and `testing` has the fuzz entry
+//!   points (every parser of kernel text; an OCI spec's cgroup data).
 //! - Every error names the file and, for writes, the value ([`Error`]).
 //!
 //! ```no_run
@@ -83,6 +84,8 @@ mod fs;
 #[cfg(feature = "oci")]
 mod oci;
 mod resources;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 mod v1;
 mod v2;
 

@@ -408,16 +408,7 @@ impl CgroupManager for V1Manager {
     fn freezer_state(&self) -> Result<FreezerState> {
         let f = self.need("freezer", "freezer")?.join("freezer.state");
         let text = fs::read(&f)?;
-        match text.trim() {
-            "THAWED" => Ok(FreezerState::Thawed),
-            "FREEZING" => Ok(FreezerState::Freezing),
-            "FROZEN" => Ok(FreezerState::Frozen),
-            _ => Err(Error::Parse {
-                path: f,
-                content: text,
-                reason: "expected THAWED, FREEZING or FROZEN".into(),
-            }),
-        }
+        parse_freezer_state(&f, &text)
     }
 
     fn signal_all(&self, signal: i32) -> Result<()> {
@@ -479,6 +470,20 @@ impl CgroupManager for V1Manager {
             fs::remove_cgroup_dir(&dir)?;
         }
         Ok(())
+    }
+}
+
+/// Parses v1 `freezer.state`: THAWED, FREEZING or FROZEN.
+pub(crate) fn parse_freezer_state(path: &Path, text: &str) -> Result<FreezerState> {
+    match text.trim() {
+        "THAWED" => Ok(FreezerState::Thawed),
+        "FREEZING" => Ok(FreezerState::Freezing),
+        "FROZEN" => Ok(FreezerState::Frozen),
+        _ => Err(Error::Parse {
+            path: path.to_path_buf(),
+            content: text.chars().take(200).collect(),
+            reason: "expected THAWED, FREEZING or FROZEN".into(),
+        }),
     }
 }
 

@@ -32,6 +32,7 @@ pub mod boot;
 pub mod cpio;
 mod debian;
 mod error;
+pub mod fuzz_corpus;
 mod guest;
 mod lab;
 mod payload;

@@ -31,5 +31,7 @@ pub mod idmap;
 pub mod namespace;
 pub mod rootfs;
 pub mod syscalls;
+#[cfg(all(feature = "test-utils", feature = "oci"))]
+pub mod testing;
 
 pub use syscalls::{LinuxSyscalls, Syscalls};

@@ -43,6 +43,8 @@ pub mod control;
 pub mod devices;
 mod event_loop;
 pub mod snapshot;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 mod vmm;
 
 pub use config::{

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use oci_spec::runtime::LinuxResources;
-use virtkit_cgroups::devices::{DeviceAccess, DeviceRule, DeviceType};
+use virtkit_cgroups::devices::DeviceRule;
 use virtkit_cgroups::{CgroupManager, Hierarchies, Resources};
 
 static HIERARCHIES: std::sync::OnceLock<Hierarchies> = std::sync::OnceLock::new();
@@ -36,23 +36,6 @@ pub fn cgroup_path(spec_path: Option<&std::path::Path>, id: &str) -> String {
     }
 }
 
-/// runc's default device rules, allowed in every container after "deny all": mknod of
-/// any char or block device, and null, zero, full, random, urandom, tty, console, ptmx
-/// and the pts devices.
-const DEFAULT_ALLOWED: &[(DeviceType, Option<u32>, Option<u32>, &str)] = &[
-    (DeviceType::Char, None, None, "m"),
-    (DeviceType::Block, None, None, "m"),
-    (DeviceType::Char, Some(1), Some(3), "rwm"),
-    (DeviceType::Char, Some(1), Some(5), "rwm"),
-    (DeviceType::Char, Some(1), Some(7), "rwm"),
-    (DeviceType::Char, Some(1), Some(8), "rwm"),
-    (DeviceType::Char, Some(1), Some(9), "rwm"),
-    (DeviceType::Char, Some(5), Some(0), "rwm"),
-    (DeviceType::Char, Some(5), Some(1), "rwm"),
-    (DeviceType::Char, Some(5), Some(2), "rwm"),
-    (DeviceType::Char, Some(136), None, "rwm"),
-];
-
 /// The resources of a new container: `linux.resources` through virtkit-cgroups'
 /// [`Resources::from_oci`], with the device policy completed: everything denied, then
 /// runc's defaults, then the config's rules in order (a later rule wins). On v1 that is
@@ -62,16 +45,7 @@ pub fn create_resources(r: Option<&LinuxResources>) -> Result<Resources> {
         Some(r) => Resources::from_oci(r).context("linux.resources")?,
         None => Resources::default(),
     };
-    let mut rules = vec![DeviceRule::DENY_ALL];
-    for (kind, major, minor, access) in DEFAULT_ALLOWED {
-        rules.push(DeviceRule {
-            allow: true,
-            kind: *kind,
-            major: *major,
-            minor: *minor,
-            access: DeviceAccess::parse(access)?,
-        });
-    }
+    let mut rules = virtkit_cgroups::devices::DEFAULT_RULES.to_vec();
     // A blanket "deny all" is what we start from.
     rules.extend(
         out.devices
@@ -135,7 +109,7 @@ mod tests {
         assert_eq!(lines[3], "c 1:3 rwm");
         assert_eq!(lines[lines.len() - 2], "c 10:200 rwm");
         assert!(!rules[rules.len() - 1].allow);
-        use virtkit_cgroups::devices::evaluate;
+        use virtkit_cgroups::devices::{evaluate, DeviceAccess, DeviceType, DEFAULT_RULES};
         let rw = DeviceAccess::parse("rw").unwrap();
         assert!(evaluate(&rules, DeviceType::Char, 1, 3, rw)); // /dev/null
         assert!(evaluate(&rules, DeviceType::Char, 10, 200, rw)); // config allows tun
@@ -143,10 +117,7 @@ mod tests {
         assert!(!evaluate(&rules, DeviceType::Block, 254, 0, rw)); // host disk
                                                                    // No resources at all: still the default device policy.
         let d = create_resources(None).unwrap();
-        assert_eq!(
-            d.devices.as_ref().map(Vec::len),
-            Some(1 + DEFAULT_ALLOWED.len())
-        );
+        assert_eq!(d.devices.as_ref().map(Vec::len), Some(DEFAULT_RULES.len()));
         // update leaves devices alone.
         assert!(update_resources(&r).unwrap().devices.is_none());
         // Bad input is an error, not a panic.
