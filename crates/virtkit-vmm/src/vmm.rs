@@ -95,6 +95,7 @@ pub struct VmmBuilder {
     serial_out: Option<SerialOut>,
     on_first_run: Option<Box<dyn FnOnce() + Send>>,
     restore: Option<Restore>,
+    resume_after_restore: bool,
 }
 
 /// What a restore brings: the saved machine state and the memory file.
@@ -163,6 +164,12 @@ impl VmmBuilder {
         let mut b = Vmm::builder(config);
         b.restore = Some(Restore { state, memory });
         Ok(b)
+    }
+
+    /// A restored VM runs as soon as [`Vmm::run`] starts it, instead of coming back paused.
+    pub fn resume_after_restore(mut self) -> Self {
+        self.resume_after_restore = true;
+        self
     }
 
     /// Validates the config and builds the VM: memory, VM, devices, boot state, vCPUs.
@@ -235,6 +242,7 @@ impl Vmm {
             serial_out: None,
             on_first_run: None,
             restore: None,
+            resume_after_restore: false,
         }
     }
 
@@ -333,7 +341,7 @@ impl Vmm {
             vm,
             devices,
             disks,
-            start_paused: restore.is_some(),
+            start_paused: restore.is_some() && !b.resume_after_restore,
             vcpus,
             exit,
             exit_evt,

@@ -21,15 +21,23 @@ use virtkit_vmm::{
 /// `--kernel` the VM boots at once; without, it waits for `vm.create` and `vm.boot`, and
 /// `vmm.shutdown` ends it.
 ///
+/// `--restore source_url=file:///DIR` brings back a snapshot taken with `vm.snapshot`
+/// (`ch-remote snapshot file:///DIR`) instead of booting: running at once without
+/// `--api-socket`, paused until `vm.resume` with it (as Cloud Hypervisor), unless
+/// `resume=on|off` says otherwise.
+///
 /// Exit status 0 when the guest powers off or reboots (or on `vmm.shutdown`); 1 with a
 /// one-line reason on any VMM error; 2 on a usage error. `RUST_LOG` sets the log level;
 /// `VM_RUNNER_STARTUP_STATS=1` prints the process CPU time right before the first KVM_RUN.
 #[derive(Debug, Parser)]
 #[command(name = "vm-runner")]
 pub struct Args {
-    /// Kernel image (vmlinux ELF or bzImage); required without --api-socket.
-    #[arg(long, value_name = "PATH")]
+    /// Kernel image (vmlinux ELF or bzImage); required without --api-socket or --restore.
+    #[arg(long, value_name = "PATH", conflicts_with = "restore")]
     pub kernel: Option<PathBuf>,
+    /// Restore a snapshot: `source_url=file:///DIR[,resume=on|off]`.
+    #[arg(long, value_name = "SPEC", value_parser = parse_restore)]
+    pub restore: Option<RestoreSpec>,
     /// Serve the control API (Cloud Hypervisor's REST API) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
@@ -78,6 +86,39 @@ fn parse_serial(v: &str) -> Result<ConsoleConfig, String> {
         },
     };
     Ok(ConsoleConfig { mode, file })
+}
+
+/// What `--restore` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSpec {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// `resume=`: run at once (`None`: the default for the mode).
+    pub resume: Option<bool>,
+}
+
+fn parse_restore(value: &str) -> Result<RestoreSpec, String> {
+    let mut dir = None;
+    let mut resume = None;
+    for part in value.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, not {part:?}"))?;
+        match k {
+            "source_url" => match v.strip_prefix("file://") {
+                Some(p) if p.starts_with('/') => dir = Some(PathBuf::from(p)),
+                _ => {
+                    return Err(format!(
+                        "source_url must be file:///ABSOLUTE/DIR, not {v:?}"
+                    ))
+                }
+            },
+            "resume" => resume = Some(on_off(k, v)?),
+            _ => return Err(format!("unknown key {k:?} (source_url, resume)")),
+        }
+    }
+    let dir = dir.ok_or("source_url=file:///DIR is required")?;
+    Ok(RestoreSpec { dir, resume })
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -207,6 +248,15 @@ mod tests {
         assert_eq!(d.serial.mode, ConsoleMode::Tty);
         assert_eq!(d.memory.huge_pages(), HugePages::Transparent);
         assert!(p(&[]).unwrap().vm_config().is_none());
+        let r = p(&["--restore", "source_url=file:///snap,resume=off"]).unwrap();
+        assert_eq!(
+            r.restore,
+            Some(RestoreSpec {
+                dir: "/snap".into(),
+                resume: Some(false)
+            })
+        );
+        assert!(r.vm_config().is_none());
         let a = p(&["--api-socket", "/tmp/s"]).unwrap();
         assert_eq!(a.api_socket, Some("/tmp/s".into()));
         assert!(a.vm_config().is_none());
@@ -227,6 +277,11 @@ mod tests {
             &["--kernel", "k", "--disk", "path=a,backing=on"],
             &["--kernel", "k", "--disk", "path=a,junk"],
             &["--kernel", "k", "--net", "mac=1"],
+            &["--restore", "source_url=/snap"],
+            &["--restore", "source_url=file://snap"],
+            &["--restore", "resume=on"],
+            &["--restore", "source_url=file:///s,resume=maybe"],
+            &["--kernel", "k", "--restore", "source_url=file:///s"],
         ] {
             assert!(p(bad).is_err(), "{bad:?} must be refused");
         }

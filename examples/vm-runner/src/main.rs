@@ -40,6 +40,16 @@ fn run(config: VmConfig) -> anyhow::Result<String> {
     Ok(builder.build()?.run()?.to_string())
 }
 
+/// Restores the snapshot in `dir` and runs it (without an API, it can only run: `resume`
+/// is ignored there and the VM resumes at once).
+fn restore(dir: &Path) -> anyhow::Result<String> {
+    let hv = Arc::new(KvmHypervisor::default());
+    let builder = VmmBuilder::from_snapshot(dir)?
+        .hypervisor(hv)
+        .resume_after_restore();
+    Ok(builder.build()?.run()?.to_string())
+}
+
 /// Serves the API (booting `config` at once when given) until the VM ends or `vmm.shutdown`.
 fn serve(socket: &Path, config: Option<VmConfig>) -> anyhow::Result<String> {
     let hv = Arc::new(KvmHypervisor::default());
@@ -50,16 +60,34 @@ fn serve(socket: &Path, config: Option<VmConfig>) -> anyhow::Result<String> {
     })
 }
 
+/// Serves the API with the snapshot `r` restored (paused unless `resume=on`).
+fn serve_restored(socket: &Path, r: &args::RestoreSpec) -> anyhow::Result<String> {
+    let hv = Arc::new(KvmHypervisor::default());
+    let server = ApiServer::bind(socket, hv)?.configure_vmm(with_startup_stats);
+    Ok(
+        match server.serve_restored(&r.dir, r.resume.unwrap_or(false))? {
+            Some(end) => end.to_string(),
+            None => "VMM shut down through the API".to_string(),
+        },
+    )
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_micros()
         .init();
     let args = args::Args::parse();
-    let result = match (&args.api_socket, args.vm_config()) {
-        (Some(socket), config) => serve(socket, config),
-        (None, Some(config)) => run(config),
-        (None, None) => {
-            eprintln!("vm-runner: error: --kernel is required (see --help)");
+    let result = match (&args.api_socket, &args.restore, args.vm_config()) {
+        (Some(socket), Some(r), _) => serve_restored(socket, r),
+        (Some(socket), None, config) => serve(socket, config),
+        (None, Some(r), _) if r.resume == Some(false) => {
+            eprintln!("vm-runner: error: resume=off needs --api-socket to resume it later");
+            std::process::exit(2);
+        }
+        (None, Some(r), _) => restore(&r.dir),
+        (None, None, Some(config)) => run(config),
+        (None, None, None) => {
+            eprintln!("vm-runner: error: --kernel or --restore is required (see --help)");
             std::process::exit(2);
         }
     };

@@ -283,3 +283,67 @@ fn kvm_api_round_trip_times() {
     );
     assert_eq!(r.call("PUT", "vmm.shutdown", None).0, 200);
 }
+
+/// `vm.snapshot` of a running guest, vm-runner killed with SIGKILL, then the snapshot brought
+/// back by the command line: `--restore` with `--api-socket` comes back paused (Cloud
+/// Hypervisor's default) and `vm.resume` runs it; without the API it runs at once.
+#[test]
+fn kvm_restore_from_the_command_line_after_sigkill() {
+    let k = kernel(&DOTS);
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let snap = dir.path().join("snap");
+    let r = Runner::start(&[
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--serial",
+        &format!("file:{}", serial.display()),
+    ]);
+    wait_until("guest output", || file_len(&serial) >= 2);
+    assert_eq!(r.call("PUT", "vm.pause", None).0, 204);
+    let body = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (code, err) = r.call("PUT", "vm.snapshot", Some(&body));
+    assert_eq!(code, 204, "{err}");
+    drop(r); // SIGKILL
+    std::fs::remove_file(&serial).unwrap();
+
+    let spec = format!("source_url=file://{}", snap.display());
+    let mut r = Runner::start(&["--restore", &spec]);
+    assert_eq!(state(&r.sock), "Paused");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(file_len(&serial), 0, "a restored VM stays paused");
+    assert_eq!(r.call("PUT", "vm.resume", None).0, 204);
+    wait_until("output after the restore", || file_len(&serial) >= 2);
+    assert_eq!(r.call("PUT", "vmm.shutdown", None).0, 200);
+    let (code, err) = r.wait();
+    assert_eq!(code, Some(0), "{err}");
+
+    std::fs::remove_file(&serial).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vm-runner"))
+        .args(["--restore", &spec])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while file_len(&serial) < 2 {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let mut e = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+            panic!("no output from the restored VM: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A snapshot that is not there: a clear error, exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_vm-runner"))
+        .args(["--restore", "source_url=file:///nonexistent/snap"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("/nonexistent/snap"), "{e}");
+}

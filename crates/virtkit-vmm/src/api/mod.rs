@@ -79,8 +79,8 @@ pub enum ApiError {
         /// The error.
         error: std::io::Error,
     },
-    /// The VM given to boot at start could not boot.
-    #[error("booting the VM: {0}")]
+    /// The VM given to boot or restore at start could not start.
+    #[error("starting the VM: {0}")]
     Boot(SlotError),
     /// The booted VM ended with an error.
     #[error(transparent)]
@@ -192,10 +192,23 @@ impl ApiServer {
         &self.socket.path
     }
 
+    /// Restores the snapshot in `dir` at once (resumed when `resume`, else paused until
+    /// `vm.resume`), then serves as [`ApiServer::serve`] does.
+    pub fn serve_restored(self, dir: &Path, resume: bool) -> Result<Option<VmEnd>, ApiError> {
+        self.serve_from(Start::Restore { dir, resume })
+    }
+
     /// Boots `boot` at once when given, then serves until `vmm.shutdown` (`Ok(None)`) or
     /// until the booted VM ends on its own (`Ok(Some(how))`, or the VM's error). Stops any
     /// VM left, disconnects the clients and removes the socket file before it returns.
     pub fn serve(self, boot: Option<VmConfig>) -> Result<Option<VmEnd>, ApiError> {
+        self.serve_from(match boot {
+            Some(config) => Start::Boot(config),
+            None => Start::Empty,
+        })
+    }
+
+    fn serve_from(self, start: Start<'_>) -> Result<Option<VmEnd>, ApiError> {
         let wake = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| ApiError::Server(ServerError::EventLoop(e)))?;
         let wake = Arc::new(wake);
@@ -206,12 +219,18 @@ impl ApiServer {
         );
         let shared = Arc::new(server::Shared::new(vms, self.limits.clone(), wake));
         let result = (|| {
-            if let Some(config) = boot {
-                shared
+            match start {
+                Start::Empty => {}
+                Start::Boot(config) => shared
                     .slot
                     .create(config)
                     .and_then(|()| shared.slot.boot())
-                    .map_err(ApiError::Boot)?;
+                    .map_err(ApiError::Boot)?,
+                Start::Restore { dir, resume } => shared
+                    .slot
+                    .restore(dir)
+                    .and_then(|()| if resume { shared.slot.resume() } else { Ok(()) })
+                    .map_err(ApiError::Boot)?,
             }
             match server::run(&self.listener, &shared)? {
                 server::Outcome::Shutdown => Ok(None),
@@ -225,6 +244,13 @@ impl ApiServer {
         shared.disconnect_all();
         result
     }
+}
+
+/// What [`ApiServer`] does before it serves.
+enum Start<'a> {
+    Empty,
+    Boot(VmConfig),
+    Restore { dir: &'a Path, resume: bool },
 }
 
 /// Serves the control API on `socket` for VMs on `hypervisor` with the default limits (see
