@@ -101,7 +101,12 @@ impl Counter {
     }
 }
 
-fn read_table(f: &HostFile, what: &'static str, off: u64, entries: u64) -> Result<Vec<u64>> {
+pub(crate) fn read_table(
+    f: &HostFile,
+    what: &'static str,
+    off: u64,
+    entries: u64,
+) -> Result<Vec<u64>> {
     let mut b = vec![0u8; to_usize(what, table_bytes(what, entries, 8)?)?];
     f.read_at(&mut b, off)?;
     Ok(b.chunks_exact(8)

@@ -117,6 +117,18 @@ pub enum Qcow2Error {
     /// The snapshot table is malformed.
     #[error("malformed snapshot table: {0}")]
     BadSnapshot(String),
+    /// A snapshot with this name already exists.
+    #[error("a snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+    /// No snapshot has this id or name.
+    #[error("no snapshot with id or name {0:?}")]
+    SnapshotNotFound(String),
+    /// A snapshot name that cannot be stored.
+    #[error("invalid snapshot name: {0}")]
+    BadSnapshotName(String),
+    /// The image must be repaired before its snapshots can change.
+    #[error("{0}: repair it first (virtkit-img check -r all, or qemu-img check -r all)")]
+    NeedsRepair(&'static str),
     /// An inconsistency found while reading metadata.
     #[error("image is corrupt: {0}")]
     Corrupt(String),

@@ -8,6 +8,7 @@
 //! - zlib and zstd compressed clusters, zero clusters, discard, write-zeroes.
 //! - Crash-safe metadata order; refcounts rebuilt when the dirty bit is set.
 //! - Bounded L2 and refcount-block caches.
+//! - Internal snapshots: list, create, apply, delete ([`snapshot`]).
 //!
 //! ```
 //! use virtkit_block::BlockBackend;

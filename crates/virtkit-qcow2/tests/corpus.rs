@@ -30,11 +30,6 @@ fn sample(dir: &Path) -> PathBuf {
     img
 }
 
-fn patch(img: &Path, off: u64, bytes: &[u8]) {
-    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
-    f.write_all_at(bytes, off).unwrap();
-}
-
 fn u64_at(img: &Path, off: u64) -> u64 {
     let f = std::fs::File::open(img).unwrap();
     let mut b = [0u8; 8];

@@ -380,11 +380,6 @@ fn set_header_u64(img: &Path, off: u64, v: u64) {
     f.write_all_at(&v.to_be_bytes(), off).unwrap();
 }
 
-fn header_u64(img: &Path, off: usize) -> u64 {
-    let b = std::fs::read(img).unwrap();
-    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
-}
-
 #[test]
 fn feature_bits() {
     let dir = tempfile::tempdir().unwrap();

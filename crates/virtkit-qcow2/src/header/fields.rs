@@ -37,6 +37,8 @@ pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 /// Byte offsets of header fields patched in place.
 pub(crate) mod off {
+    pub const SIZE: u64 = 24;
+    pub const NB_SNAPSHOTS: u64 = 60;
     pub const REFTABLE_OFFSET: u64 = 48;
     pub const INCOMPAT: u64 = 72;
     pub const AUTOCLEAR: u64 = 88;

@@ -75,12 +75,12 @@ pub struct Qcow2 {
     pub(crate) backing: Option<Backing>,
     pub(super) backing_path: Option<PathBuf>,
     pub(crate) size: u64,
-    pub(super) read_only: bool,
+    pub(crate) read_only: bool,
     pub(crate) cb: u32,
     pub(super) version: u32,
     pub(super) compression: CompressionType,
-    pub(super) snapshots: Vec<Snapshot>,
-    pub(super) header: Header,
+    pub(crate) snapshots: Vec<Snapshot>,
+    pub(crate) header: Header,
     pub(super) dirty_bit: Mutex<bool>,
 }
 
@@ -136,7 +136,8 @@ impl Qcow2 {
         &self.path
     }
 
-    /// The header as it was when the image was opened.
+    /// The header as it was when the image was opened (snapshot operations
+    /// update its size, L1 table and snapshot table fields).
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -146,7 +147,7 @@ impl Qcow2 {
         1 << self.cb
     }
 
-    /// Internal snapshots (listed, never modified).
+    /// Internal snapshots.
     pub fn snapshots(&self) -> &[Snapshot] {
         &self.snapshots
     }

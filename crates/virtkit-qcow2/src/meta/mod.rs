@@ -12,12 +12,15 @@
 //!
 //! Layout: `encoding` (on-disk encodings, no state) <- `state` (the `Meta`
 //! struct) <- `refcount` (refcount blocks and cluster allocation) <- `l2`
-//! (L1/L2 tables) and `flush` (write-back). This file only re-exports.
+//! (L1/L2 tables) and `flush` (write-back) <- `snapshot` (the references of
+//! whole L1 tables, COPIED flags, replacing the active L1). This file only
+//! re-exports.
 
 mod encoding;
 mod flush;
 mod l2;
 mod refcount;
+mod snapshot;
 mod state;
 
 pub(crate) use encoding::{decode_l2, rb_set, Mapping, COMPRESSED, COPIED, OFF_MASK, ZERO};

@@ -105,3 +105,16 @@ pub fn assert_same(ours: &[u8], theirs: &[u8], what: &str) {
         );
     }
 }
+
+/// Overwrite `bytes` at `off` in the file `img`.
+pub fn patch(img: &Path, off: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+/// The big-endian 64-bit value at `off` in the file `img`.
+pub fn header_u64(img: &Path, off: usize) -> u64 {
+    let b = std::fs::read(img).unwrap();
+    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
+}

@@ -1,37 +1,12 @@
-//! The internal snapshot table (read only: snapshots are listed and their
-//! clusters protected, never created or changed).
+//! The on-disk snapshot table: reading it (every size and offset checked)
+//! and encoding a new one.
 
 use virtkit_block::HostFile;
 
+use super::{Snapshot, MAX_SNAPSHOT_TABLE};
 use crate::bounds::{table_bytes, to_usize};
 use crate::error::{Qcow2Error, Result};
 use crate::header::{Header, MAX_L1_BYTES};
-
-/// Largest snapshot table accepted (as QEMU): 64 MiB.
-pub const MAX_SNAPSHOT_TABLE: u64 = 64 << 20;
-
-/// One internal snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Unique ID string.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Offset of the snapshot's L1 table.
-    pub l1_table_offset: u64,
-    /// Entries in the snapshot's L1 table.
-    pub l1_size: u32,
-    /// Creation time, seconds since the epoch.
-    pub date_sec: u32,
-    /// Creation time, nanoseconds.
-    pub date_nsec: u32,
-    /// Guest clock in nanoseconds.
-    pub vm_clock_nsec: u64,
-    /// Size of the saved VM state.
-    pub vm_state_size: u64,
-    /// Virtual disk size when taken (v3 extra data), if recorded.
-    pub disk_size: Option<u64>,
-}
 
 fn be16(b: &[u8], o: usize) -> u16 {
     u16::from_be_bytes([b[o], b[o + 1]])
@@ -104,11 +79,16 @@ pub(crate) fn read_snapshots(f: &HostFile, h: &Header, file_len: u64) -> Result<
         let id_end = to_usize("snapshot id", extra_len + id_len)?;
         let mut vm_state_size = u64::from(be32(&hd, 32));
         let mut disk_size = None;
+        let mut icount = None;
         if e >= 8 {
             vm_state_size = be64(&b, 0);
         }
         if e >= 16 {
             disk_size = Some(be64(&b, 8));
+        }
+        if e >= 24 {
+            // -1: no instruction count recorded.
+            icount = Some(be64(&b, 16)).filter(|&n| n != u64::MAX);
         }
         let id = String::from_utf8_lossy(&b[e..id_end]).into_owned();
         let name = String::from_utf8_lossy(&b[id_end..]).into_owned();
@@ -137,6 +117,8 @@ pub(crate) fn read_snapshots(f: &HostFile, h: &Header, file_len: u64) -> Result<
             vm_clock_nsec: be64(&hd, 24),
             vm_state_size,
             disk_size,
+            icount,
+            extra_data: b[..e].to_vec(),
         });
         pos = next;
     }
@@ -164,4 +146,51 @@ pub(crate) fn table_len(f: &HostFile, h: &Header) -> Result<u64> {
             })?;
     }
     Ok(pos - h.snapshots_offset)
+}
+
+/// Extra data written for a new snapshot: the 64-bit VM state size, the
+/// disk size and the instruction count (what QEMU writes).
+pub(crate) fn new_extra_data(vm_state_size: u64, disk_size: u64, icount: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&vm_state_size.to_be_bytes());
+    v.extend_from_slice(&disk_size.to_be_bytes());
+    v.extend_from_slice(&icount.to_be_bytes());
+    v
+}
+
+/// Encode a snapshot table (entries 8-byte aligned). Each entry's extra data
+/// is written as stored, so fields this code does not know survive.
+pub(crate) fn encode_snapshots(list: &[Snapshot]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let too_long = |what: &str, len: usize| {
+            Qcow2Error::BadSnapshot(format!("entry {i}: {what} of {len} bytes is too long"))
+        };
+        let id_len = u16::try_from(s.id.len()).map_err(|_| too_long("id", s.id.len()))?;
+        let name_len = u16::try_from(s.name.len()).map_err(|_| too_long("name", s.name.len()))?;
+        let extra_len = u32::try_from(s.extra_data.len())
+            .ok()
+            .filter(|&n| n <= 1024)
+            .ok_or_else(|| too_long("extra data", s.extra_data.len()))?;
+        out.extend_from_slice(&s.l1_table_offset.to_be_bytes());
+        out.extend_from_slice(&s.l1_size.to_be_bytes());
+        out.extend_from_slice(&id_len.to_be_bytes());
+        out.extend_from_slice(&name_len.to_be_bytes());
+        out.extend_from_slice(&s.date_sec.to_be_bytes());
+        out.extend_from_slice(&s.date_nsec.to_be_bytes());
+        out.extend_from_slice(&s.vm_clock_nsec.to_be_bytes());
+        // The 32-bit field holds the low half; the extra data the whole size.
+        out.extend_from_slice(&(s.vm_state_size as u32).to_be_bytes());
+        out.extend_from_slice(&extra_len.to_be_bytes());
+        out.extend_from_slice(&s.extra_data);
+        out.extend_from_slice(s.id.as_bytes());
+        out.extend_from_slice(s.name.as_bytes());
+        out.resize(out.len().next_multiple_of(8), 0);
+        if out.len() as u64 > MAX_SNAPSHOT_TABLE {
+            return Err(Qcow2Error::BadSnapshot(format!(
+                "the snapshot table would exceed {MAX_SNAPSHOT_TABLE} bytes"
+            )));
+        }
+    }
+    Ok(out)
 }
