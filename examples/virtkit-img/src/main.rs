@@ -7,7 +7,12 @@
 //! virtkit-img convert -p -c -O qcow2 disk.raw disk.qcow2
 //! virtkit-img map --output=json disk.qcow2
 //! virtkit-img bench -c 100000 -t none disk.qcow2
+//! virtkit-img snapshot -c before-upgrade disk.qcow2
 //! ```
+
+mod check;
+mod map;
+mod snapshot;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,8 +25,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use virtkit_block::BlockBackend;
 use virtkit_qcow2::{
-    check_image, convert, create, open_image, BackingMode, Compat, CompressionType, ConvertOptions,
-    CreateOptions, ImageFormat, OpenOptions, Qcow2, Repair,
+    convert, create, open_image, BackingMode, Compat, CompressionType, ConvertOptions,
+    CreateOptions, ImageFormat, OpenOptions, Qcow2,
 };
 
 #[derive(Parser)]
@@ -155,6 +160,8 @@ enum Cmd {
         format: Option<String>,
         file: PathBuf,
     },
+    /// List, create, apply or delete internal snapshots (like qemu-img snapshot).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -233,6 +240,7 @@ fn human_size(n: u64) -> String {
 fn info(file: &Path, format: Option<&str>, output: Output) -> Result<()> {
     let fmt = probe_format(file, format)?;
     let name = file.display().to_string();
+    let mut snapshot_list = String::new();
     let mut v = json!({
         "filename": name,
         "format": fmt.name(),
@@ -272,6 +280,7 @@ fn info(file: &Path, format: Option<&str>, output: Output) -> Result<()> {
                     v["backing-filename-format"] = json!(f);
                 }
             }
+            snapshot_list = virtkit_qcow2::snapshot::format_list(q.snapshots());
             if !q.snapshots().is_empty() {
                 v["snapshots"] = q
                     .snapshots()
@@ -312,20 +321,7 @@ fn info(file: &Path, format: Option<&str>, output: Output) -> Result<()> {
             println!("backing file format: {f}");
         }
     }
-    if let Some(snaps) = v["snapshots"].as_array() {
-        println!("Snapshot list:");
-        println!("ID        TAG               VM SIZE                DATE     VM CLOCK");
-        for s in snaps {
-            println!(
-                "{:<9} {:<17} {:>7} {:>19} {:>12}",
-                s["id"].as_str().unwrap_or(""),
-                s["name"].as_str().unwrap_or(""),
-                human_size(s["vm-state-size"].as_u64().unwrap_or(0)),
-                s["date-sec"],
-                s["vm-clock-sec"]
-            );
-        }
-    }
+    print!("{snapshot_list}");
     if let Some(d) = v["format-specific"]["data"].as_object() {
         println!("Format specific information:");
         for (k, val) in d {
@@ -433,99 +429,6 @@ fn cmd_create(
     Ok(())
 }
 
-fn cmd_check(file: &Path, format: &str, repair: Option<RepairArg>, output: Output) -> Result<i32> {
-    let fmt: ImageFormat = format.parse()?;
-    if fmt != ImageFormat::Qcow2 {
-        bail!("only qcow2 images can be checked");
-    }
-    let r = match repair {
-        None => Repair::None,
-        Some(RepairArg::Leaks) => Repair::Leaks,
-        Some(RepairArg::All) => Repair::All,
-    };
-    let q = Qcow2::open(
-        file,
-        OpenOptions {
-            read_only: r == Repair::None,
-            backing: BackingMode::Ignore,
-            repair_dirty: false,
-            ..Default::default()
-        },
-    )?;
-    let rep = check_image(&q, r)?;
-    if output == Output::Json {
-        let mut v = json!({
-            "image-end-offset": rep.image_end_offset,
-            "total-clusters": rep.total_clusters,
-            "check-errors": rep.check_errors,
-            "allocated-clusters": rep.allocated_clusters,
-            "filename": file.display().to_string(),
-            "format": "qcow2",
-            "fragmented-clusters": rep.fragmented_clusters,
-            "compressed-clusters": rep.compressed_clusters,
-        });
-        if rep.leaks > 0 {
-            v["leaks"] = json!(rep.leaks);
-        }
-        if rep.corruptions > 0 {
-            v["corruptions"] = json!(rep.corruptions);
-        }
-        if rep.leaks_fixed > 0 {
-            v["leaks-fixed"] = json!(rep.leaks_fixed);
-        }
-        if rep.corruptions_fixed > 0 {
-            v["corruptions-fixed"] = json!(rep.corruptions_fixed);
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        for m in &rep.messages {
-            eprintln!("{m}");
-        }
-        if rep.leaks_fixed > 0 || rep.corruptions_fixed > 0 {
-            println!(
-                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n",
-                rep.leaks_fixed, rep.corruptions_fixed
-            );
-        }
-        let open_c = rep.corruptions - rep.corruptions_fixed;
-        let open_l = rep.leaks - rep.leaks_fixed;
-        if open_c == 0 && open_l == 0 && rep.check_errors == 0 {
-            println!("No errors were found on the image.");
-        } else {
-            if open_c > 0 {
-                println!("\n{open_c} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.");
-            }
-            if open_l > 0 {
-                println!("\n{open_l} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.");
-            }
-        }
-        let pct = |n: u64| {
-            if rep.total_clusters == 0 {
-                0.0
-            } else {
-                n as f64 * 100.0 / rep.total_clusters as f64
-            }
-        };
-        let pa = |n: u64| {
-            if rep.allocated_clusters == 0 {
-                0.0
-            } else {
-                n as f64 * 100.0 / rep.allocated_clusters as f64
-            }
-        };
-        println!(
-            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
-            rep.allocated_clusters,
-            rep.total_clusters,
-            pct(rep.allocated_clusters),
-            pa(rep.fragmented_clusters),
-            pa(rep.compressed_clusters)
-        );
-        println!("Image end offset: {}", rep.image_end_offset);
-    }
-    Ok(rep.exit_code())
-}
-
 fn cmd_convert(
     compress: bool,
     progress: bool,
@@ -567,57 +470,6 @@ fn cmd_convert(
     })?;
     if progress {
         eprintln!();
-    }
-    Ok(())
-}
-
-fn cmd_map(file: &Path, format: Option<&str>, output: Output) -> Result<()> {
-    let fmt = probe_format(file, format)?;
-    let q = match fmt {
-        ImageFormat::Qcow2 => Qcow2::open(
-            file,
-            OpenOptions {
-                read_only: true,
-                backing: BackingMode::Follow,
-                repair_dirty: false,
-                ..Default::default()
-            },
-        )?,
-        ImageFormat::Raw => bail!("map supports qcow2 images"),
-    };
-    let map = q.map()?;
-    if output == Output::Json {
-        let lines: Vec<String> = map
-            .iter()
-            .map(|e| {
-                let mut s = format!(
-                    "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}",
-                    e.start, e.length, e.depth, e.present, e.zero, e.data
-                );
-                if let Some(o) = e.offset {
-                    s.push_str(&format!(", \"offset\": {o}"));
-                }
-                s.push('}');
-                s
-            })
-            .collect();
-        println!("[{}]", lines.join(",\n"));
-    } else {
-        println!("{:<20}{:<20}{:<20}File", "Offset", "Length", "Mapped to");
-        for e in map.iter().filter(|e| e.data) {
-            let file = if e.depth == 0 {
-                file.display().to_string()
-            } else {
-                format!("(depth {})", e.depth)
-            };
-            match e.offset {
-                Some(o) => println!("{:<#20x}{:<#20x}{:<#20x}{file}", e.start, e.length, o),
-                None => println!(
-                    "{:<#20x}{:<#20x}{:<20}{file}",
-                    e.start, e.length, "(compressed)"
-                ),
-            }
-        }
     }
     Ok(())
 }
@@ -739,7 +591,7 @@ fn main() -> Result<()> {
             format,
             repair,
             file,
-        } => cmd_check(&file, &format, repair, output),
+        } => check::cmd_check(&file, &format, repair, output),
         Cmd::Convert {
             compress,
             progress,
@@ -762,7 +614,7 @@ fn main() -> Result<()> {
             output,
             format,
             file,
-        } => cmd_map(&file, format.as_deref(), output).map(|_| 0),
+        } => map::cmd_map(&file, format.as_deref(), output).map(|_| 0),
         Cmd::Bench {
             count,
             size,
@@ -789,6 +641,7 @@ fn main() -> Result<()> {
             &file,
         )
         .map(|_| 0),
+        Cmd::Snapshot(a) => snapshot::cmd_snapshot(&a),
     };
     match code {
         Ok(0) => Ok(()),

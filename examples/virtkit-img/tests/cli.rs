@@ -321,3 +321,47 @@ fn bad_input_is_an_error_not_a_panic() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("-F"), "{o:?}");
 }
+
+/// `qemu-img snapshot -l` in UTC (virtkit-img prints UTC dates).
+fn qemu_snapshot_list(img: &Path) -> String {
+    let o = Command::new("qemu-img")
+        .env("TZ", "UTC")
+        .args(["snapshot", "-l", s(img)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn snapshot_agrees_with_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("s.qcow2");
+    let p = s(&img);
+    ours(&["create", "-f", "qcow2", p, "8M"]);
+    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0x11 0 1M", p]);
+    ours(&["snapshot", "-c", "ours", p]);
+    ok("qemu-img", &["snapshot", "-c", "theirs", p]);
+    let list = ours(&["snapshot", "-l", p]);
+    assert!(list.contains("\n1         ours "), "{list}");
+    assert_eq!(list, qemu_snapshot_list(&img));
+    let dup = run(
+        env!("CARGO_BIN_EXE_virtkit-img"),
+        &["snapshot", "-c", "ours", p],
+    );
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let unknown = run(
+        env!("CARGO_BIN_EXE_virtkit-img"),
+        &["snapshot", "-d", "x", p],
+    );
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no snapshot with id or name"));
+
+    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0x22 0 1M", p]);
+    ours(&["snapshot", "-a", "ours", p]);
+    ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0x11 0 1M", p]);
+    ours(&["snapshot", "-d", "2", p]);
+    ours(&["snapshot", "-d", "ours", p]);
+    assert_eq!(ours(&["snapshot", "-l", p]), "");
+    ok("qemu-img", &["check", "-q", p]);
+}
