@@ -232,6 +232,26 @@ impl Vm for FakeVm {
         }
     }
 
+    fn set_dirty_logging(&self, _on: bool) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Fake vCPUs never write guest memory: every bitmap is clear.
+    fn take_dirty_log(&self) -> Result<Vec<(virtkit_memory::RamRegion, Vec<u64>)>, VmError> {
+        let st = lock(&self.state);
+        Ok(st
+            .memory
+            .iter()
+            .flat_map(|ram| ram.regions().to_vec())
+            .map(|r| {
+                (
+                    r,
+                    vec![0u64; r.size.div_ceil(virtkit_memory::PAGE_SIZE * 64) as usize],
+                )
+            })
+            .collect())
+    }
+
     fn create_vcpu(&self, id: u8, cpus: u8) -> Result<Box<dyn Vcpu>, VcpuError> {
         let mut st = lock(&self.state);
         st.vcpus.push((id, cpus));

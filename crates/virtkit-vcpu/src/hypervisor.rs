@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use virtkit_boot::CpuEntry;
-use virtkit_memory::{GuestAddress, GuestRam, Irq};
+use virtkit_memory::{GuestAddress, GuestRam, Irq, RamRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{SystemEvent, VcpuError, VmError};
@@ -123,6 +123,14 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     fn save_state(&self) -> Result<VmState, VmError>;
     /// Restores a state saved by [`Vm::save_state`], before any vCPU runs.
     fn restore_state(&self, state: &VmState) -> Result<(), VmError>;
+    /// Turns dirty-page logging of every memory slot on or off (KVM's
+    /// `KVM_MEM_LOG_DIRTY_PAGES`), while the VM runs. Logs what the guest writes, not
+    /// what the VMM writes into guest memory.
+    fn set_dirty_logging(&self, on: bool) -> Result<(), VmError>;
+    /// The pages the guest wrote since logging was turned on or since the last call, per
+    /// memory slot: the slot's region and a bitmap (bit `i` of word `w` is page `64w + i`;
+    /// see `virtkit_memory::dirty`). Each call starts a new interval.
+    fn take_dirty_log(&self) -> Result<Vec<(RamRegion, Vec<u64>)>, VmError>;
 }
 
 /// A hypervisor: the thing VMs are made from.

@@ -61,7 +61,11 @@ impl Hypervisor for KvmHypervisor {
 #[derive(Debug, Default)]
 struct Memory {
     slots: Vec<RamRegion>,
+    /// The host address of each slot's mapping.
+    hosts: Vec<u64>,
     rams: Vec<GuestRam>,
+    /// Whether the slots have KVM_MEM_LOG_DIRTY_PAGES.
+    logging: bool,
 }
 
 /// A KVM virtual machine.
@@ -155,12 +159,12 @@ impl KvmVm {
     /// Registers every RAM region as a memory slot (slot i = region i), with dirty logging
     /// when the RAM was built with dirty tracking. The VM keeps a clone of `ram`.
     pub fn register_memory(&self, ram: &GuestRam) -> Result<(), VmError> {
-        let flags = if ram.track_dirty_pages() {
+        let mut mem = self.memory();
+        let flags = if ram.track_dirty_pages() || mem.logging {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {
             0
         };
-        let mut mem = self.memory();
         let maps = ram.host_mappings();
         if maps.len() + mem.slots.len() > self.kvm.get_nr_memslots() {
             return Err(VmError::TooManySlots(self.kvm.get_nr_memslots()));
@@ -181,8 +185,41 @@ impl KvmVm {
             unsafe { self.fd.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
             mem.slots.push(region);
+            mem.hosts.push(host);
         }
         Ok(())
+    }
+
+    /// Sets or clears `KVM_MEM_LOG_DIRTY_PAGES` on every slot (see
+    /// [`Vm::set_dirty_logging`]).
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        let mut mem = self.memory();
+        let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        for (slot, (region, host)) in mem.slots.iter().zip(&mem.hosts).enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags,
+                guest_phys_addr: region.start.0,
+                memory_size: region.size,
+                userspace_addr: *host,
+            };
+            // SAFETY: the same slot, guest range and host mapping as registered by
+            // `register_memory` (kept alive by `mem.rams`); only the flags change.
+            unsafe { self.fd.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (dirty logging)"))?;
+        }
+        mem.logging = on;
+        Ok(())
+    }
+
+    /// Every slot's dirty bitmap since the last call (see [`Vm::take_dirty_log`]).
+    pub fn take_dirty_log(&self) -> Result<Vec<(RamRegion, Vec<u64>)>, VmError> {
+        let slots = self.slots();
+        let mut out = Vec::with_capacity(slots.len());
+        for (i, region) in slots.into_iter().enumerate() {
+            out.push((region, self.dirty_log(i as u32)?));
+        }
+        Ok(out)
     }
 
     /// The registered slots (index = slot number).
@@ -315,5 +352,13 @@ impl Vm for KvmVm {
             VmState::Kvm(s) => self.restore_kvm_state(s),
             _ => Err(VmError::StateMismatch("the state was not saved from KVM")),
         }
+    }
+
+    fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        KvmVm::set_dirty_logging(self, on)
+    }
+
+    fn take_dirty_log(&self) -> Result<Vec<(RamRegion, Vec<u64>)>, VmError> {
+        KvmVm::take_dirty_log(self)
     }
 }

@@ -48,13 +48,27 @@ pub enum ControlError {
     /// The snapshot failed (the VM stays paused).
     #[error("snapshot failed: {0}")]
     Snapshot(String),
+    /// The migration failed (the VM runs on, or stays paused, as before).
+    #[error("migration failed: {0}")]
+    Migration(String),
 }
 
-/// A snapshot request for the event loop's thread, and where its answer goes.
-pub(crate) type SnapshotRequest = (
-    std::path::PathBuf,
-    std::sync::mpsc::Sender<Result<crate::snapshot::SnapshotInfo, String>>,
-);
+/// Work for the event loop's thread (where no device moves meanwhile), and where its answer
+/// goes.
+pub(crate) enum LoopRequest {
+    /// Write a snapshot into the directory.
+    Snapshot(
+        std::path::PathBuf,
+        std::sync::mpsc::Sender<Result<crate::snapshot::SnapshotInfo, String>>,
+    ),
+    /// Migrate to the URL.
+    Migrate(
+        String,
+        std::sync::mpsc::Sender<
+            Result<crate::migration::MigrationInfo, crate::migration::MigrationError>,
+        >,
+    ),
+}
 
 /// What `vm.info` reports (Cloud Hypervisor's `VmInfo`, the fields virtkit has).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +91,7 @@ struct Shared {
     memory: u64,
     snapshot: Mutex<
         Option<(
-            std::sync::mpsc::Sender<SnapshotRequest>,
+            std::sync::mpsc::Sender<LoopRequest>,
             Arc<virtkit_vcpu::EventFd>,
         )>,
     >,
@@ -114,7 +128,7 @@ impl VmController {
     pub(crate) fn set_snapshot_channel(
         &self,
         ch: Option<(
-            std::sync::mpsc::Sender<SnapshotRequest>,
+            std::sync::mpsc::Sender<LoopRequest>,
             Arc<virtkit_vcpu::EventFd>,
         )>,
     ) {
@@ -147,18 +161,58 @@ impl VmController {
                 needs: "Paused",
             });
         }
+        self.ask_loop(
+            |reply| LoopRequest::Snapshot(dir.to_path_buf(), reply),
+            ControlError::Snapshot,
+        )?
+        .map_err(ControlError::Snapshot)
+    }
+
+    /// Moves the VM, running or paused, to the VMM listening at `url` (`unix:/PATH` or
+    /// `tcp:HOST:PORT`) with a pre-copy live migration (see [`crate::migration`]). On
+    /// success this VM has ended ([`crate::VmEnd::Migrated`]); on failure it runs on.
+    pub fn send_migration(
+        &self,
+        url: &str,
+    ) -> Result<crate::migration::MigrationInfo, ControlError> {
+        let state = self.state();
+        if !matches!(state, VmState::Running | VmState::Paused) {
+            return Err(ControlError::WrongState {
+                request: "send-migration",
+                state,
+                needs: "Running or Paused",
+            });
+        }
+        self.ask_loop(
+            |reply| LoopRequest::Migrate(url.to_string(), reply),
+            ControlError::Migration,
+        )?
+        .map_err(|e| ControlError::Migration(e.to_string()))
+    }
+
+    /// Hands a request to the event loop's thread and waits for its answer; `fail` wraps
+    /// what went wrong on the way.
+    fn ask_loop<T>(
+        &self,
+        request: impl FnOnce(std::sync::mpsc::Sender<T>) -> LoopRequest,
+        fail: fn(String) -> ControlError,
+    ) -> Result<T, ControlError> {
         let (tx, evt) = lock(&self.inner.snapshot)
             .clone()
-            .ok_or_else(|| ControlError::Snapshot("the VM's event loop is not running".into()))?;
+            .ok_or_else(|| fail("the VM's event loop is not running".into()))?;
         let (reply, answer) = std::sync::mpsc::channel();
-        tx.send((dir.to_path_buf(), reply))
-            .map_err(|_| ControlError::Snapshot("the VM's event loop has ended".into()))?;
+        tx.send(request(reply))
+            .map_err(|_| fail("the VM's event loop has ended".into()))?;
         evt.write(1)
-            .map_err(|e| ControlError::Snapshot(format!("waking the event loop: {e}")))?;
+            .map_err(|e| fail(format!("waking the event loop: {e}")))?;
         answer
             .recv_timeout(SNAPSHOT_TIMEOUT)
-            .map_err(|e| ControlError::Snapshot(format!("no answer from the event loop: {e}")))?
-            .map_err(ControlError::Snapshot)
+            .map_err(|e| fail(format!("no answer from the event loop: {e}")))
+    }
+
+    /// Ends the VM after it moved away.
+    pub(crate) fn end_migrated(&self) {
+        self.inner.exit.notify(GuestExit::Migrated);
     }
 
     pub(crate) fn set_state(&self, s: VmState) {

@@ -42,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 mod event_loop;
+pub mod migration;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

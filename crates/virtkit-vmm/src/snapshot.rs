@@ -132,7 +132,7 @@ struct StateFile {
 }
 
 /// FNV-1a (64 bits): enough to catch a damaged or hand-edited state file.
-fn checksum(bytes: &[u8]) -> String {
+pub(crate) fn checksum(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -342,17 +342,28 @@ pub(crate) struct SnapshotContext {
 }
 
 impl SnapshotContext {
-    /// Writes the snapshot (on the event loop's thread, with the vCPUs paused).
-    pub fn take(&self, dir: &Path) -> Result<SnapshotInfo, String> {
-        let started = std::time::Instant::now();
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    /// The state of the paused VM: every vCPU, the in-kernel devices, COM1 and every
+    /// virtio transport, with `disks` as the disk copies' names.
+    pub fn machine_state(&self, disks: Vec<String>) -> Result<MachineState, String> {
         let vcpus = self.controller.save_vcpus()?;
         let vm = self.vm.save_state().map_err(|e| e.to_string())?;
         let serial = self.serial.as_ref().map(|s| {
             let port = s.lock().unwrap_or_else(|e| e.into_inner());
             SavedSerial::from(&port.0.state())
         });
-        let virtio = self.virtio.save();
+        Ok(MachineState {
+            vm,
+            vcpus,
+            serial,
+            virtio: self.virtio.save(),
+            disks,
+        })
+    }
+
+    /// Writes the snapshot (on the event loop's thread, with the vCPUs paused).
+    pub fn take(&self, dir: &Path) -> Result<SnapshotInfo, String> {
+        let started = std::time::Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let mut disks = Vec::with_capacity(self.disks.len());
         let mut disk_bytes = 0;
         for (i, (path, backend)) in self.disks.iter().enumerate() {
@@ -367,13 +378,7 @@ impl SnapshotContext {
         let mem = File::create(&mem_path)
             .and_then(|f| self.ram.save_sparse(&f))
             .map_err(|e| format!("writing {}: {e}", mem_path.display()))?;
-        let state = MachineState {
-            vm,
-            vcpus,
-            serial,
-            virtio,
-            disks,
-        };
+        let state = self.machine_state(disks)?;
         write_state(dir, &self.config, &state).map_err(|e| e.to_string())?;
         Ok(SnapshotInfo {
             dir: dir.to_path_buf(),
@@ -389,7 +394,7 @@ impl SnapshotContext {
 /// asks.
 pub(crate) struct Snapshotter {
     pub evt: std::sync::Arc<virtkit_vcpu::EventFd>,
-    pub requests: std::sync::mpsc::Receiver<crate::control::SnapshotRequest>,
+    pub requests: std::sync::mpsc::Receiver<crate::control::LoopRequest>,
     pub ctx: SnapshotContext,
 }
 
@@ -405,8 +410,15 @@ impl event_manager::MutEventSubscriber for Snapshotter {
 
     fn process(&mut self, _events: event_manager::Events, _ops: &mut event_manager::EventOps<'_>) {
         let _ = self.evt.read();
-        while let Ok((dir, reply)) = self.requests.try_recv() {
-            let _ = reply.send(self.ctx.take(&dir));
+        while let Ok(req) = self.requests.try_recv() {
+            match req {
+                crate::control::LoopRequest::Snapshot(dir, reply) => {
+                    let _ = reply.send(self.ctx.take(&dir));
+                }
+                crate::control::LoopRequest::Migrate(url, reply) => {
+                    let _ = reply.send(crate::migration::send(&self.ctx, &url));
+                }
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Fuzzing entry points (feature `test-utils`).
 //!
-//! `fuzz/fuzz_targets/mmio_transport.rs` and `fuzz/fuzz_targets/vm_config.rs` call
-//! [`mmio_transport`] and [`vm_config`], and `tests/fuzz_corpus.rs` replays every committed
+//! `fuzz/fuzz_targets/{mmio_transport,vm_config,snapshot_state}.rs` call
+//! [`mmio_transport`], [`vm_config`] and [`snapshot_state`], and `tests/fuzz_corpus.rs` replays every committed
 //! corpus input through them, so an input that once crashed or hung stays covered on
 //! stable Rust.
 
@@ -224,4 +224,54 @@ pub fn vm_config(data: &[u8]) -> Option<Result<(), ConfigError>> {
         }
     }
     Some(c.validate(8))
+}
+
+/// Guest RAM of the [`snapshot_state`] harness's VM (MiB).
+pub const SNAPSHOT_FUZZ_RAM_MIB: u64 = 4;
+
+/// The VM of the [`snapshot_state`] harness: 1 vCPU, [`SNAPSHOT_FUZZ_RAM_MIB`] of RAM, one
+/// raw disk at `disk`, no serial console of its own (the harness gives it a sink).
+pub fn snapshot_fuzz_config(disk: &std::path::Path) -> VmConfig {
+    let mut c = VmConfig::with_kernel(std::path::Path::new("/"));
+    c.memory.size = SNAPSHOT_FUZZ_RAM_MIB << 20;
+    c.memory.thp = false;
+    c.disks = Some(vec![crate::config::DiskConfig {
+        path: Some(disk.into()),
+        ..crate::config::DiskConfig::default()
+    }]);
+    c
+}
+
+/// `data` as the `state` member of a snapshot's `state.json` (the machine state a hostile
+/// or damaged snapshot carries, with a checksum that matches: anyone can recompute it),
+/// restored on the fake hypervisor into the VM of [`snapshot_fuzz_config`]: every vCPU,
+/// the VM's in-kernel devices, COM1 and every virtio-mmio transport with its queues and
+/// device. Returns the restore's verdict, or `None` when `data` is not JSON. It must never
+/// panic.
+pub fn snapshot_state(data: &[u8]) -> Option<Result<(), String>> {
+    let state: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let dir = tempfile::tempdir().ok()?;
+    let d = dir.path();
+    let disk = d.join("disk0");
+    let config = snapshot_fuzz_config(&disk);
+    let bytes = serde_json::to_vec(&state).ok()?;
+    let file = serde_json::json!({
+        "version": crate::snapshot::SNAPSHOT_VERSION,
+        "checksum": crate::snapshot::checksum(&bytes),
+        "state": state,
+    });
+    let written = (|| {
+        std::fs::write(d.join("config.json"), serde_json::to_vec(&config)?)?;
+        std::fs::write(d.join("state.json"), serde_json::to_vec(&file)?)?;
+        std::fs::File::create(d.join("memory"))?.set_len(SNAPSHOT_FUZZ_RAM_MIB << 20)?;
+        std::fs::File::create(&disk)?.set_len(MMIO_FUZZ_DISK)?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })();
+    written.ok()?;
+    let built = crate::VmmBuilder::from_snapshot(d).and_then(|b| {
+        b.hypervisor(Arc::new(FakeHypervisor::default()))
+            .serial_output(Box::new(std::io::sink()))
+            .build()
+    });
+    Some(built.map(|_| ()).map_err(|e| e.to_string()))
 }

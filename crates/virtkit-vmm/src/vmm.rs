@@ -74,6 +74,8 @@ pub enum VmEnd {
     Halted,
     /// Ended through [`VmController::shutdown`].
     Shutdown,
+    /// Moved to another VMM ([`VmController::send_migration`]).
+    Migrated,
 }
 
 impl std::fmt::Display for VmEnd {
@@ -84,6 +86,7 @@ impl std::fmt::Display for VmEnd {
             VmEnd::TripleFault => "guest reset (triple fault)",
             VmEnd::Halted => "guest halted",
             VmEnd::Shutdown => "VM shut down on request",
+            VmEnd::Migrated => "VM migrated to another VMM",
         })
     }
 }
@@ -98,10 +101,18 @@ pub struct VmmBuilder {
     resume_after_restore: bool,
 }
 
-/// What a restore brings: the saved machine state and the memory file.
+/// What a restore brings: the saved machine state and the guest memory.
 struct Restore {
     state: MachineState,
-    memory: std::fs::File,
+    memory: RestoreMemory,
+}
+
+/// Where restored guest memory comes from.
+enum RestoreMemory {
+    /// A snapshot's memory file, mapped copy-on-write.
+    File(std::fs::File),
+    /// RAM already filled (by a migration).
+    Ram(GuestRam),
 }
 
 impl std::fmt::Debug for VmmBuilder {
@@ -162,8 +173,23 @@ impl VmmBuilder {
             }
         }
         let mut b = Vmm::builder(config);
-        b.restore = Some(Restore { state, memory });
+        b.restore = Some(Restore {
+            state,
+            memory: RestoreMemory::File(memory),
+        });
         Ok(b)
+    }
+
+    /// A builder for a VM received by a migration: `ram` already holds its memory. The VM
+    /// runs as soon as it starts.
+    pub(crate) fn from_migration(config: VmConfig, state: MachineState, ram: GuestRam) -> Self {
+        let mut b = Vmm::builder(config);
+        b.restore = Some(Restore {
+            state,
+            memory: RestoreMemory::Ram(ram),
+        });
+        b.resume_after_restore = true;
+        b
     }
 
     /// A restored VM runs as soon as [`Vmm::run`] starts it, instead of coming back paused.
@@ -270,13 +296,18 @@ impl Vmm {
                 ))
                 .into());
             }
-            let memory = r.memory.try_clone().map_err(|error| SnapshotError::Io {
-                path: "memory".into(),
-                error,
-            })?;
-            ram = ram.backing_file(memory);
+            if let RestoreMemory::File(f) = &r.memory {
+                let memory = f.try_clone().map_err(|error| SnapshotError::Io {
+                    path: "memory".into(),
+                    error,
+                })?;
+                ram = ram.backing_file(memory);
+            }
         }
-        let ram = ram.build()?;
+        let ram = match restore.as_ref().map(|r| &r.memory) {
+            Some(RestoreMemory::Ram(ram)) => ram.clone(),
+            _ => ram.build()?,
+        };
         vm.register_memory(&ram)?;
 
         let exit_evt = evt()?;
@@ -492,6 +523,7 @@ impl Vmm {
                 GuestExit::PowerOff => VmEnd::PowerOff,
                 GuestExit::Reboot => VmEnd::Reboot,
                 GuestExit::Shutdown => VmEnd::Shutdown,
+                GuestExit::Migrated => VmEnd::Migrated,
             });
         }
         match first {

@@ -406,12 +406,17 @@ fn bad_requests_get_cloud_hypervisors_errors() {
     let (code, body) = c.call("PUT", "vm.create", Some(r#"{"memory":{"size":-1}}"#));
     assert_eq!(code, 400, "{body}");
     // A Cloud Hypervisor endpoint virtkit does not implement.
-    let (code, body) = c.call("PUT", "vm.send-migration", Some("{}"));
+    let (code, body) = c.call("PUT", "vm.add-pmem", Some("{}"));
     assert_eq!(code, 501);
-    assert_eq!(
-        messages(&body),
-        ["virtkit does not implement vm.send-migration"]
+    assert_eq!(messages(&body), ["virtkit does not implement vm.add-pmem"]);
+    // Migration: no URL is a bad request; no VM to send, an error.
+    assert_eq!(c.call("PUT", "vm.send-migration", Some("{}")).0, 400);
+    let (code, _) = c.call(
+        "PUT",
+        "vm.send-migration",
+        Some(r#"{"destination_url":"unix:/nonexistent"}"#),
     );
+    assert_eq!(code, 500);
     // Two pipelined requests, two answers in order; the connection stays usable.
     c.s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\nGET /api/v1/vm.info HTTP/1.1\r\n\r\n")
         .unwrap();

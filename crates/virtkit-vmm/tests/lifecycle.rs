@@ -3,9 +3,12 @@
 //! clear reason.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::Capture;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use virtkit_boot::layout;
 use virtkit_vcpu::fake::{FakeHypervisor, ScriptedExit};
@@ -17,23 +20,6 @@ fn kernel() -> tempfile::NamedTempFile {
     t.write_all(&virtkit_boot::testing::tiny_elf(&[0xf4]))
         .unwrap();
     t
-}
-
-#[derive(Clone, Default, Debug)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Capture {
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
 }
 
 fn out(port: u16, b: u8) -> ScriptedExit {
@@ -70,7 +56,7 @@ fn run_script(exits: Vec<ScriptedExit>) -> (Result<VmEnd, VmmError>, Capture) {
         assert!(
             !watchdog.join().unwrap(),
             "the script did not end the VM (serial: {:?})",
-            serial.0.lock().unwrap()
+            serial.bytes()
         );
     }
     (end, serial)
@@ -87,7 +73,7 @@ fn guest_output_and_power_off_end_the_vm() {
         },
     ]);
     assert_eq!(end.unwrap(), VmEnd::PowerOff);
-    assert_eq!(*serial.0.lock().unwrap(), b"hi");
+    assert_eq!(serial.bytes(), b"hi");
 }
 
 #[test]
@@ -154,11 +140,7 @@ fn mmio_reads_reach_the_virtio_window() {
 }
 
 fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_until_for(10, what, f)
 }
 
 #[test]

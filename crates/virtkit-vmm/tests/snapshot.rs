@@ -5,38 +5,16 @@
 //! hypervisor.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{wait_until, Capture};
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtkit_vcpu::fake::{FakeHypervisor, ScriptedExit};
 use virtkit_vmm::snapshot::SnapshotError;
 use virtkit_vmm::{ControlError, DiskConfig, VmConfig, VmEnd, VmState, Vmm, VmmBuilder, VmmError};
-
-#[derive(Clone, Default, Debug)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Capture {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn kernel(code: &[u8]) -> tempfile::NamedTempFile {
     let mut t = tempfile::NamedTempFile::new().unwrap();

@@ -347,3 +347,39 @@ fn kvm_restore_from_the_command_line_after_sigkill() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("/nonexistent/snap"), "{e}");
 }
+
+/// `vm.receive-migration` on one vm-runner, `vm.send-migration` on another that runs a
+/// guest (as `ch-remote send-migration` / `receive-migration` drive Cloud Hypervisor): the
+/// guest goes on at the destination, the source exits 0.
+#[test]
+fn kvm_live_migration_between_two_vm_runners() {
+    let k = kernel(&DOTS);
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.txt");
+    let mut src = Runner::start(&[
+        "--kernel",
+        k.path().to_str().unwrap(),
+        "--serial",
+        &format!("file:{}", serial.display()),
+    ]);
+    wait_until("guest output", || file_len(&serial) >= 2);
+    let dst = Runner::start(&[]);
+    let msock = dir.path().join("migration.sock");
+    let body = format!(r#"{{"receiver_url":"unix:{}"}}"#, msock.display());
+    let dsock = dst.sock.clone();
+    let receiver =
+        std::thread::spawn(move || call(&dsock, "PUT", "vm.receive-migration", Some(&body)));
+    wait_until("the receiver to listen", || msock.exists());
+    let body = format!(r#"{{"destination_url":"unix:{}"}}"#, msock.display());
+    let (code, err) = src.call("PUT", "vm.send-migration", Some(&body));
+    assert_eq!(code, 204, "{err}");
+    let (code, err) = receiver.join().unwrap();
+    assert_eq!(code, 204, "{err}");
+    let (code, err) = src.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("migrated"), "{err}");
+    assert_eq!(state(&dst.sock), "Running");
+    let at = file_len(&serial);
+    wait_until("output at the destination", || file_len(&serial) > at + 2);
+    assert_eq!(dst.call("PUT", "vmm.shutdown", None).0, 200);
+}

@@ -24,12 +24,10 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "vm.coredump",
     "vm.counters",
     "vm.nmi",
-    "vm.receive-migration",
     "vm.remove-device",
     "vm.resize",
     "vm.resize-disk",
     "vm.resize-zone",
-    "vm.send-migration",
 ];
 
 /// Errors of the routing layer: what a request asked for that no endpoint gives.
@@ -140,13 +138,18 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Response, RouteError> {
 
 /// The directory of a `file://` URL field of the JSON body (Cloud Hypervisor's
 /// `destination_url` / `source_url`).
-fn file_url(req: &Request, field: &str) -> Result<std::path::PathBuf, RouteError> {
+/// The string member `field` of the JSON body.
+fn string_field(req: &Request, field: &str) -> Result<String, RouteError> {
     let body = req.body.as_deref().ok_or(RouteError::NoBody)?;
     let v: serde_json::Value = serde_json::from_slice(body).map_err(RouteError::Json)?;
-    let url = v
-        .get(field)
+    v.get(field)
         .and_then(|u| u.as_str())
-        .ok_or(RouteError::BadRequest)?;
+        .map(str::to_string)
+        .ok_or(RouteError::BadRequest)
+}
+
+fn file_url(req: &Request, field: &str) -> Result<std::path::PathBuf, RouteError> {
+    let url = string_field(req, field)?;
     match url.strip_prefix("file://") {
         Some(p) if p.starts_with('/') => Ok(p.into()),
         _ => Err(RouteError::BadRequest),
@@ -213,9 +216,28 @@ fn route(slot: &VmSlot, req: &Request) -> Result<(Response, After), RouteError> 
                 "The VM could not be restored",
             ))
         }
-        "vmm.ping" | "vm.info" | "vmm.shutdown" | "vm.create" | "vm.snapshot" | "vm.restore" => {
-            Err(RouteError::BadRequest)
+        "vm.send-migration" if put => {
+            let url = string_field(req, "destination_url")?;
+            serve(no_content(
+                slot.send_migration(&url),
+                "The VM could not be migrated",
+            ))
         }
+        "vm.receive-migration" if put => {
+            let url = string_field(req, "receiver_url")?;
+            serve(no_content(
+                slot.receive_migration(&url),
+                "The VM migration could not be received",
+            ))
+        }
+        "vmm.ping"
+        | "vm.info"
+        | "vmm.shutdown"
+        | "vm.create"
+        | "vm.snapshot"
+        | "vm.restore"
+        | "vm.send-migration"
+        | "vm.receive-migration" => Err(RouteError::BadRequest),
         other if NOT_IMPLEMENTED.contains(&other) => {
             Err(RouteError::NotImplemented(other.to_string()))
         }

@@ -53,6 +53,9 @@ pub enum SlotError {
     /// The thread running the VM panicked.
     #[error("the VM thread panicked")]
     Panicked,
+    /// Receiving a migration failed.
+    #[error(transparent)]
+    Migration(crate::migration::MigrationError),
 }
 
 impl SlotError {
@@ -130,12 +133,22 @@ impl VmSlot {
         self.start_with(config, Vmm::builder(config.clone()))
     }
 
-    fn start_with(&self, config: &VmConfig, builder: VmmBuilder) -> Result<Booted, SlotError> {
-        let mut builder = builder.hypervisor(self.hypervisor.clone());
-        if let Some(f) = &self.configure {
-            builder = f(builder);
+    /// `builder` on this slot's hypervisor, configured as every VM here is.
+    fn prepare(&self, builder: VmmBuilder) -> VmmBuilder {
+        let builder = builder.hypervisor(self.hypervisor.clone());
+        match &self.configure {
+            Some(f) => f(builder),
+            None => builder,
         }
-        let vmm = builder.build().map_err(SlotError::Build)?;
+    }
+
+    fn start_with(&self, config: &VmConfig, builder: VmmBuilder) -> Result<Booted, SlotError> {
+        let vmm = self.prepare(builder).build().map_err(SlotError::Build)?;
+        self.start_vmm(config, vmm)
+    }
+
+    /// Starts the thread that runs `vmm`.
+    fn start_vmm(&self, config: &VmConfig, vmm: Vmm) -> Result<Booted, SlotError> {
         let ctl = vmm.controller();
         let api_stop = Arc::new(AtomicBool::new(false));
         let (tx, done) = mpsc::channel();
@@ -231,6 +244,28 @@ impl VmSlot {
         let (config, _) = crate::snapshot::read_state(dir)
             .map_err(|e| SlotError::Build(VmmError::Snapshot(e)))?;
         let booted = self.start_with(&config, builder)?;
+        *st = State::Booted(booted);
+        Ok(())
+    }
+
+    /// `vm.send-migration`: the VM moves to the VMM listening at `url`, and ends here.
+    pub(crate) fn send_migration(&self, url: &str) -> Result<(), SlotError> {
+        self.with_booted(|c| c.send_migration(url).map(|_| ()))
+    }
+
+    /// `vm.receive-migration`: waits at `url` for a source, receives its VM and runs it;
+    /// only when there is no VM.
+    pub(crate) fn receive_migration(&self, url: &str) -> Result<(), SlotError> {
+        let mut st = self.lock();
+        if !matches!(&*st, State::Empty) {
+            return Err(SlotError::AlreadyCreated);
+        }
+        let incoming = crate::migration::Incoming::accept(url).map_err(SlotError::Migration)?;
+        let config = incoming.config().clone();
+        let vmm = incoming
+            .finish(|b| self.prepare(b).build())
+            .map_err(SlotError::Migration)?;
+        let booted = self.start_vmm(&config, vmm)?;
         *st = State::Booted(booted);
         Ok(())
     }

@@ -25,6 +25,8 @@ pub enum GuestExit {
     Reboot,
     /// The VMM was asked to shut the VM down ([`crate::VmController::shutdown`]).
     Shutdown,
+    /// The VM moved to another VMM ([`crate::VmController::send_migration`]).
+    Migrated,
 }
 
 /// Where devices report that the guest asked to end the VM.

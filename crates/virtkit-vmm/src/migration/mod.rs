@@ -1,0 +1,202 @@
+//! Live migration: a running VM moved to another VMM over a Unix socket or TCP, with a
+//! short pause (Cloud Hypervisor's `vm.send-migration` / `vm.receive-migration`).
+//!
+//! The source ([`crate::VmController::send_migration`]) runs the whole transfer on its
+//! event loop's thread, so no device touches guest memory meanwhile; the vCPUs keep
+//! running. It turns on the hypervisor's dirty-page logging, sends the configuration and
+//! every non-zero page, then sends the pages the guest dirtied during the previous round,
+//! round after round, until few are left ([`DIRTY_PAGES_TO_STOP`]) or after
+//! [`MAX_ROUNDS`]. Then it pauses the vCPUs (the downtime starts), sends the last dirty
+//! pages and the machine state (vCPUs, in-kernel devices, COM1, every virtio transport),
+//! flushes the disks and waits for the destination's answer. On success the source VM
+//! ends ([`crate::VmEnd::Migrated`]); on any failure it runs on as before.
+//!
+//! The destination ([`Incoming::accept`] then [`Incoming::finish`]) fills fresh guest RAM
+//! from the stream, opens the disks only once the source has flushed them and stopped (the
+//! disk files are shared: both VMMs must see the same paths, as with Cloud Hypervisor),
+//! restores the state and runs the VM.
+//!
+//! Device I/O waits while the memory is copied (the event loop is busy sending); the
+//! guest's vCPUs do not. A virtio-net tap is opened again by name at the destination,
+//! which on the same host works only once the source has closed it: a VM with a tap
+//! cannot yet move between two VMMs of one host (the destination refuses it, and the
+//! source runs on).
+
+mod receive;
+mod send;
+pub mod wire;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use receive::Incoming;
+pub(crate) use send::send;
+
+/// Pre-copy rounds before the VM is paused whatever is left.
+pub const MAX_ROUNDS: u32 = 30;
+
+/// The VM is paused for the last copy once a round leaves at most this many dirty pages.
+pub const DIRTY_PAGES_TO_STOP: usize = 1024;
+
+/// How long either side waits for the other to answer (or to send the next frame).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of a migration, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The URL is not `unix:/PATH` or `tcp:HOST:PORT`.
+    #[error("migration URL {0:?}: expected unix:/PATH or tcp:HOST:PORT")]
+    Url(String),
+    /// Connecting or listening failed.
+    #[error("migration endpoint {url}: {error}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// Reading or writing the stream failed (the peer went away).
+    #[error("migration stream: {0}")]
+    Stream(std::io::Error),
+    /// The peer sent something that is not a valid migration.
+    #[error("migration protocol: {0}")]
+    Protocol(String),
+    /// The peer reported a failure.
+    #[error("the other VMM failed: {0}")]
+    Peer(String),
+    /// The VM could not be built or restored at the destination.
+    #[error("restoring the migrated VM: {0}")]
+    Restore(String),
+    /// The hypervisor refused dirty logging, a pause or a state save at the source.
+    #[error("migration source: {0}")]
+    Source(String),
+}
+
+/// What a migration did (the source's view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// Pre-copy rounds, the first full copy included.
+    pub rounds: u32,
+    /// Bytes of guest memory sent, in all rounds.
+    pub memory_bytes: u64,
+    /// Pages sent in the last round, with the VM paused.
+    pub last_round_pages: usize,
+    /// From the pause to the destination's answer, in microseconds.
+    pub downtime_us: u64,
+    /// The whole migration, in milliseconds.
+    pub total_ms: u64,
+}
+
+/// A byte stream to the other VMM.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+fn parse_url(url: &str) -> Result<Endpoint, MigrationError> {
+    if let Some(p) = url.strip_prefix("unix:") {
+        let p = p.trim_start_matches("//");
+        if p.starts_with('/') {
+            return Ok(Endpoint::Unix(p.into()));
+        }
+    } else if let Some(a) = url.strip_prefix("tcp:") {
+        let a = a.trim_start_matches("//");
+        if a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return Ok(Endpoint::Tcp(a.to_string()));
+        }
+    }
+    Err(MigrationError::Url(url.to_string()))
+}
+
+/// Connects to a destination listening at `url`.
+pub fn connect(url: &str) -> Result<Box<dyn Stream>, MigrationError> {
+    let err = |error| MigrationError::Connect {
+        url: url.to_string(),
+        error,
+    };
+    let s: Box<dyn Stream> = match parse_url(url)? {
+        Endpoint::Unix(p) => {
+            let s = UnixStream::connect(p).map_err(err)?;
+            s.set_read_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            s.set_write_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            Box::new(s)
+        }
+        Endpoint::Tcp(a) => {
+            let s = std::net::TcpStream::connect(a).map_err(err)?;
+            s.set_nodelay(true).map_err(err)?;
+            s.set_read_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            s.set_write_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            Box::new(s)
+        }
+    };
+    Ok(s)
+}
+
+/// Listens at `url` and accepts one source (a Unix socket file is removed once the source
+/// is connected).
+pub fn listen(url: &str) -> Result<Box<dyn Stream>, MigrationError> {
+    let err = |error| MigrationError::Connect {
+        url: url.to_string(),
+        error,
+    };
+    let s: Box<dyn Stream> = match parse_url(url)? {
+        Endpoint::Unix(p) => {
+            let l = UnixListener::bind(&p).map_err(err)?;
+            let accepted = l.accept();
+            let _ = std::fs::remove_file(&p);
+            let (s, _) = accepted.map_err(err)?;
+            s.set_read_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            s.set_write_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            Box::new(s)
+        }
+        Endpoint::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(err)?;
+            let (s, _) = l.accept().map_err(err)?;
+            s.set_read_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            s.set_write_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
+            Box::new(s)
+        }
+    };
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(matches!(
+            parse_url("unix:/tmp/m.sock"),
+            Ok(Endpoint::Unix(_))
+        ));
+        assert!(matches!(
+            parse_url("unix:///tmp/m.sock"),
+            Ok(Endpoint::Unix(_))
+        ));
+        assert!(matches!(
+            parse_url("tcp:127.0.0.1:6000"),
+            Ok(Endpoint::Tcp(_))
+        ));
+        for bad in [
+            "",
+            "unix:",
+            "unix:rel",
+            "tcp:host",
+            "tcp::1",
+            "tcp:h:99999",
+            "file:///x",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}

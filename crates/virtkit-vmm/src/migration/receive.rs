@@ -1,0 +1,144 @@
+//! The destination side of a migration (see the module docs).
+
+use std::io::Write;
+
+use virtkit_memory::{GuestAddress, GuestMemoryBuilder, GuestRam};
+use vm_memory::Bytes;
+
+use super::wire::{self, Tag};
+use super::{listen, MigrationError, Stream};
+use crate::config::VmConfig;
+use crate::snapshot::MachineState;
+use crate::vmm::{Vmm, VmmBuilder, VmmError};
+
+/// A migration received in full, not yet running: [`Incoming::finish`] builds the VM and
+/// tells the source.
+pub struct Incoming {
+    stream: Box<dyn Stream>,
+    config: VmConfig,
+    ram: GuestRam,
+    state: MachineState,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn refuse(s: &mut dyn Stream, e: &MigrationError) {
+    if !matches!(e, MigrationError::Peer(_) | MigrationError::Stream(_)) {
+        let _ = wire::write_frame(s, Tag::Error, &[e.to_string().as_bytes()]);
+        let _ = s.flush();
+    }
+}
+
+impl Incoming {
+    /// Listens at `url` (`unix:/PATH` or `tcp:HOST:PORT`), accepts one source and receives
+    /// its VM: configuration, memory and state. The source waits, paused, for
+    /// [`Incoming::finish`].
+    pub fn accept(url: &str) -> Result<Incoming, MigrationError> {
+        Incoming::receive(listen(url)?)
+    }
+
+    /// Receives a VM from a source already connected on `stream`.
+    pub fn receive(mut stream: Box<dyn Stream>) -> Result<Incoming, MigrationError> {
+        match read_all(&mut *stream) {
+            Ok((config, ram, state)) => Ok(Incoming {
+                stream,
+                config,
+                ram,
+                state,
+            }),
+            Err(e) => {
+                refuse(&mut *stream, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The VM's configuration, as the source sent it.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Builds the VM with `build` (given a builder that restores what was received and
+    /// runs the VM as soon as it starts), then answers the source: it ends on success, and
+    /// runs on when the build failed.
+    pub fn finish(
+        mut self,
+        build: impl FnOnce(VmmBuilder) -> Result<Vmm, VmmError>,
+    ) -> Result<Vmm, MigrationError> {
+        let builder = VmmBuilder::from_migration(self.config, self.state, self.ram);
+        match build(builder) {
+            Ok(vmm) => {
+                wire::write_frame(&mut *self.stream, Tag::Ok, &[])
+                    .and_then(|()| self.stream.flush())
+                    .map_err(MigrationError::Stream)?;
+                Ok(vmm)
+            }
+            Err(e) => {
+                let e = MigrationError::Restore(e.to_string());
+                refuse(&mut *self.stream, &e);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), MigrationError> {
+    wire::read_magic(s)?;
+    let config: VmConfig = match wire::read_frame(s)? {
+        (Tag::Config, p) => serde_json::from_slice(&p)
+            .map_err(|e| MigrationError::Protocol(format!("the VM configuration: {e}")))?,
+        (Tag::Error, m) => return Err(peer(&m)),
+        (t, _) => {
+            return Err(MigrationError::Protocol(format!(
+                "{t:?} before the configuration"
+            )))
+        }
+    };
+    let ram = GuestMemoryBuilder::new(config.memory.size)
+        .huge_pages(config.memory.huge_pages())
+        .build()
+        .map_err(|e| MigrationError::Restore(format!("guest memory: {e}")))?;
+    let mut state = None;
+    loop {
+        match wire::read_frame(s)? {
+            (Tag::Memory, p) => {
+                let (head, data) = p.split_at_checked(8).ok_or_else(|| {
+                    MigrationError::Protocol("a memory frame without its address".into())
+                })?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(head);
+                let gpa = u64::from_le_bytes(a);
+                ram.memory()
+                    .write_slice(data, GuestAddress(gpa))
+                    .map_err(|e| {
+                        MigrationError::Protocol(format!(
+                            "{} bytes at {gpa:#x}: not guest RAM ({e})",
+                            data.len()
+                        ))
+                    })?;
+            }
+            (Tag::State, p) => {
+                state =
+                    Some(serde_json::from_slice::<MachineState>(&p).map_err(|e| {
+                        MigrationError::Protocol(format!("the machine state: {e}"))
+                    })?);
+            }
+            (Tag::Complete, _) => break,
+            (Tag::Error, m) => return Err(peer(&m)),
+            (t, _) => return Err(MigrationError::Protocol(format!("unexpected {t:?} frame"))),
+        }
+    }
+    let state =
+        state.ok_or_else(|| MigrationError::Protocol("complete without a machine state".into()))?;
+    Ok((config, ram, state))
+}
+
+fn peer(m: &[u8]) -> MigrationError {
+    MigrationError::Peer(String::from_utf8_lossy(m).into_owned())
+}
