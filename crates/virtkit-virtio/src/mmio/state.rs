@@ -185,6 +185,14 @@ impl MmioTransport {
                     "the device refused activation with the saved queues".into(),
                 ));
             }
+            // A notification may have been pending, not yet seen by the device, when the
+            // state was saved: kick every ready queue once, so chains the driver queued
+            // before the snapshot are served (an empty ring costs one look).
+            for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
+                if q.ready() {
+                    let _ = evt.write(1);
+                }
+            }
         }
         Ok(())
     }
