@@ -226,3 +226,47 @@ fn kvm_restore_time() {
         times[0].as_secs_f64() * 1000.0
     );
 }
+
+/// One snapshot restored twice gives two VMs with a disk each: what one writes, the other
+/// and the snapshot do not see.
+#[test]
+fn a_snapshot_restored_twice_gives_two_independent_vms() {
+    let k = kernel(&[0xf4]);
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.raw");
+    std::fs::write(&disk, [b"before".as_slice(), &[0u8; 4090]].concat()).unwrap();
+    let snap = work.path().join("snap");
+    let hv = Arc::new(FakeHypervisor::default());
+    hv.script(
+        0,
+        vec![ScriptedExit::IoOut {
+            port: 0x3f8,
+            data: vec![b'x'],
+        }],
+    );
+    let serial = Capture::default();
+    let b = Vmm::builder(config(&k, &disk))
+        .hypervisor(hv)
+        .serial_output(Box::new(serial.clone()));
+    run_and_snapshot(b, &serial, &snap, 1);
+    let restore = || {
+        VmmBuilder::from_snapshot(&snap)
+            .unwrap()
+            .hypervisor(Arc::new(FakeHypervisor::default()))
+            .serial_output(Box::new(std::io::sink()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (restore(), restore());
+    let path = |v: &Vmm| {
+        v.controller().info().config.disks()[0]
+            .path
+            .clone()
+            .unwrap()
+    };
+    let (pa, pb) = (path(&a), path(&b));
+    assert_ne!(pa, pb, "each restored VM has its own working disk");
+    std::fs::write(&pa, b"by VM a").unwrap();
+    assert_eq!(&std::fs::read(&pb).unwrap()[..6], b"before");
+    assert_eq!(&std::fs::read(snap.join("disk0")).unwrap()[..6], b"before");
+}
