@@ -1,7 +1,7 @@
 //! Fuzzing entry points (feature `test-utils`).
 //!
-//! `fuzz/fuzz_targets/{mmio_transport,vm_config,snapshot_state}.rs` call
-//! [`mmio_transport`], [`vm_config`] and [`snapshot_state`], and `tests/fuzz_corpus.rs` replays every committed
+//! `fuzz/fuzz_targets/{mmio_transport,vm_config,snapshot_state,api_requests}.rs` call
+//! [`mmio_transport`], [`vm_config`], [`snapshot_state`] and [`api_requests`], and `tests/fuzz_corpus.rs` replays every committed
 //! corpus input through them, so an input that once crashed or hung stays covered on
 //! stable Rust.
 
@@ -274,4 +274,12 @@ pub fn snapshot_state(data: &[u8]) -> Option<Result<(), String>> {
             .build()
     });
     Some(built.map(|_| ()).map_err(|e| e.to_string()))
+}
+
+/// `data` as the bytes a client sends on a control API connection: every request the
+/// server's HTTP reader takes from it (pipelined, chunked or not, `Expect: 100-continue`,
+/// the header and body limits), each body parsed as its endpoint's JSON (a `VmConfig` for
+/// `vm.create`). Returns how many requests were read. It must never panic or hang.
+pub fn api_requests(data: &[u8]) -> usize {
+    crate::api::fuzz_requests(data)
 }

@@ -122,3 +122,20 @@ fn snapshot_state_make_seed() {
     )
     .unwrap();
 }
+
+#[test]
+fn api_requests_corpus_replays() {
+    replay("api_requests", testing::api_requests);
+}
+
+/// The seeds are read as the requests they are.
+#[test]
+fn api_requests_seeds_parse() {
+    let run = |n| testing::api_requests(&seed("api_requests", n));
+    assert_eq!(run("ping"), 1);
+    assert_eq!(run("create-boot-pipelined"), 2);
+    assert_eq!(run("chunked-continue"), 1);
+    assert_eq!(run("migration"), 1);
+    assert_eq!(run("bad-length"), 0);
+    assert_eq!(run("huge-header"), 0);
+}

@@ -41,7 +41,7 @@ fn tiny_kernel(code: &[u8]) -> tempfile::NamedTempFile {
 fn missing_kernel_argument() {
     let o = runner(&[]);
     assert_eq!(o.status.code(), Some(2));
-    assert_clean_failure(&o, "--kernel is required");
+    assert_clean_failure(&o, "--kernel or --restore is required");
 }
 
 #[test]

@@ -263,3 +263,41 @@ pub fn serve(
 ) -> Result<Option<VmEnd>, ApiError> {
     ApiServer::bind(socket, hypervisor)?.serve(boot)
 }
+
+/// The body of the `api_requests` fuzz target (see [`crate::testing::api_requests`]).
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
+    use std::io::Write;
+    let Ok((mut client, mut server)) = std::os::unix::net::UnixStream::pair() else {
+        return 0;
+    };
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = client.write_all(&input);
+        let _ = client.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::copy(&mut client, &mut std::io::sink());
+    });
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(2),
+        idle_timeout: std::time::Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let mut buf = Vec::new();
+    let mut n = 0;
+    while let Ok(req) = http::read_request(&mut server, &mut buf, &limits) {
+        n += 1;
+        if let Some(body) = &req.body {
+            if req.path.ends_with("/vm.create") {
+                let _ = serde_json::from_slice::<VmConfig>(body);
+            } else {
+                let _ = serde_json::from_slice::<serde_json::Value>(body);
+            }
+        }
+    }
+    // Read what is left, so the writer never writes into a closed socket.
+    let _ = server.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let _ = std::io::copy(&mut server, &mut std::io::sink());
+    drop(server);
+    let _ = writer.join();
+    n
+}

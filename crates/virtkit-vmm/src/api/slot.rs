@@ -256,11 +256,17 @@ impl VmSlot {
     /// `vm.receive-migration`: waits at `url` for a source, receives its VM and runs it;
     /// only when there is no VM.
     pub(crate) fn receive_migration(&self, url: &str) -> Result<(), SlotError> {
-        let mut st = self.lock();
-        if !matches!(&*st, State::Empty) {
+        if !matches!(&*self.lock(), State::Empty) {
             return Err(SlotError::AlreadyCreated);
         }
+        // Not holding the slot while waiting for the source: the API stays usable
+        // (vmm.shutdown, vm.info) meanwhile.
         let incoming = crate::migration::Incoming::accept(url).map_err(SlotError::Migration)?;
+        let mut st = self.lock();
+        if !matches!(&*st, State::Empty) {
+            // Refused: the source runs on.
+            return Err(SlotError::AlreadyCreated);
+        }
         let config = incoming.config().clone();
         let vmm = incoming
             .finish(|b| self.prepare(b).build())

@@ -45,6 +45,9 @@ pub const DIRTY_PAGES_TO_STOP: usize = 1024;
 /// How long either side waits for the other to answer (or to send the next frame).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a destination waits for a source to connect.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Errors of a migration, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
@@ -141,9 +144,36 @@ pub fn connect(url: &str) -> Result<Box<dyn Stream>, MigrationError> {
     Ok(s)
 }
 
-/// Listens at `url` and accepts one source (a Unix socket file is removed once the source
-/// is connected).
+/// Accepts one connection within `timeout`, polling a non-blocking listener.
+fn accept_within<T>(
+    timeout: Duration,
+    mut accept: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no source connected within {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Listens at `url` and accepts one source within [`ACCEPT_TIMEOUT`] (a Unix socket file
+/// is removed once the source is connected, or the wait is over).
 pub fn listen(url: &str) -> Result<Box<dyn Stream>, MigrationError> {
+    listen_within(url, ACCEPT_TIMEOUT)
+}
+
+/// [`listen`], waiting at most `timeout` for the source.
+pub fn listen_within(url: &str, timeout: Duration) -> Result<Box<dyn Stream>, MigrationError> {
     let err = |error| MigrationError::Connect {
         url: url.to_string(),
         error,
@@ -151,16 +181,21 @@ pub fn listen(url: &str) -> Result<Box<dyn Stream>, MigrationError> {
     let s: Box<dyn Stream> = match parse_url(url)? {
         Endpoint::Unix(p) => {
             let l = UnixListener::bind(&p).map_err(err)?;
-            let accepted = l.accept();
+            let accepted = l
+                .set_nonblocking(true)
+                .and_then(|()| accept_within(timeout, || l.accept()));
             let _ = std::fs::remove_file(&p);
             let (s, _) = accepted.map_err(err)?;
+            s.set_nonblocking(false).map_err(err)?;
             s.set_read_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
             s.set_write_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
             Box::new(s)
         }
         Endpoint::Tcp(a) => {
             let l = std::net::TcpListener::bind(a).map_err(err)?;
-            let (s, _) = l.accept().map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            let (s, _) = accept_within(timeout, || l.accept()).map_err(err)?;
+            s.set_nonblocking(false).map_err(err)?;
             s.set_read_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
             s.set_write_timeout(Some(PEER_TIMEOUT)).map_err(err)?;
             Box::new(s)
@@ -198,5 +233,23 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_destination_nobody_connects_to_gives_up() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("m.sock");
+        let url = format!("unix:{}", sock.display());
+        let e = listen_within(&url, Duration::from_millis(100))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no source connected"), "{e}");
+        assert!(!sock.exists(), "the socket file is removed");
+        let e = listen_within("tcp:127.0.0.1:0", Duration::from_millis(50))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no source connected"), "{e}");
     }
 }
