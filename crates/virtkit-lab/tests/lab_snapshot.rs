@@ -1,0 +1,208 @@
+//! Lab tier: high availability for a real Linux guest (issue #13).
+//!
+//! Inside the lab, vm-runner boots the test guest (1 vCPU, 128 MiB, a qcow2 disk) whose
+//! `/check.sh` counts forever: each line `COUNT i BOOT_ID UPTIME` goes to the serial
+//! console and `LINE i` to sector `i` of its disk (written through with `fsync`). Then,
+//! through the control API over the socket as `ch-remote` drives Cloud Hypervisor:
+//! 1. pause, `vm.snapshot`, SIGKILL of that vm-runner;
+//! 2. `vm-runner --restore source_url=file:///...,resume=on` in a new process: the count
+//!    goes on, same boot id, uptime not reset;
+//! 3. `vm.receive-migration` on a third vm-runner and `vm.send-migration` from the
+//!    second: the count goes on there, the source exits 0;
+//! 4. the disk holds every line up to the last count and `qemu-img check` finds it clean.
+//!
+//! Opt out with `VIRTKIT_SKIP_LAB=1` at build time (the test is then `ignored`).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use virtkit_lab::{
+    guest_kernel, initramfs, lab_opted_out, run, static_binary, with_kvm_hold, Payload,
+    GUEST_CMDLINE,
+};
+
+/// The guest's counter.
+const COUNTER: &str = r#"
+boot=$(cat /proc/sys/kernel/random/boot_id)
+i=0
+while true; do
+  i=$((i+1))
+  echo "LINE $i" | dd of=/dev/vda bs=512 seek=$i count=1 conv=notrunc,fsync 2>/dev/null
+  echo "COUNT $i $boot $(cut -d' ' -f1 /proc/uptime)"
+  usleep 50000
+done
+"#;
+
+/// The lab's side: three vm-runners, the API over curl.
+const SCRIPT: &str = r#"
+api() { # SOCKET ENDPOINT [BODY]: prints the HTTP status
+  if [ -n "$3" ]; then
+    /usr/bin/curl -s -o /tmp/body -w '%{http_code}' --unix-socket "$1" -X PUT -H 'Content-Type: application/json' -d "$3" "http://localhost/api/v1/$2"
+  else
+    /usr/bin/curl -s -o /tmp/body -w '%{http_code}' --unix-socket "$1" -X PUT "http://localhost/api/v1/$2"
+  fi
+}
+wait_for() { # FILE PATTERN
+  n=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    n=$((n+1))
+    if [ $n -gt 1200 ]; then echo "SNAP-TIMEOUT waiting for '$2' in $1"; cat "$1"; return 1; fi
+    usleep 100000
+  done
+}
+wait_sock() { n=0; while [ ! -S "$1" ] && [ $n -lt 300 ]; do usleep 50000; n=$((n+1)); done; }
+/usr/bin/qemu-img create -q -f qcow2 /tmp/disk.qcow2 16M
+CMD="console=ttyS0 panic=-1 quiet"
+./vm-runner --api-socket /tmp/a.sock --kernel ./bzImage --initrd ./initrd --cmdline "$CMD" \
+  --serial file:/tmp/ser --disk path=/tmp/disk.qcow2,format=qcow2 2>/tmp/a.err &
+A=$!
+wait_for /tmp/ser "COUNT 20 " || exit 1
+echo "SNAP-PAUSE $(api /tmp/a.sock vm.pause)"
+echo "SNAP-SNAPSHOT $(api /tmp/a.sock vm.snapshot '{"destination_url":"file:///tmp/snap"}') $(cat /tmp/body)"
+kill -9 $A; wait $A; echo "SNAP-A-EXIT $?"
+mv /tmp/ser /tmp/ser.1
+
+RUST_LOG=virtkit_vmm=info ./vm-runner --api-socket /tmp/b.sock --restore source_url=file:///tmp/snap,resume=on 2>/tmp/b.err &
+B=$!
+wait_sock /tmp/b.sock
+wait_for /tmp/ser "COUNT 40 " || { cat /tmp/b.err; exit 1; }
+# B goes on writing into the renamed file (its open descriptor) until it stops; the
+# destination creates /tmp/ser anew.
+mv /tmp/ser /tmp/ser.2
+
+./vm-runner --api-socket /tmp/c.sock 2>/tmp/c.err &
+C=$!
+wait_sock /tmp/c.sock
+(echo "SNAP-RECEIVE $(api /tmp/c.sock vm.receive-migration '{"receiver_url":"unix:/tmp/m.sock"}')" >/tmp/recv.out) &
+R=$!
+wait_sock /tmp/m.sock
+echo "SNAP-SEND $(api /tmp/b.sock vm.send-migration '{"destination_url":"unix:/tmp/m.sock"}') $(cat /tmp/body)"
+wait $R; cat /tmp/recv.out
+wait $B; echo "SNAP-B-EXIT $?"
+grep -o 'migrated to .*' /tmp/b.err
+wait_for /tmp/ser "COUNT 60 " || { cat /tmp/c.err; exit 1; }
+echo "SNAP-PAUSE-C $(api /tmp/c.sock vm.pause)"
+cp /tmp/ser /tmp/ser.3
+disk=$(ls /tmp/snap/run-*/disk0)
+echo "SNAP-CHECK $(/usr/bin/qemu-img check -q "$disk" >/tmp/check.out 2>&1; echo $?)"
+cat /tmp/check.out
+/usr/bin/qemu-img convert -O raw "$disk" /tmp/disk.raw
+for f in 1 2 3; do echo "=== SER-$f"; cat /tmp/ser.$f; echo; done
+echo "=== DISK"
+dd if=/tmp/disk.raw bs=512 count=200 2>/dev/null | tr '\000' '\n' | grep '^LINE '
+echo "=== END"
+echo "SNAP-SHUTDOWN $(api /tmp/c.sock vmm.shutdown)"
+wait $C; echo "SNAP-C-EXIT $?"
+"#;
+
+/// (count, boot id, uptime) of every complete COUNT line of `text`.
+fn counts(text: &str) -> Vec<(u64, String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "COUNT").then_some(())?;
+            let n = w.next()?.parse().ok()?;
+            let boot = w.next()?.to_string();
+            let up = w.next()?.parse().ok()?;
+            Some((n, boot, up))
+        })
+        .collect()
+}
+
+fn section<'a>(out: &'a str, name: &str) -> &'a str {
+    let start = out
+        .find(&format!("=== {name}\n"))
+        .unwrap_or_else(|| panic!("no {name} section in:\n{out}"));
+    let rest = &out[start + name.len() + 5..];
+    &rest[..rest.find("\n=== ").unwrap_or(rest.len())]
+}
+
+#[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
+fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
+    if lab_opted_out("lab_guest_survives_snapshot_sigkill_restore_and_live_migration") {
+        return;
+    }
+    let kernel = guest_kernel().expect("building the guest kernel (cargo xtask guest)");
+    let initrd = initramfs(COUNTER, &[]).expect("packing the guest initramfs");
+    let vm_runner = static_binary("vm-runner", "vm-runner").expect("static vm-runner build");
+    assert!(GUEST_CMDLINE.starts_with("console=ttyS0"));
+    let payload = Payload::new(SCRIPT)
+        .file(vm_runner, "vm-runner")
+        .file(&kernel.bzimage, "bzImage")
+        .file(&initrd, "initrd")
+        .host_program("/usr/bin/curl")
+        .and_then(|p| p.host_program("/usr/bin/qemu-img"))
+        .expect("carrying curl and qemu-img")
+        .timeout(Duration::from_secs(600));
+    let payload = with_kvm_hold(payload).expect("the KVM hold");
+    let out = match run(&payload) {
+        Ok(out) => out,
+        Err(e) if e.is_lab_failure() => panic!("LAB FAILURE (not a guest failure): {e}"),
+        Err(e) => panic!("could not run the payload: {e}"),
+    };
+    let o = out.output.as_str();
+    eprintln!("venue: {} (lab run took {:.1?})", out.venue, out.elapsed);
+    for step in [
+        "SNAP-PAUSE 204",
+        "SNAP-SNAPSHOT 204",
+        "SNAP-SEND 204",
+        "SNAP-RECEIVE 204",
+        "SNAP-B-EXIT 0",
+        "SNAP-PAUSE-C 204",
+        "SNAP-CHECK 0",
+        "SNAP-C-EXIT 0",
+    ] {
+        assert!(o.contains(step), "no {step:?} in the lab output:\n{o}");
+    }
+    // The three consoles are one stream: each VMM's output goes on from the byte where the
+    // previous one stopped (a line may be split across two of them).
+    let stream: String = ["SER-1", "SER-2", "SER-3"]
+        .iter()
+        .map(|s| section(o, s))
+        .collect();
+    let all = counts(&stream);
+    for s in ["SER-1", "SER-2", "SER-3"] {
+        assert!(
+            !counts(section(o, s)).is_empty(),
+            "{s} counted nothing:\n{o}"
+        );
+    }
+    assert!(all.len() >= 60, "{o}");
+    let boot = &all[0].1;
+    for w in all.windows(2) {
+        let ((a, ba, ua), (b, bb, ub)) = (&w[0], &w[1]);
+        assert_eq!(
+            *b,
+            a + 1,
+            "the count jumps from {a} to {b}: the guest restarted?\n{o}"
+        );
+        assert_eq!(ba, bb, "a new boot id after {a}: the guest rebooted\n{o}");
+        assert!(
+            ub >= ua,
+            "uptime went back from {ua} to {ub} after {a}\n{o}"
+        );
+    }
+    assert_eq!(&all[all.len() - 1].1, boot);
+    let last = all.last().unwrap().0;
+    let lines: Vec<u64> = section(o, "DISK")
+        .lines()
+        .filter_map(|l| l.strip_prefix("LINE ")?.trim().parse().ok())
+        .collect();
+    let want: Vec<u64> = (1..=lines.len() as u64).collect();
+    assert_eq!(lines, want, "the disk lost lines:\n{o}");
+    assert!(
+        lines.len() as u64 >= last,
+        "the disk has {} lines, the count reached {last}",
+        lines.len()
+    );
+    if let Some(m) = o.lines().find(|l| l.starts_with("migrated to ")) {
+        eprintln!("{m}");
+    }
+    eprintln!(
+        "counted to {last} across a snapshot, SIGKILL, restore and migration (boot id {boot}); \
+         uptime {:.2} -> {:.2} s",
+        all[0].2,
+        all[all.len() - 1].2
+    );
+}
