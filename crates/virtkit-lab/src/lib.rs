@@ -35,6 +35,7 @@ mod error;
 pub mod fuzz_corpus;
 mod guest;
 mod lab;
+mod lab_kernel;
 mod payload;
 pub mod soak;
 mod static_bin;
