@@ -14,9 +14,7 @@ mod hooks;
 mod init;
 mod log;
 mod process;
-mod seccomp;
 mod state;
-mod syscall_table;
 mod util;
 
 use std::io::{Read, Write};

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{Capabilities, Process};
 
-use crate::seccomp;
 use crate::util::cstring;
 
 /// Capability names in kernel order (CAP_CHOWN = 0 ...).
@@ -144,7 +143,7 @@ pub struct Plan {
     /// Capabilities (None: leave as they are).
     pub caps: Option<CapSets>,
     /// Compiled seccomp program and flags.
-    pub seccomp: Option<(Vec<libc::sock_filter>, u32)>,
+    pub seccomp: Option<virtkit_seccomp::Program>,
     /// `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
     /// Allocate a pty.
@@ -187,7 +186,9 @@ pub fn plan(p: &Process, seccomp: Option<&oci_spec::runtime::LinuxSeccomp>) -> R
         inheritable: cap_mask(c.inheritable()),
         ambient: cap_mask(c.ambient()),
     });
-    let seccomp = seccomp.map(seccomp::compile).transpose()?;
+    let seccomp = seccomp
+        .map(|s| virtkit_seccomp::Profile::from_oci(s).and_then(|p| virtkit_seccomp::compile(&p)))
+        .transpose()?;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -295,8 +296,8 @@ impl Plan {
         // Seccomp must be loaded while we still hold CAP_SYS_ADMIN when no_new_privs is
         // off; with no_new_privs it goes last so fewer syscalls need allowing.
         if !self.no_new_privileges {
-            if let Some((prog, flags)) = &self.seccomp {
-                seccomp::install(prog, *flags).context("install seccomp filter")?;
+            if let Some(prog) = &self.seccomp {
+                virtkit_seccomp::install(prog).context("install seccomp filter")?;
             }
         }
         // SAFETY: prctl/setgroups/setres[ug]id take plain integers or valid arrays.
@@ -365,8 +366,8 @@ impl Plan {
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
                 return Err(err("prctl(PR_SET_NO_NEW_PRIVS)"));
             }
-            if let Some((prog, flags)) = &self.seccomp {
-                seccomp::install(prog, *flags).context("install seccomp filter")?;
+            if let Some(prog) = &self.seccomp {
+                virtkit_seccomp::install(prog).context("install seccomp filter")?;
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! x86_64 syscall names and numbers (from the kernel's asm/unistd_64.h), sorted by name.
 
-/// (name, number), sorted by name for binary search.
-pub const SYSCALLS: &[(&str, i64)] = &[
+/// `(name, number)` of every x86_64 syscall, sorted by name for binary search.
+pub const SYSCALLS: &[(&str, u32)] = &[
     ("_sysctl", 156),
     ("accept", 43),
     ("accept4", 288),
@@ -366,10 +366,35 @@ pub const SYSCALLS: &[(&str, i64)] = &[
     ("writev", 20),
 ];
 
-/// The number of syscall `name` on x86_64.
-pub fn number(name: &str) -> Option<i64> {
+/// The number of syscall `name` on x86_64, or `None` for a name this table does not
+/// know (another architecture's syscall, or one newer than the table).
+pub fn number(name: &str) -> Option<u32> {
     SYSCALLS
         .binary_search_by(|(n, _)| (*n).cmp(name))
         .ok()
-        .map(|i| SYSCALLS[i].1)
+        .and_then(|i| SYSCALLS.get(i))
+        .map(|&(_, nr)| nr)
+}
+
+/// The name of x86_64 syscall `nr`, when the table has it.
+pub fn name(nr: u32) -> Option<&'static str> {
+    SYSCALLS
+        .iter()
+        .find(|&&(_, n)| n == nr)
+        .map(|&(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_lookups_work() {
+        assert!(SYSCALLS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(number("read"), Some(0));
+        assert_eq!(number("openat2"), Some(437));
+        assert_eq!(number("nope"), None);
+        assert_eq!(name(59), Some("execve"));
+        assert_eq!(name(100_000), None);
+    }
 }
