@@ -21,13 +21,19 @@ use virtkit_lab::{
     GUEST_CMDLINE,
 };
 
-/// The guest's counter.
+/// The guest's counter. With `vk_dirty=N` on the kernel command line (the kernel hands it
+/// to init as an environment variable) it also rewrites an N MiB buffer in RAM each round
+/// and has no disk.
 const COUNTER: &str = r#"
 boot=$(cat /proc/sys/kernel/random/boot_id)
 i=0
 while true; do
   i=$((i+1))
-  echo "LINE $i" | dd of=/dev/vda bs=512 seek=$i count=1 conv=notrunc,fsync 2>/dev/null
+  if [ -n "$vk_dirty" ]; then
+    dd if=/dev/zero of=/tmp/buf bs=1M count=$vk_dirty conv=notrunc 2>/dev/null
+  else
+    echo "LINE $i" | dd of=/dev/vda bs=512 seek=$i count=1 conv=notrunc,fsync 2>/dev/null
+  fi
   echo "COUNT $i $boot $(cut -d' ' -f1 /proc/uptime)"
   usleep 50000
 done
@@ -93,6 +99,30 @@ dd if=/tmp/disk.raw bs=512 count=200 2>/dev/null | tr '\000' '\n' | grep '^LINE 
 echo "=== END"
 echo "SNAP-SHUTDOWN $(api /tmp/c.sock vmm.shutdown)"
 wait $C; echo "SNAP-C-EXIT $?"
+
+# A guest rewriting a 64 MiB buffer in a loop, migrated while it does.
+RUST_LOG=virtkit_vmm=info ./vm-runner --api-socket /tmp/d.sock --kernel ./bzImage --initrd ./initrd \
+  --memory 256 --cmdline "$CMD vk_dirty=64" --serial file:/tmp/dser 2>/tmp/d.err &
+D=$!
+wait_for /tmp/dser "COUNT 5 " || { cat /tmp/d.err; exit 1; }
+./vm-runner --api-socket /tmp/e.sock 2>/tmp/e.err &
+E=$!
+wait_sock /tmp/e.sock
+(echo "DIRTY-RECEIVE $(api /tmp/e.sock vm.receive-migration '{"receiver_url":"unix:/tmp/m2.sock"}')" >/tmp/recv2.out) &
+R=$!
+wait_sock /tmp/m2.sock
+mv /tmp/dser /tmp/dser.1
+echo "DIRTY-SEND $(api /tmp/d.sock vm.send-migration '{"destination_url":"unix:/tmp/m2.sock"}') $(cat /tmp/body)"
+wait $R; cat /tmp/recv2.out
+wait $D; echo "DIRTY-D-EXIT $?"
+grep -o 'migrated to .*' /tmp/d.err | sed 's/^/DIRTY-/'
+n=$(grep -o 'COUNT [0-9]*' /tmp/dser.1 | tail -1 | cut -d' ' -f2)
+wait_for /tmp/dser "COUNT $((n+3)) " || { cat /tmp/e.err; exit 1; }
+echo "=== DSER-1"; cat /tmp/dser.1; echo
+echo "=== DSER-2"; cat /tmp/dser; echo
+echo "=== DEND"
+echo "DIRTY-SHUTDOWN $(api /tmp/e.sock vmm.shutdown)"
+wait $E; echo "DIRTY-E-EXIT $?"
 "#;
 
 /// (count, boot id, uptime) of every complete COUNT line of `text`.
@@ -144,6 +174,10 @@ fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
     let o = out.output.as_str();
     eprintln!("venue: {} (lab run took {:.1?})", out.venue, out.elapsed);
     for step in [
+        "DIRTY-SEND 204",
+        "DIRTY-RECEIVE 204",
+        "DIRTY-D-EXIT 0",
+        "DIRTY-E-EXIT 0",
         "SNAP-PAUSE 204",
         "SNAP-SNAPSHOT 204",
         "SNAP-SEND 204",
@@ -199,6 +233,19 @@ fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
     if let Some(m) = o.lines().find(|l| l.starts_with("migrated to ")) {
         eprintln!("{m}");
     }
+    // The dirtying guest goes on after its migration, same boot.
+    let dirty: String = ["DSER-1", "DSER-2"].iter().map(|s| section(o, s)).collect();
+    let d = counts(&dirty);
+    assert!(d.len() >= 8, "{o}");
+    for w in d.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "the dirtying guest's count jumps:\n{o}");
+        assert_eq!(w[1].1, w[0].1, "the dirtying guest rebooted:\n{o}");
+    }
+    let m = o
+        .lines()
+        .find(|l| l.starts_with("DIRTY-migrated to "))
+        .unwrap_or_else(|| panic!("no migration report for the dirtying guest:\n{o}"));
+    eprintln!("64 MiB dirtying guest, 256 MiB: {m}");
     eprintln!(
         "counted to {last} across a snapshot, SIGKILL, restore and migration (boot id {boot}); \
          uptime {:.2} -> {:.2} s",
