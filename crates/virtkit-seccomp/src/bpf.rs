@@ -160,7 +160,10 @@ fn emit_arg(a: &mut Asm, c: &ArgCmp, fail: usize) -> Result<(), Error> {
             a.op(op::JEQ_K, f, T::Next, vl);
         }
         CmpOp::MaskedEq => {
-            let (eh, el) = ((c.value_two >> 32) as u32, c.value_two as u32);
+            // libseccomp masks the expected value too: bits outside the mask never
+            // make a rule unmatchable.
+            let expect = c.value_two & c.value;
+            let (eh, el) = ((expect >> 32) as u32, expect as u32);
             a.ld(hi);
             a.op(op::AND_K, T::Next, T::Next, vh);
             a.op(op::JEQ_K, T::Next, f, eh);

@@ -101,7 +101,8 @@ pub enum CmpOp {
     Ge,
     /// `arg > value`.
     Gt,
-    /// `arg & value == value_two` (OCI's `value` is the mask).
+    /// `arg & value == value_two & value` (OCI's `value` is the mask). Bits of
+    /// `value_two` outside the mask are ignored, as libseccomp does (so runc and crun).
     MaskedEq,
 }
 
@@ -142,7 +143,7 @@ impl ArgCmp {
             CmpOp::Eq => arg == self.value,
             CmpOp::Ge => arg >= self.value,
             CmpOp::Gt => arg > self.value,
-            CmpOp::MaskedEq => arg & self.value == self.value_two,
+            CmpOp::MaskedEq => arg & self.value == self.value_two & self.value,
         }
     }
 }

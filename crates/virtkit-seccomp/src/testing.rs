@@ -12,7 +12,7 @@ use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilter
 use crate::{compile, interp, table, Action, ArgCmp, CmpOp, Insn, Profile, Rule, SeccompData};
 
 mod decode;
-pub use decode::{decode, seccomp_diff};
+pub use decode::{decode, reference_errors, seccomp_diff};
 
 /// `AUDIT_ARCH_I386`: a foreign architecture for the inputs.
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;

@@ -209,3 +209,55 @@ fn overlapping_conditional_rules_with_different_actions_are_the_known_difference
     };
     assert!(matches!(differences(&p, &[]), Err(DiffError::Reference(_))));
 }
+
+/// Found by the `seccomp_diff` fuzz target: `SCMP_CMP_MASKED_EQ` whose expected value
+/// has bits outside the mask. libseccomp masks it too (`arg & mask == value & mask`);
+/// ours compared with the value as given, so the rule could never match.
+#[test]
+fn masked_eq_with_value_bits_outside_the_mask_matches() {
+    let p = Profile {
+        default: Action::Errno(1),
+        rules: vec![rule(
+            56,
+            Action::Allow,
+            vec![cmp(0, CmpOp::MaskedEq, 0x7e02_0000, 8)],
+        )],
+        flags: 0,
+    };
+    assert_eq!(p.decide(56, &[0; 6]), Action::Allow);
+    assert_eq!(p.decide(56, &[0x2_0000, 0, 0, 0, 0, 0]), Action::Errno(1));
+    assert_same(&p);
+}
+
+/// Found by the `seccomp_diff` fuzz target, a libseccomp (2.5.4) defect, not ours: two
+/// KILL rules for one syscall, `arg0 <= 0 && arg2 != 0x7fffffff` and
+/// `arg3 == X && arg0 < 0`. The call `(0, 0, 0x7fffffff, X)` matches neither, yet
+/// libseccomp's merged tree kills it. Ours gives the default, as the model does.
+#[test]
+fn libseccomp_merged_chains_defect_is_told_apart() {
+    let x = 0xff06_0003_0100_0601;
+    let p = Profile {
+        default: Action::Log,
+        rules: vec![
+            rule(
+                146,
+                Action::KillThread,
+                vec![cmp(0, CmpOp::Le, 0, 0), cmp(2, CmpOp::Ne, 0x7fff_ffff, 0)],
+            ),
+            rule(
+                146,
+                Action::KillThread,
+                vec![cmp(3, CmpOp::Eq, x, 0), cmp(0, CmpOp::Lt, 0, 0)],
+            ),
+        ],
+        flags: 0,
+    };
+    let call = SeccompData::x86_64(146, [0, 0, 0x7fff_ffff, x, 0, 0]);
+    assert_eq!(p.decide(146, &call.args), Action::Log);
+    let d = differences(&p, &[call]).unwrap();
+    if !d.is_empty() {
+        // Still libseccomp's defect: ours is the model's verdict.
+        assert_eq!(d[0].ours, Action::Log.ret());
+        assert_eq!(virtkit_seccomp::testing::reference_errors(&p, &d), d.len());
+    }
+}
