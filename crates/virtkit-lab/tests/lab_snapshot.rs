@@ -39,8 +39,8 @@ while true; do
 done
 "#;
 
-/// The lab's side: three vm-runners, the API over curl.
-const SCRIPT: &str = r#"
+/// Shell functions both lab scripts use.
+const PRELUDE: &str = r#"
 api() { # SOCKET ENDPOINT [BODY]: prints the HTTP status
   if [ -n "$3" ]; then
     /usr/bin/curl -s -o /tmp/body -w '%{http_code}' --unix-socket "$1" -X PUT -H 'Content-Type: application/json' -d "$3" "http://localhost/api/v1/$2"
@@ -57,8 +57,12 @@ wait_for() { # FILE PATTERN
   done
 }
 wait_sock() { n=0; while [ ! -S "$1" ] && [ $n -lt 300 ]; do usleep 50000; n=$((n+1)); done; }
-/usr/bin/qemu-img create -q -f qcow2 /tmp/disk.qcow2 16M
 CMD="console=ttyS0 panic=-1 quiet"
+"#;
+
+/// The lab's side: three vm-runners, the API over curl.
+const SCRIPT: &str = r#"
+/usr/bin/qemu-img create -q -f qcow2 /tmp/disk.qcow2 16M
 ./vm-runner --api-socket /tmp/a.sock --kernel ./bzImage --initrd ./initrd --cmdline "$CMD" \
   --serial file:/tmp/ser --disk path=/tmp/disk.qcow2,format=qcow2 2>/tmp/a.err &
 A=$!
@@ -105,7 +109,7 @@ RUST_LOG=virtkit_vmm=info ./vm-runner --api-socket /tmp/d.sock --kernel ./bzImag
   --memory 256 --cmdline "$CMD vk_dirty=64" --serial file:/tmp/dser 2>/tmp/d.err &
 D=$!
 wait_for /tmp/dser "COUNT 5 " || { cat /tmp/d.err; exit 1; }
-./vm-runner --api-socket /tmp/e.sock 2>/tmp/e.err &
+RUST_LOG=virtkit_vmm=info ./vm-runner --api-socket /tmp/e.sock 2>/tmp/e.err &
 E=$!
 wait_sock /tmp/e.sock
 (echo "DIRTY-RECEIVE $(api /tmp/e.sock vm.receive-migration '{"receiver_url":"unix:/tmp/m2.sock"}')" >/tmp/recv2.out) &
@@ -116,6 +120,7 @@ echo "DIRTY-SEND $(api /tmp/d.sock vm.send-migration '{"destination_url":"unix:/
 wait $R; cat /tmp/recv2.out
 wait $D; echo "DIRTY-D-EXIT $?"
 grep -o 'migrated to .*' /tmp/d.err | sed 's/^/DIRTY-/'
+grep -o 'migration: .*' /tmp/d.err /tmp/e.err | sed 's/^/DIRTY-/'
 n=$(grep -o 'COUNT [0-9]*' /tmp/dser.1 | tail -1 | cut -d' ' -f2)
 wait_for /tmp/dser "COUNT $((n+3)) " || { cat /tmp/e.err; exit 1; }
 echo "=== DSER-1"; cat /tmp/dser.1; echo
@@ -157,7 +162,7 @@ fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
     let initrd = initramfs(COUNTER, &[]).expect("packing the guest initramfs");
     let vm_runner = static_binary("vm-runner", "vm-runner").expect("static vm-runner build");
     assert!(GUEST_CMDLINE.starts_with("console=ttyS0"));
-    let payload = Payload::new(SCRIPT)
+    let payload = Payload::new(format!("{PRELUDE}{SCRIPT}"))
         .file(vm_runner, "vm-runner")
         .file(&kernel.bzimage, "bzImage")
         .file(&initrd, "initrd")
@@ -252,4 +257,64 @@ fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
         all[0].2,
         all[all.len() - 1].2
     );
+}
+
+/// QEMU's side of the live-migration benchmark: the same guest (256 MiB, rewriting 64 MiB
+/// in a loop), `migrate -d unix:` to a QEMU started with `-incoming`, monitors on fifos;
+/// prints QEMU's own downtime and total time.
+const QEMU_MIGRATION: &str = r#"
+Q="qemu-system-x86_64 -M microvm -enable-kvm -cpu host -smp 1 -m 256 -nodefaults -no-user-config -display none -kernel ./bzImage -initrd ./initrd"
+mkfifo /tmp/qin_a /tmp/qin_b
+$Q -append "$CMD vk_dirty=64" -serial file:/tmp/qser_a -monitor stdio </tmp/qin_a >/tmp/qmon_a 2>&1 &
+QA=$!
+exec 3>/tmp/qin_a
+$Q -append "$CMD vk_dirty=64" -serial file:/tmp/qser_b -monitor stdio -incoming unix:/tmp/qm.sock </tmp/qin_b >/tmp/qmon_b 2>&1 &
+QB=$!
+exec 4>/tmp/qin_b
+wait_for /tmp/qser_a "COUNT 5 " || exit 1
+wait_sock /tmp/qm.sock
+echo "migrate -d unix:/tmp/qm.sock" >&3
+n=0
+while ! grep -q "Migration status: completed" /tmp/qmon_a && [ $n -lt 240 ]; do
+  echo "info migrate" >&3; usleep 500000; n=$((n+1))
+done
+echo "info migrate" >&3; usleep 500000
+echo "QEMU-STATUS $(grep -o 'Migration status: [a-z-]*' /tmp/qmon_a | tail -1)"
+echo "QEMU-$(grep -o 'total time: [0-9]* ms' /tmp/qmon_a | tail -1)"
+echo "QEMU-$(grep -o 'downtime: [0-9]* ms' /tmp/qmon_a | tail -1)"
+echo "QEMU-$(grep -o 'transferred ram: [0-9]* kbytes' /tmp/qmon_a | tail -1)"
+n=$(grep -o 'COUNT [0-9]*' /tmp/qser_a | tail -1 | cut -d' ' -f2)
+wait_for /tmp/qser_b "COUNT $((n+3)) " && echo "QEMU-DEST-COUNTS-ON"
+echo quit >&3; echo quit >&4
+wait $QA $QB
+"#;
+
+/// Live-migration downtime, vm-runner against QEMU microvm in ONE lab run, the same guest
+/// (Linux, 1 vCPU, 256 MiB, rewriting a 64 MiB buffer in a loop): each VMM's own report.
+/// `cargo test -p virtkit-lab --test lab_snapshot -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: prints both VMMs' migration downtime"]
+fn lab_live_migration_vs_qemu() {
+    let kernel = guest_kernel().expect("building the guest kernel (cargo xtask guest)");
+    let initrd = initramfs(COUNTER, &[]).expect("packing the guest initramfs");
+    let vm_runner = static_binary("vm-runner", "vm-runner").expect("static vm-runner build");
+    let ours = SCRIPT
+        .find("# A guest rewriting a 64 MiB buffer")
+        .map(|i| &SCRIPT[i..])
+        .expect("the dirtying part of the script");
+    let payload = Payload::new(format!("{PRELUDE}{QEMU_MIGRATION}{ours}"))
+        .file(vm_runner, "vm-runner")
+        .file(&kernel.bzimage, "bzImage")
+        .file(&initrd, "initrd")
+        .host_program("/usr/bin/curl")
+        .expect("carrying curl")
+        .timeout(Duration::from_secs(600));
+    let payload = virtkit_lab::with_qemu_peer(with_kvm_hold(payload).expect("the KVM hold"))
+        .expect("the QEMU peer");
+    let out = run(&payload).expect("the lab run");
+    for l in out.output.lines() {
+        if l.starts_with("QEMU-") || l.starts_with("DIRTY-") {
+            eprintln!("{l}");
+        }
+    }
 }

@@ -266,6 +266,19 @@ fn hostile_streams_are_refused() {
         ]));
         assert!(e.to_string().contains(what), "{e}");
     }
+    // Zero runs outside RAM, overflowing, or of the wrong size.
+    for (gpa, len) in [(8u64 << 20, 4096u64), (4096, u64::MAX), (0, 9 << 20)] {
+        let e = receive(with_magic(&[
+            cfg.clone(),
+            frame(wire::Tag::Zero, &[&gpa.to_le_bytes(), &len.to_le_bytes()]),
+        ]));
+        assert!(e.to_string().contains("not guest RAM"), "{e}");
+    }
+    let e = receive(with_magic(&[
+        cfg.clone(),
+        frame(wire::Tag::Zero, &[b"short"]),
+    ]));
+    assert!(e.to_string().contains("zero frame of 5 bytes"), "{e}");
     let e = receive(with_magic(&[
         cfg.clone(),
         frame(wire::Tag::Memory, &[b"abc"]),

@@ -71,8 +71,14 @@ impl Incoming {
         mut self,
         build: impl FnOnce(VmmBuilder) -> Result<Vmm, VmmError>,
     ) -> Result<Vmm, MigrationError> {
+        let started = std::time::Instant::now();
         let builder = VmmBuilder::from_migration(self.config, self.state, self.ram);
-        match build(builder) {
+        let built = build(builder);
+        log::info!(
+            "migration: the VM built and restored in {:?}",
+            started.elapsed()
+        );
+        match built {
             Ok(vmm) => {
                 wire::write_frame(&mut *self.stream, Tag::Ok, &[])
                     .and_then(|()| self.stream.flush())
@@ -90,6 +96,7 @@ impl Incoming {
 
 fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), MigrationError> {
     wire::read_magic(s)?;
+    let started = std::time::Instant::now();
     let config: VmConfig = match wire::read_frame(s)? {
         (Tag::Config, p) => serde_json::from_slice(&p)
             .map_err(|e| MigrationError::Protocol(format!("the VM configuration: {e}")))?,
@@ -123,13 +130,18 @@ fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), Mi
                         ))
                     })?;
             }
+            (Tag::Zero, p) => zero_fill(&ram, &p)?,
             (Tag::State, p) => {
+                log::info!("migration: state frame at {:?}", started.elapsed());
                 state =
                     Some(serde_json::from_slice::<MachineState>(&p).map_err(|e| {
                         MigrationError::Protocol(format!("the machine state: {e}"))
                     })?);
             }
-            (Tag::Complete, _) => break,
+            (Tag::Complete, _) => {
+                log::info!("migration: stream complete after {:?}", started.elapsed());
+                break;
+            }
             (Tag::Error, m) => return Err(peer(&m)),
             (t, _) => return Err(MigrationError::Protocol(format!("unexpected {t:?} frame"))),
         }
@@ -137,6 +149,38 @@ fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), Mi
     let state =
         state.ok_or_else(|| MigrationError::Protocol("complete without a machine state".into()))?;
     Ok((config, ram, state))
+}
+
+/// A Zero frame: `len` bytes of guest RAM at `gpa` become zeros (they may hold an older
+/// copy of the page). A range outside RAM is refused.
+fn zero_fill(ram: &GuestRam, p: &[u8]) -> Result<(), MigrationError> {
+    let field = |i: usize| {
+        p.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| MigrationError::Protocol(format!("a zero frame of {} bytes", p.len())))
+    };
+    if p.len() != 16 {
+        return Err(MigrationError::Protocol(format!(
+            "a zero frame of {} bytes",
+            p.len()
+        )));
+    }
+    let (gpa, len) = (field(0)?, field(8)?);
+    let outside =
+        || MigrationError::Protocol(format!("{len} zero bytes at {gpa:#x}: not guest RAM"));
+    let end = gpa.checked_add(len).ok_or_else(outside)?;
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = gpa;
+    while at < end {
+        let n = (end - at).min(CHUNK);
+        ram.memory()
+            .write_slice(&zeros[..n as usize], GuestAddress(at))
+            .map_err(|_| outside())?;
+        at += n;
+    }
+    Ok(())
 }
 
 fn peer(m: &[u8]) -> MigrationError {

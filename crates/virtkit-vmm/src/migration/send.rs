@@ -77,10 +77,18 @@ fn transfer(
     if was_running {
         ctx.controller.pause().map_err(source)?;
     }
+    let step = |what: &str| {
+        log::info!(
+            "migration: {what} at {:?} after the pause",
+            paused.elapsed()
+        )
+    };
+    step("paused");
     pages.extend(dirty(ctx)?);
     pages.sort_unstable();
     pages.dedup();
     memory_bytes += send_pages(ctx, s, &pages)?;
+    step("last pages sent");
     for (path, backend) in &ctx.disks {
         backend
             .flush()
@@ -88,9 +96,11 @@ fn transfer(
     }
     let state = ctx.machine_state(Vec::new()).map_err(source)?;
     let state = serde_json::to_vec(&state).map_err(source)?;
+    step(&format!("state saved ({} bytes)", state.len()));
     wire::write_frame(s, Tag::State, &[&state]).map_err(stream)?;
     wire::write_frame(s, Tag::Complete, &[]).map_err(stream)?;
     s.flush().map_err(stream)?;
+    step("state sent");
     match wire::read_frame(s)? {
         (Tag::Ok, _) => {}
         (Tag::Error, m) => {
@@ -104,6 +114,7 @@ fn transfer(
             )))
         }
     }
+    step("answered");
     let _ = ctx.vm.set_dirty_logging(false);
     Ok(MigrationInfo {
         rounds,
@@ -135,7 +146,7 @@ fn send_all(ctx: &SnapshotContext, s: &mut dyn Stream) -> Result<u64, MigrationE
             let gpa = region.start.0 + i * PAGE_SIZE;
             mem.read_slice(&mut page, GuestAddress(gpa))
                 .map_err(|e| source(format!("reading guest page {gpa:#x}: {e}")))?;
-            let zero = page.iter().all(|b| *b == 0);
+            let zero = is_zero(&page);
             let next = batch_start + batch.len() as u64;
             if !batch.is_empty()
                 && (zero || gpa != next || batch.len() as u64 >= BATCH_PAGES * PAGE_SIZE)
@@ -175,10 +186,35 @@ fn send_pages(
         let mut buf = vec![0u8; (n * PAGE_SIZE) as usize];
         mem.read_slice(&mut buf, GuestAddress(start))
             .map_err(|e| source(format!("reading guest pages at {start:#x}: {e}")))?;
-        sent += flush_batch(s, start, &mut buf)?;
+        // Runs of zero pages go as one Zero frame each, the rest as Memory frames.
+        let ps = PAGE_SIZE as usize;
+        let pages_in = buf.chunks(ps).map(is_zero).collect::<Vec<bool>>();
+        let mut j = 0;
+        while j < pages_in.len() {
+            let zero = pages_in[j];
+            let mut k = j + 1;
+            while k < pages_in.len() && pages_in[k] == zero {
+                k += 1;
+            }
+            let gpa = start + j as u64 * PAGE_SIZE;
+            if zero {
+                let len = (k - j) as u64 * PAGE_SIZE;
+                wire::write_frame(s, Tag::Zero, &[&gpa.to_le_bytes(), &len.to_le_bytes()])
+                    .map_err(stream)?;
+            } else {
+                let data = &buf[j * ps..k * ps];
+                wire::write_frame(s, Tag::Memory, &[&gpa.to_le_bytes(), data]).map_err(stream)?;
+                sent += data.len() as u64;
+            }
+            j = k;
+        }
         i += n as usize;
     }
     Ok(sent)
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.iter().all(|b| *b == 0)
 }
 
 fn flush_batch(s: &mut dyn Stream, gpa: u64, batch: &mut Vec<u8>) -> Result<u64, MigrationError> {

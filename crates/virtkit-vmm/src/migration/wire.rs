@@ -2,7 +2,8 @@
 //! `[tag: u8][length: u64 little-endian][payload]`.
 //!
 //! ```text
-//! source -> destination: MAGIC, Config(VmConfig JSON), Memory(gpa u64 LE + bytes)...,
+//! source -> destination: MAGIC, Config(VmConfig JSON), Memory(gpa u64 LE + bytes) and
+//!                        Zero(gpa u64 LE + length u64 LE)...,
 //!                        State(MachineState JSON), Complete
 //! destination -> source: Ok, or Error(message)
 //! ```
@@ -33,6 +34,8 @@ pub enum Tag {
     Ok = 5,
     /// The other side failed (a UTF-8 message).
     Error = 6,
+    /// Guest memory that is all zeros: the address and the length (8 bytes LE each).
+    Zero = 7,
 }
 
 impl Tag {
@@ -44,6 +47,7 @@ impl Tag {
             4 => Tag::Complete,
             5 => Tag::Ok,
             6 => Tag::Error,
+            7 => Tag::Zero,
             _ => return None,
         })
     }
