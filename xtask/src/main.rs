@@ -18,6 +18,8 @@
 //!   targets (all by default), installing cargo-fuzz when missing (`src/fuzz.rs`).
 //! - `cargo xtask soak vm-boots [OPTIONS]`: boot the guest with vm-runner hundreds of
 //!   times in one lab run and count boots that locked up a CPU (`src/soak.rs`).
+//! - `cargo xtask soak containers [--cycles N]`: N container-runner `run`/`delete` cycles
+//!   on the host (root), failing on anything left behind (`src/soak_containers.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,6 +31,7 @@ use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
 mod bench;
 mod fuzz;
 mod soak;
+mod soak_containers;
 mod soak_vm;
 
 /// Debian packages the whole test suite needs (also installed by .ci/run).
@@ -541,6 +544,9 @@ fn main() -> Result<()> {
         }
         Some("demo") => demo(&args[1..]),
         Some("boot-bench") => boot_bench(&args[1..]),
+        Some("soak") if args.get(1).is_some_and(|g| g == "containers") => {
+            soak_containers::run(&args[2..])
+        }
         Some("soak") => soak::soak(&args[1..]),
         Some(other) => bail!("unknown task `{other}`; {tasks}"),
         None => bail!("usage: cargo xtask <task>; {tasks}"),
