@@ -105,7 +105,7 @@ echo "SNAP-SHUTDOWN $(api /tmp/c.sock vmm.shutdown)"
 wait $C; echo "SNAP-C-EXIT $?"
 
 # A guest rewriting a 64 MiB buffer in a loop, migrated while it does.
-RUST_LOG=virtkit_vmm=info ./vm-runner --api-socket /tmp/d.sock --kernel ./bzImage --initrd ./initrd \
+RUST_LOG=virtkit_vmm=info,virtkit_vcpu=debug ./vm-runner --api-socket /tmp/d.sock --kernel ./bzImage --initrd ./initrd \
   --memory 256 --cmdline "$CMD vk_dirty=64" --serial file:/tmp/dser 2>/tmp/d.err &
 D=$!
 wait_for /tmp/dser "COUNT 5 " || { cat /tmp/d.err; exit 1; }
@@ -120,7 +120,7 @@ echo "DIRTY-SEND $(api /tmp/d.sock vm.send-migration '{"destination_url":"unix:/
 wait $R; cat /tmp/recv2.out
 wait $D; echo "DIRTY-D-EXIT $?"
 grep -o 'migrated to .*' /tmp/d.err | sed 's/^/DIRTY-/'
-grep -o 'migration: .*' /tmp/d.err /tmp/e.err | sed 's/^/DIRTY-/'
+grep -o 'migration: .*\|completing before a save.*' /tmp/d.err /tmp/e.err | sed 's/^/DIRTY-/'
 n=$(grep -o 'COUNT [0-9]*' /tmp/dser.1 | tail -1 | cut -d' ' -f2)
 wait_for /tmp/dser "COUNT $((n+3)) " || { cat /tmp/e.err; exit 1; }
 echo "=== DSER-1"; cat /tmp/dser.1; echo

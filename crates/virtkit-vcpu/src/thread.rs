@@ -18,7 +18,13 @@ use crate::state::VcpuState;
 /// interrupted by a kick); `Ok(Some(_))`: the vCPU is done.
 pub fn run_once(vcpu: &mut dyn Vcpu, buses: &Buses) -> Result<Option<VcpuOutcome>, VcpuError> {
     let id = vcpu.id();
-    Ok(match vcpu.run()? {
+    let exit = vcpu.run()?;
+    Ok(service(id, exit, buses))
+}
+
+/// Hands an exit to the devices; the outcome when it ends the vCPU's run.
+fn service(id: u8, exit: VmExit<'_>, buses: &Buses) -> Option<VcpuOutcome> {
+    match exit {
         VmExit::IoIn { port, data } => {
             if !buses.pio.read(u64::from(port), data) {
                 log::trace!("vCPU {id}: unhandled in {port:#x}");
@@ -52,7 +58,7 @@ pub fn run_once(vcpu: &mut dyn Vcpu, buses: &Buses) -> Result<Option<VcpuOutcome
         VmExit::FailEntry { reason, cpu } => Some(VcpuOutcome::FailEntry { reason, cpu }),
         VmExit::InternalError { suberror } => Some(VcpuOutcome::InternalError { suberror }),
         VmExit::Unhandled(what) => Some(VcpuOutcome::Unhandled(what)),
-    })
+    }
 }
 
 /// Starts `vcpu`'s thread. It runs until an outcome, or until stopped.
@@ -113,14 +119,35 @@ pub fn start_vcpu(
 /// Saves a paused vCPU's state. The last exit may have left an I/O instruction half done
 /// (KVM completes an `in` or `out` on the next KVM_RUN): one run with `immediate_exit` set
 /// completes it without entering the guest, so the state saved is after the instruction.
-/// Called with the control lock held, so no request interleaves.
-fn save_paused(vcpu: &mut dyn Vcpu, kick: &dyn Kick) -> Result<VcpuState, VcpuError> {
+/// Completing it can itself exit (the next part of a string or split access): such exits
+/// go to the devices and the run is tried again, a few times. Called with the control lock
+/// held, so no request interleaves.
+fn save_paused(
+    vcpu: &mut dyn Vcpu,
+    kick: &dyn Kick,
+    buses: &Buses,
+) -> Result<VcpuState, VcpuError> {
+    let id = vcpu.id();
     kick.set_immediate_exit(true);
-    let completed = vcpu.run().map(|e| matches!(e, VmExit::Interrupted));
+    let mut completed = Ok(false);
+    for _ in 0..16 {
+        completed = match vcpu.run() {
+            Ok(VmExit::Interrupted) => Ok(true),
+            Ok(exit) => {
+                log::debug!("vCPU {id}: an exit while completing before a save: {exit:?}");
+                match service(id, exit, buses) {
+                    None => continue,
+                    Some(_) => Ok(false),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        break;
+    }
     kick.set_immediate_exit(false);
     match completed {
         Ok(true) => vcpu.save_state(),
-        Ok(false) => Err(VcpuError::NotPaused(vcpu.id())),
+        Ok(false) => Err(VcpuError::NotPaused(id)),
         Err(e) => Err(e),
     }
 }
@@ -144,7 +171,7 @@ fn run_loop(
                             c.cv.notify_all();
                         }
                         if matches!(st.save, Some(SaveSlot::Requested)) {
-                            st.save = Some(SaveSlot::Done(save_paused(vcpu, &*c.kick)));
+                            st.save = Some(SaveSlot::Done(save_paused(vcpu, &*c.kick, buses)));
                             c.cv.notify_all();
                         }
                         st = c.cv.wait(st).unwrap_or_else(|e| e.into_inner());

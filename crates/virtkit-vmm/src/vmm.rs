@@ -105,6 +105,47 @@ pub struct VmmBuilder {
 struct Restore {
     state: MachineState,
     memory: RestoreMemory,
+    /// The VM (memory registered) and vCPUs, made before the state arrived.
+    prebuilt: Option<Prebuilt>,
+}
+
+/// A VM with its guest memory registered and its vCPUs created, made ahead of a migration's
+/// last frame so the downtime does not include them ([`prebuild`]).
+pub(crate) struct Prebuilt {
+    vm: Arc<dyn Vm>,
+    vcpus: Vec<Box<dyn Vcpu>>,
+}
+
+/// Creates the VM of `config` on `hv` with `ram` registered, and its vCPUs.
+pub(crate) fn prebuild(
+    hv: &Arc<dyn Hypervisor>,
+    config: &VmConfig,
+    ram: &GuestRam,
+) -> Result<Prebuilt, VmmError> {
+    let vm = hv.create_vm()?;
+    let cpus = vcpu_count(config, &*vm)?;
+    vm.register_memory(ram)?;
+    let vcpus = (0..cpus)
+        .map(|id| vm.create_vcpu(id, cpus))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prebuilt { vm, vcpus })
+}
+
+/// The config's vCPU count, within what `vm` and the boot tables allow.
+fn vcpu_count(config: &VmConfig, vm: &dyn Vm) -> Result<u8, VmmError> {
+    let max = vm
+        .max_vcpus()
+        .min(usize::from(virtkit_boot::mptable::MAX_CPUS));
+    u8::try_from(config.cpus.boot_vcpus)
+        .ok()
+        .filter(|c| usize::from(*c) <= max)
+        .ok_or_else(|| {
+            ConfigError::Cpus {
+                got: config.cpus.boot_vcpus,
+                max: max as u32,
+            }
+            .into()
+        })
 }
 
 /// Where restored guest memory comes from.
@@ -176,17 +217,24 @@ impl VmmBuilder {
         b.restore = Some(Restore {
             state,
             memory: RestoreMemory::File(memory),
+            prebuilt: None,
         });
         Ok(b)
     }
 
     /// A builder for a VM received by a migration: `ram` already holds its memory. The VM
     /// runs as soon as it starts.
-    pub(crate) fn from_migration(config: VmConfig, state: MachineState, ram: GuestRam) -> Self {
+    pub(crate) fn from_migration(
+        config: VmConfig,
+        state: MachineState,
+        ram: GuestRam,
+        prebuilt: Option<Prebuilt>,
+    ) -> Self {
         let mut b = Vmm::builder(config);
         b.restore = Some(Restore {
             state,
             memory: RestoreMemory::Ram(ram),
+            prebuilt,
         });
         b.resume_after_restore = true;
         b
@@ -274,8 +322,12 @@ impl Vmm {
 
     fn build(b: VmmBuilder) -> Result<Vmm, VmmError> {
         let config = b.config;
-        let restore = b.restore;
-        let vm = b.hypervisor.create_vm()?;
+        let mut restore = b.restore;
+        let mut prebuilt = restore.as_mut().and_then(|r| r.prebuilt.take());
+        let vm = match &prebuilt {
+            Some(p) => p.vm.clone(),
+            None => b.hypervisor.create_vm()?,
+        };
         let max = vm
             .max_vcpus()
             .min(usize::from(virtkit_boot::mptable::MAX_CPUS));
@@ -308,7 +360,9 @@ impl Vmm {
             Some(RestoreMemory::Ram(ram)) => ram.clone(),
             _ => ram.build()?,
         };
-        vm.register_memory(&ram)?;
+        if prebuilt.is_none() {
+            vm.register_memory(&ram)?;
+        }
 
         let exit_evt = evt()?;
         let exit = ExitNotifier::new(
@@ -352,9 +406,17 @@ impl Vmm {
         let vcpus = match &restore {
             Some(r) => {
                 devices.restore_virtio(&r.state.virtio)?;
+                let mut made = prebuilt
+                    .take()
+                    .map(|p| p.vcpus)
+                    .unwrap_or_default()
+                    .into_iter();
                 let mut vcpus = Vec::with_capacity(usize::from(cpus));
                 for (id, st) in (0..cpus).zip(&r.state.vcpus) {
-                    let mut vcpu = vm.create_vcpu(id, cpus)?;
+                    let mut vcpu = match made.next() {
+                        Some(v) => v,
+                        None => vm.create_vcpu(id, cpus)?,
+                    };
                     vcpu.restore_state(st)?;
                     vcpus.push(vcpu);
                 }

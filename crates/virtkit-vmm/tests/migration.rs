@@ -72,9 +72,10 @@ fn kvm_a_migrated_guest_goes_on_at_the_destination_and_the_source_ends() {
     let s2 = serial2.clone();
     let u = url.clone();
     let dest = std::thread::spawn(move || {
-        let incoming = Incoming::accept(&u).unwrap();
+        let hv = Arc::new(virtkit_vcpu::KvmHypervisor::default());
+        let incoming = Incoming::accept_on(&u, hv.clone()).unwrap();
         let vmm = incoming
-            .finish(|b| b.serial_output(Box::new(s2)).build())
+            .finish(|b| b.hypervisor(hv).serial_output(Box::new(s2)).build())
             .unwrap();
         let ctl = vmm.controller();
         (ctl, std::thread::spawn(move || vmm.run()))
@@ -193,11 +194,13 @@ fn fake_migration_moves_the_vm_and_failures_leave_the_source_running() {
     let url = format!("unix:{}", sock.display());
     let u = url.clone();
     let dest = std::thread::spawn(move || {
-        let incoming = Incoming::accept(&u).unwrap();
+        // The VM made ahead on the destination's hypervisor (accept_on).
+        let hv: Arc<dyn virtkit_vcpu::Hypervisor> = Arc::new(FakeHypervisor::default());
+        let incoming = Incoming::accept_on(&u, hv.clone()).unwrap();
         assert_eq!(incoming.config().memory.size, 8 << 20);
         let vmm = incoming
             .finish(|b| {
-                b.hypervisor(Arc::new(FakeHypervisor::default()))
+                b.hypervisor(hv)
                     .serial_output(Box::new(std::io::sink()))
                     .build()
             })
@@ -225,7 +228,7 @@ fn receive(bytes: Vec<u8>) -> MigrationError {
         let _ = a.read_to_end(&mut answer);
         answer
     });
-    let e = Incoming::receive(Box::new(b)).unwrap_err();
+    let e = Incoming::receive(Box::new(b), None).unwrap_err();
     let answer = t.join().unwrap();
     if !matches!(e, MigrationError::Stream(_)) {
         assert_eq!(

@@ -261,7 +261,8 @@ impl VmSlot {
         }
         // Not holding the slot while waiting for the source: the API stays usable
         // (vmm.shutdown, vm.info) meanwhile.
-        let incoming = crate::migration::Incoming::accept(url).map_err(SlotError::Migration)?;
+        let incoming = crate::migration::Incoming::accept_on(url, self.hypervisor.clone())
+            .map_err(SlotError::Migration)?;
         let mut st = self.lock();
         if !matches!(&*st, State::Empty) {
             // Refused: the source runs on.

@@ -1,6 +1,9 @@
 //! The destination side of a migration (see the module docs).
 
 use std::io::Write;
+use std::sync::Arc;
+
+use virtkit_vcpu::Hypervisor;
 
 use virtkit_memory::{GuestAddress, GuestMemoryBuilder, GuestRam};
 use vm_memory::Bytes;
@@ -9,7 +12,7 @@ use super::wire::{self, Tag};
 use super::{listen, MigrationError, Stream};
 use crate::config::VmConfig;
 use crate::snapshot::MachineState;
-use crate::vmm::{Vmm, VmmBuilder, VmmError};
+use crate::vmm::{prebuild, Prebuilt, Vmm, VmmBuilder, VmmError};
 
 /// A migration received in full, not yet running: [`Incoming::finish`] builds the VM and
 /// tells the source.
@@ -18,6 +21,7 @@ pub struct Incoming {
     config: VmConfig,
     ram: GuestRam,
     state: MachineState,
+    prebuilt: Option<Prebuilt>,
 }
 
 impl std::fmt::Debug for Incoming {
@@ -40,17 +44,29 @@ impl Incoming {
     /// its VM: configuration, memory and state. The source waits, paused, for
     /// [`Incoming::finish`].
     pub fn accept(url: &str) -> Result<Incoming, MigrationError> {
-        Incoming::receive(listen(url)?)
+        Incoming::receive(listen(url)?, None)
     }
 
-    /// Receives a VM from a source already connected on `stream`.
-    pub fn receive(mut stream: Box<dyn Stream>) -> Result<Incoming, MigrationError> {
-        match read_all(&mut *stream) {
-            Ok((config, ram, state)) => Ok(Incoming {
+    /// [`Incoming::accept`], creating the VM on `hv` (memory slots, vCPUs) as soon as the
+    /// configuration arrives, while memory still comes in: the downtime then does not
+    /// include it. [`Incoming::finish`] must then build on the same hypervisor.
+    pub fn accept_on(url: &str, hv: Arc<dyn Hypervisor>) -> Result<Incoming, MigrationError> {
+        Incoming::receive(listen(url)?, Some(hv))
+    }
+
+    /// Receives a VM from a source already connected on `stream` (the VM made ahead on
+    /// `hv` when given, see [`Incoming::accept_on`]).
+    pub fn receive(
+        mut stream: Box<dyn Stream>,
+        hv: Option<Arc<dyn Hypervisor>>,
+    ) -> Result<Incoming, MigrationError> {
+        match read_all(&mut *stream, hv.as_ref()) {
+            Ok((config, ram, state, prebuilt)) => Ok(Incoming {
                 stream,
                 config,
                 ram,
                 state,
+                prebuilt,
             }),
             Err(e) => {
                 refuse(&mut *stream, &e);
@@ -72,7 +88,7 @@ impl Incoming {
         build: impl FnOnce(VmmBuilder) -> Result<Vmm, VmmError>,
     ) -> Result<Vmm, MigrationError> {
         let started = std::time::Instant::now();
-        let builder = VmmBuilder::from_migration(self.config, self.state, self.ram);
+        let builder = VmmBuilder::from_migration(self.config, self.state, self.ram, self.prebuilt);
         let built = build(builder);
         log::info!(
             "migration: the VM built and restored in {:?}",
@@ -94,7 +110,13 @@ impl Incoming {
     }
 }
 
-fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), MigrationError> {
+/// What [`read_all`] receives.
+type Received = (VmConfig, GuestRam, MachineState, Option<Prebuilt>);
+
+fn read_all(
+    s: &mut dyn Stream,
+    hv: Option<&Arc<dyn Hypervisor>>,
+) -> Result<Received, MigrationError> {
     wire::read_magic(s)?;
     let started = std::time::Instant::now();
     let config: VmConfig = match wire::read_frame(s)? {
@@ -111,6 +133,13 @@ fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), Mi
         .huge_pages(config.memory.huge_pages())
         .build()
         .map_err(|e| MigrationError::Restore(format!("guest memory: {e}")))?;
+    let prebuilt = match hv {
+        Some(hv) => Some(
+            prebuild(hv, &config, &ram)
+                .map_err(|e| MigrationError::Restore(format!("creating the VM: {e}")))?,
+        ),
+        None => None,
+    };
     let mut state = None;
     loop {
         match wire::read_frame(s)? {
@@ -148,7 +177,7 @@ fn read_all(s: &mut dyn Stream) -> Result<(VmConfig, GuestRam, MachineState), Mi
     }
     let state =
         state.ok_or_else(|| MigrationError::Protocol("complete without a machine state".into()))?;
-    Ok((config, ram, state))
+    Ok((config, ram, state, prebuilt))
 }
 
 /// A Zero frame: `len` bytes of guest RAM at `gpa` become zeros (they may hold an older
