@@ -8,13 +8,15 @@
 //!   that locked up a CPU (`virtkit_lab::soak`).
 //! - `vm-cycles [--cycles N] [--net]`: one vm-runner, N create/boot/shutdown/delete cycles
 //!   through its control API on the host, checked for leaks (`src/soak_vm.rs`).
+//! - `containers [--cycles N]`: N container-runner run/delete cycles, checked for leaks
+//!   (`src/soak_containers.rs`).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use virtkit_lab::{GuestBoot, SoakReport, Vmm};
 
-const USAGE: &str = "usage: cargo xtask soak vm-cycles [--cycles N] [--net] | soak vm-boots [--boots N] [--cpus N] [--memory MiB] \
+const USAGE: &str = "usage: cargo xtask soak containers [--cycles N] | soak vm-cycles [--cycles N] [--net] | soak vm-boots [--boots N] [--cpus N] [--memory MiB] \
                      [--kernel vmlinux|bzImage] [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold]";
 
 pub fn soak(args: &[String]) -> Result<()> {
