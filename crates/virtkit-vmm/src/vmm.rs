@@ -131,11 +131,15 @@ pub(crate) fn prebuild(
     Ok(Prebuilt { vm, vcpus })
 }
 
-/// The config's vCPU count, within what `vm` and the boot tables allow.
+/// The most vCPUs `vm` and the boot tables allow.
+fn max_vcpus(vm: &dyn Vm) -> usize {
+    vm.max_vcpus()
+        .min(usize::from(virtkit_boot::mptable::MAX_CPUS))
+}
+
+/// The config's vCPU count, within [`max_vcpus`].
 fn vcpu_count(config: &VmConfig, vm: &dyn Vm) -> Result<u8, VmmError> {
-    let max = vm
-        .max_vcpus()
-        .min(usize::from(virtkit_boot::mptable::MAX_CPUS));
+    let max = max_vcpus(vm);
     u8::try_from(config.cpus.boot_vcpus)
         .ok()
         .filter(|c| usize::from(*c) <= max)
@@ -328,16 +332,10 @@ impl Vmm {
             Some(p) => p.vm.clone(),
             None => b.hypervisor.create_vm()?,
         };
-        let max = vm
-            .max_vcpus()
-            .min(usize::from(virtkit_boot::mptable::MAX_CPUS));
         if restore.is_none() {
-            config.validate(u32::try_from(max).unwrap_or(u32::MAX))?;
+            config.validate(u32::try_from(max_vcpus(&*vm)).unwrap_or(u32::MAX))?;
         }
-        let cpus = u8::try_from(config.cpus.boot_vcpus).map_err(|_| ConfigError::Cpus {
-            got: config.cpus.boot_vcpus,
-            max: max as u32,
-        })?;
+        let cpus = vcpu_count(&config, &*vm)?;
         let mut ram =
             GuestMemoryBuilder::new(config.memory.size).huge_pages(config.memory.huge_pages());
         if let Some(r) = &restore {

@@ -43,3 +43,16 @@ pub fn wait_until_for(secs: u64, what: &str, f: impl Fn() -> bool) {
 pub fn wait_until(what: &str, f: impl Fn() -> bool) {
     wait_until_for(30, what, f)
 }
+
+/// Asserts that the counting guest's output `out` (after a restore or a migration) goes on
+/// right after the last byte it printed before, `seen`.
+pub fn assert_counts_on(seen: &[u8], out: &[u8]) {
+    let last = *seen.last().unwrap();
+    assert_eq!(
+        out[0],
+        last.wrapping_add(1),
+        "goes on after {last}: {:?}",
+        &out[..out.len().min(5)]
+    );
+    assert_eq!(out[1], last.wrapping_add(2));
+}
