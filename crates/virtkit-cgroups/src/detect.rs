@@ -66,11 +66,12 @@ impl Hierarchies {
             if line.trim().is_empty() {
                 continue;
             }
-            let m = parse_mountinfo_line(line).ok_or_else(|| Error::Parse {
-                path: PathBuf::from("/proc/self/mountinfo"),
-                content: line.chars().take(200).collect(),
-                reason: format!("line {} is not a mountinfo line", i + 1),
-            })?;
+            let m =
+                virtkit_namespaces::mountinfo::parse_line(line).ok_or_else(|| Error::Parse {
+                    path: PathBuf::from("/proc/self/mountinfo"),
+                    content: line.chars().take(200).collect(),
+                    reason: format!("line {} is not a mountinfo line", i + 1),
+                })?;
             match m.fstype.as_str() {
                 "cgroup2" if unified.is_none() => unified = Some(m.mount_point),
                 "cgroup" => {
@@ -164,55 +165,6 @@ fn is_other_v1_controller(opt: &str) -> bool {
         opt,
         "hugetlb" | "net_cls" | "net_prio" | "perf_event" | "rdma" | "misc"
     )
-}
-
-struct MountInfo {
-    mount_point: PathBuf,
-    fstype: String,
-    super_options: String,
-}
-
-/// One mountinfo line: `id parent maj:min root mountpoint opts [tags...] - fstype source superopts`.
-fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
-    let (left, right) = line.split_once(" - ")?;
-    let left: Vec<&str> = left.split(' ').collect();
-    if left.len() < 6 {
-        return None;
-    }
-    let mut right = right.split(' ');
-    let fstype = right.next()?.to_string();
-    let _source = right.next()?;
-    let super_options = right.next().unwrap_or("").to_string();
-    Some(MountInfo {
-        mount_point: PathBuf::from(unescape_octal(left[4])),
-        fstype,
-        super_options,
-    })
-}
-
-/// Undoes the kernel's `\ooo` escaping of spaces, tabs, newlines and backslashes.
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let digits = &b[i + 1..i + 4];
-            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let v = (digits[0] - b'0') as u32 * 64
-                    + (digits[1] - b'0') as u32 * 8
-                    + (digits[2] - b'0') as u32;
-                if let Ok(byte) = u8::try_from(v) {
-                    out.push(byte);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path`.

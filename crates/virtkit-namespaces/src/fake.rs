@@ -2,9 +2,10 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use crate::mountinfo::MountEntry;
 use crate::syscalls::{ResolvedTarget, SysResult, SyscallError, Syscalls, TargetKind};
 
 /// One recorded call.
@@ -37,6 +38,10 @@ pub enum Call {
     Chroot(PathBuf),
     /// `chdir(path)`.
     Chdir(PathBuf),
+    /// A directory opened with `O_PATH`.
+    OpenDir(PathBuf),
+    /// `fchdir` to the directory opened by the `OpenDir` of that path.
+    Fchdir(PathBuf),
     /// `sethostname(name)`.
     Hostname(String),
     /// `setdomainname(name)`.
@@ -58,6 +63,9 @@ pub struct RecordingSyscalls {
     calls: RefCell<Vec<Call>>,
     paths: RefCell<BTreeMap<PathBuf, bool>>,
     fail: RefCell<BTreeMap<&'static str, i32>>,
+    mountinfo: RefCell<Vec<MountEntry>>,
+    /// What each descriptor handed out by `open_dir` stands for.
+    opened: RefCell<BTreeMap<i32, PathBuf>>,
 }
 
 impl RecordingSyscalls {
@@ -69,6 +77,12 @@ impl RecordingSyscalls {
     /// Declares that `path` exists (a directory when `dir`).
     pub fn add_path(&self, path: impl Into<PathBuf>, dir: bool) {
         self.paths.borrow_mut().insert(path.into(), dir);
+    }
+
+    /// Sets the mount table [`Syscalls::mount_holding`] answers from (mountinfo text; by
+    /// default there is none, and no path is on a mount).
+    pub fn set_mountinfo(&self, text: &str) {
+        *self.mountinfo.borrow_mut() = crate::mountinfo::parse(text);
     }
 
     /// Makes every later call named `call` (e.g. "pivot_root") fail with `errno`.
@@ -151,6 +165,26 @@ impl Syscalls for RecordingSyscalls {
     fn chdir(&self, path: &Path) -> SysResult<()> {
         self.rec("chdir", Call::Chdir(path.to_path_buf()))
     }
+    fn open_dir(&self, path: &Path) -> SysResult<OwnedFd> {
+        self.rec("open_dir", Call::OpenDir(path.to_path_buf()))?;
+        // A real descriptor (to /dev/null) stands for the directory.
+        let fd: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| SyscallError::new("open_dir", "fake /dev/null", e))?
+            .into();
+        self.opened
+            .borrow_mut()
+            .insert(fd.as_raw_fd(), path.to_path_buf());
+        Ok(fd)
+    }
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> SysResult<()> {
+        let path = self
+            .opened
+            .borrow()
+            .get(&fd.as_raw_fd())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(format!("fd {}", fd.as_raw_fd())));
+        self.rec("fchdir", Call::Fchdir(path))
+    }
     fn sethostname(&self, name: &str) -> SysResult<()> {
         self.rec("sethostname", Call::Hostname(name.to_string()))
     }
@@ -184,5 +218,8 @@ impl Syscalls for RecordingSyscalls {
         )?;
         let rel = path.strip_prefix("/").unwrap_or(path);
         Ok(ResolvedTarget::from_path(root.join(rel)))
+    }
+    fn mount_holding(&self, path: &Path) -> SysResult<Option<MountEntry>> {
+        Ok(crate::mountinfo::mount_holding(&self.mountinfo.borrow(), path).cloned())
     }
 }

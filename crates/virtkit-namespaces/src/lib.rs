@@ -3,7 +3,11 @@
 //! - [`namespace`]: the eight namespace types, creating them ([`namespace::unshare`]) and
 //!   joining them by path ([`namespace::join`]); hostname.
 //! - [`idmap`]: uid and gid maps for user namespaces.
-//! - [`rootfs`]: a container's root filesystem: propagation, a bind of the rootfs,
+//! - [`mountinfo`]: `/proc/<pid>/mountinfo` parsing; the mount that holds a path.
+//! - [`rootfs`]: a container's root filesystem: propagation (the rootfs's parent mount
+//!   made private when shared, so nothing the set-up mounts reaches the caller's
+//!   namespace, and the configured propagation applied to the new `/` after the pivot),
+//!   a bind of the rootfs,
 //!   the config's mounts with every target resolved *inside* the rootfs
 //!   (`openat2(RESOLVE_IN_ROOT)`, mounted through `/proc/self/fd/N`, so an image's
 //!   `proc -> /` symlink cannot redirect a mount onto the host), `/dev` nodes and
@@ -28,6 +32,7 @@
 #[cfg(feature = "test-utils")]
 pub mod fake;
 pub mod idmap;
+pub mod mountinfo;
 pub mod namespace;
 pub mod rootfs;
 pub mod syscalls;

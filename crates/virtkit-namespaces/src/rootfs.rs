@@ -5,6 +5,7 @@
 //! [`pivot`] switches root and detaches the old one; [`finalize_rootfs`] applies masked
 //! and read-only paths. [`setup_rootfs`] does all three.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::syscalls::{SyscallError, Syscalls, TargetKind};
@@ -439,15 +440,36 @@ pub fn prepare_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), Roo
     create_devices(sys, cfg)
 }
 
-/// The first step of [`prepare_rootfs`]: checks the rootfs, sets the propagation of `/`
-/// and binds the rootfs onto itself (so it is a mount point for `pivot_root`).
+/// The first step of [`prepare_rootfs`]: checks the rootfs, sets the propagation of `/`,
+/// makes the mount under the rootfs private when it is shared, and binds the rootfs onto
+/// itself (so it is a mount point for `pivot_root`).
 pub fn prepare_rootfs_start(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
     if sys.is_dir(&cfg.rootfs) != Some(true) {
         return Err(RootfsError::NoRootfs(cfg.rootfs.clone()));
     }
     let root = Path::new("/");
-    sys.mount(None, root, None, cfg.propagation, None)
+    // An unbindable tree could not be bound below: it is made a slave for now, and
+    // unbindable after the pivot (see `pivot`).
+    let before = if cfg.propagation & libc::MS_UNBINDABLE != 0 {
+        libc::MS_SLAVE | libc::MS_REC
+    } else {
+        cfg.propagation
+    };
+    sys.mount(None, root, None, before, None)
         .map_err(mount_err(root))?;
+    // The mount under the rootfs must not be shared: `pivot_root` refuses a shared parent
+    // (EINVAL), and the bind below, with every mount made under it, would propagate to
+    // that mount's peers, which (on a host whose `/` is shared, as on every systemd host,
+    // with `rootfsPropagation` shared) are in the caller's mount namespace.
+    if let Some(m) = sys
+        .mount_holding(&cfg.rootfs)
+        .map_err(mount_err(&cfg.rootfs))?
+    {
+        if m.is_shared() {
+            sys.mount(None, &m.mount_point, None, libc::MS_PRIVATE, None)
+                .map_err(mount_err(&m.mount_point))?;
+        }
+    }
     sys.mount(
         Some(&cfg.rootfs),
         &cfg.rootfs,
@@ -459,23 +481,37 @@ pub fn prepare_rootfs_start(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(
 }
 
 /// Makes the rootfs the new `/`: `pivot_root(".", ".")` then detaches the old root (or,
-/// with `no_pivot`, moves the mount over `/` and `chroot`s).
+/// with `no_pivot`, moves the mount over `/` and `chroot`s); then applies the configured
+/// propagation to the new `/` unless it is private.
 pub fn pivot(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), RootfsError> {
     let dot = Path::new(".");
-    sys.chdir(&cfg.rootfs).map_err(RootfsError::Pivot)?;
     if cfg.no_pivot {
+        sys.chdir(&cfg.rootfs).map_err(RootfsError::Pivot)?;
         sys.mount(Some(dot), Path::new("/"), None, libc::MS_MOVE, None)
             .map_err(RootfsError::Pivot)?;
         sys.chroot(dot).map_err(RootfsError::Pivot)?;
     } else {
+        let old_root = sys.open_dir(Path::new("/")).map_err(RootfsError::Pivot)?;
+        sys.chdir(&cfg.rootfs).map_err(RootfsError::Pivot)?;
         sys.pivot_root(dot, dot).map_err(RootfsError::Pivot)?;
-        // The old root is now stacked under "."; keep its unmount from propagating.
+        // The old root is now stacked on the new one. From inside it (a path lookup of
+        // "." from the new root would name the new root, not the mount on top), make its
+        // tree a slave so its unmount cannot propagate to the caller's namespace, then
+        // detach it.
+        sys.fchdir(old_root.as_fd()).map_err(RootfsError::Pivot)?;
         sys.mount(None, dot, None, libc::MS_SLAVE | libc::MS_REC, None)
             .map_err(RootfsError::Pivot)?;
         sys.umount2(dot, libc::MNT_DETACH)
             .map_err(RootfsError::Pivot)?;
     }
-    sys.chdir(Path::new("/")).map_err(RootfsError::Pivot)
+    sys.chdir(Path::new("/")).map_err(RootfsError::Pivot)?;
+    // The configured propagation, on the new `/` (the rootfs's bind, private until now:
+    // see `prepare_rootfs_start`), as runc applies it. Private needs nothing more.
+    if cfg.propagation & libc::MS_PRIVATE == 0 {
+        sys.mount(None, Path::new("/"), None, cfg.propagation, None)
+            .map_err(RootfsError::Pivot)?;
+    }
+    Ok(())
 }
 
 /// After the pivot: read-only paths, masked paths (`/dev/null` over files, a read-only

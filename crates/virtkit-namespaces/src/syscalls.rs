@@ -10,6 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::mountinfo::MountEntry;
+
 /// A failed syscall: which call, on what, and the OS error.
 #[derive(Debug, thiserror::Error)]
 #[error("{call}({what}): {err}")]
@@ -107,6 +109,12 @@ pub trait Syscalls {
     fn chroot(&self, path: &Path) -> SysResult<()>;
     /// `chdir(2)`.
     fn chdir(&self, path: &Path) -> SysResult<()>;
+    /// Opens a directory as an `O_PATH` descriptor (to come back to it with [`fchdir`]).
+    ///
+    /// [`fchdir`]: Syscalls::fchdir
+    fn open_dir(&self, path: &Path) -> SysResult<OwnedFd>;
+    /// `fchdir(2)`.
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> SysResult<()>;
     /// `sethostname(2)`.
     fn sethostname(&self, name: &str) -> SysResult<()>;
     /// `setdomainname(2)`.
@@ -127,6 +135,9 @@ pub trait Syscalls {
         path: &Path,
         kind: TargetKind,
     ) -> SysResult<ResolvedTarget>;
+    /// The mount that holds `path` in this mount namespace (its symbolic links resolved;
+    /// from `/proc/self/mountinfo`), `None` when no mount does.
+    fn mount_holding(&self, path: &Path) -> SysResult<Option<MountEntry>>;
 }
 
 /// The real kernel.
@@ -421,6 +432,23 @@ impl Syscalls for LinuxSyscalls {
         })
     }
 
+    fn open_dir(&self, path: &Path) -> SysResult<OwnedFd> {
+        let p = cpath(path)?;
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        // SAFETY: valid NUL-terminated path; the result is checked before it is owned.
+        let fd = unsafe { libc::open(p.as_ptr(), flags) };
+        check(fd, "open", || path.display().to_string())?;
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> SysResult<()> {
+        // SAFETY: `fd` is a valid borrowed descriptor.
+        check(unsafe { libc::fchdir(fd.as_raw_fd()) }, "fchdir", || {
+            format!("fd {}", fd.as_raw_fd())
+        })
+    }
+
     fn sethostname(&self, name: &str) -> SysResult<()> {
         // SAFETY: pointer and length describe `name`.
         let ret = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
@@ -491,5 +519,14 @@ impl Syscalls for LinuxSyscalls {
             path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
             _fd: Some(fd),
         })
+    }
+
+    fn mount_holding(&self, path: &Path) -> SysResult<Option<MountEntry>> {
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| SyscallError::new("realpath", path.display().to_string(), e))?;
+        let info = "/proc/self/mountinfo";
+        let text = std::fs::read_to_string(info).map_err(|e| SyscallError::new("read", info, e))?;
+        let entries = crate::mountinfo::parse(&text);
+        Ok(crate::mountinfo::mount_holding(&entries, &real).cloned())
     }
 }

@@ -149,14 +149,82 @@ fn missing_rootfs_is_an_error() {
 }
 
 #[test]
-fn pivot_detaches_old_root() {
+fn pivot_detaches_old_root_from_inside_it() {
     let sys = RecordingSyscalls::new();
     pivot(&sys, &RootfsConfig::new("/r")).unwrap();
-    let c = sys.calls();
-    assert_eq!(c[0], Call::Chdir("/r".into()));
-    assert_eq!(c[1], Call::PivotRoot(".".into(), ".".into()));
-    assert_eq!(c[3], Call::Umount(".".into(), libc::MNT_DETACH));
-    assert_eq!(c[4], Call::Chdir("/".into()));
+    let slave = |t: &str, flags| Call::Mount {
+        source: None,
+        target: t.into(),
+        fstype: None,
+        flags,
+        data: None,
+    };
+    assert_eq!(
+        sys.calls(),
+        [
+            Call::OpenDir("/".into()),
+            Call::Chdir("/r".into()),
+            Call::PivotRoot(".".into(), ".".into()),
+            // Into the old root (stacked on the new one) before making it a slave: "."
+            // looked up from the new root would name the new root.
+            Call::Fchdir("/".into()),
+            slave(".", libc::MS_SLAVE | libc::MS_REC),
+            Call::Umount(".".into(), libc::MNT_DETACH),
+            Call::Chdir("/".into()),
+            // The configured propagation (default rslave), now on the new root.
+            slave("/", libc::MS_SLAVE | libc::MS_REC),
+        ]
+    );
+}
+
+#[test]
+fn private_propagation_is_not_applied_again_after_the_pivot() {
+    let sys = RecordingSyscalls::new();
+    let mut cfg = RootfsConfig::new("/r");
+    cfg.propagation = libc::MS_PRIVATE | libc::MS_REC;
+    pivot(&sys, &cfg).unwrap();
+    assert_eq!(sys.calls().last(), Some(&Call::Chdir("/".into())));
+}
+
+#[test]
+fn a_shared_mount_under_the_rootfs_is_made_private_before_the_bind() {
+    // On a systemd host `/` is shared; with `rootfsPropagation: rshared` the copy in the
+    // container's namespace stays a peer of the host's. The bind of the rootfs (and every
+    // mount under it) would reach the host, and pivot_root would fail with EINVAL.
+    let sys = RecordingSyscalls::new();
+    sys.add_path("/var/lib/c/rootfs", true);
+    sys.set_mountinfo(
+        "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n\
+         40 22 8:2 / /var/lib rw shared:5 - ext4 /dev/sda2 rw\n\
+         41 22 0:5 / /proc rw shared:3 - proc proc rw\n",
+    );
+    let mut cfg = RootfsConfig::new("/var/lib/c/rootfs");
+    cfg.propagation = libc::MS_SHARED | libc::MS_REC;
+    cfg.devices.clear();
+    cfg.dev_symlinks = false;
+    prepare_rootfs(&sys, &cfg).unwrap();
+    let m: Vec<(PathBuf, u64)> = sys
+        .mounts()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Mount { target, flags, .. } => Some((target, flags)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        m,
+        [
+            ("/".into(), libc::MS_SHARED | libc::MS_REC),
+            ("/var/lib".into(), libc::MS_PRIVATE),
+            ("/var/lib/c/rootfs".into(), libc::MS_BIND | libc::MS_REC),
+        ]
+    );
+    // Not shared: left alone (runc does the same).
+    let sys = RecordingSyscalls::new();
+    sys.add_path("/var/lib/c/rootfs", true);
+    sys.set_mountinfo("22 1 8:1 / / rw master:1 - ext4 /dev/sda1 rw\n");
+    prepare_rootfs(&sys, &cfg).unwrap();
+    assert_eq!(sys.mounts().len(), 2, "{:?}", sys.mounts());
 }
 
 #[test]

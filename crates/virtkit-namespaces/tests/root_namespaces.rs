@@ -11,42 +11,12 @@ use virtkit_namespaces::namespace::{self, NamespaceType};
 use virtkit_namespaces::rootfs::{
     default_devices, prepare_rootfs, setup_rootfs, MountSpec, RootfsConfig,
 };
-use virtkit_namespaces::LinuxSyscalls;
+use virtkit_namespaces::{LinuxSyscalls, Syscalls};
 
-/// Writes straight to an fd: in forked children the harness's output capture would
-/// swallow println!.
-fn raw(fd: i32, s: &str) {
-    // SAFETY: writes from a valid buffer of the given length.
-    unsafe { libc::write(fd, s.as_ptr().cast(), s.len()) };
-}
+mod common;
+use common::{busybox_rootfs, raw, require_root_and_busybox};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn require_root_and_busybox() {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "root_ tests must run as root");
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "root_ tests need /bin/busybox: apt-get install busybox-static"
-    );
-}
-
-/// A minimal busybox rootfs in a temp dir.
-fn busybox_rootfs() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let r = d.path();
-    for dir in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(r.join(dir)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-    for app in [
-        "sh", "cat", "ls", "hostname", "echo", "wc", "mount", "touch",
-    ] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(app)).unwrap();
-    }
-    d
-}
 
 fn mounts() -> Vec<MountSpec> {
     let m = |src: &str, dest: &str, t: &str, o: &[&str]| MountSpec {
@@ -115,6 +85,16 @@ fn in_namespaces(child: impl Fn() -> i32 + Send + Sync + 'static) -> (i32, Strin
                     NamespaceType::Ipc,
                     NamespaceType::Net,
                 ],
+            )
+            .map_err(std::io::Error::other)?;
+            // The tests mount straight onto paths of the caller's tree: keep those mounts
+            // in this namespace on a host whose `/` is shared (every systemd host).
+            sys.mount(
+                None,
+                Path::new("/"),
+                None,
+                libc::MS_SLAVE | libc::MS_REC,
+                None,
             )
             .map_err(std::io::Error::other)?;
             let pid = libc::fork();
@@ -324,7 +304,6 @@ fn root_resolve_in_root_follows_mounts_over_the_root() {
     // resolve_in_root keeps the root's fd between calls: a mount over the root path, or
     // over the root through a resolved target, must be seen by the next resolution.
     use virtkit_namespaces::syscalls::TargetKind;
-    use virtkit_namespaces::Syscalls;
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root_and_busybox();
     let rootfs = busybox_rootfs();

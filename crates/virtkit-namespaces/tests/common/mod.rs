@@ -1,0 +1,37 @@
+//! Helpers shared by the root test files.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::Path;
+
+/// Writes straight to an fd: in forked children the harness's output capture would
+/// swallow println!.
+pub fn raw(fd: i32, s: &str) {
+    // SAFETY: writes from a valid buffer of the given length.
+    unsafe { libc::write(fd, s.as_ptr().cast(), s.len()) };
+}
+
+pub fn require_root_and_busybox() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "root_ tests must run as root");
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "root_ tests need /bin/busybox: apt-get install busybox-static"
+    );
+}
+
+/// A minimal busybox rootfs in a temp dir.
+pub fn busybox_rootfs() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    for dir in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    for app in [
+        "sh", "cat", "ls", "hostname", "echo", "wc", "mount", "touch",
+    ] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(app)).unwrap();
+    }
+    d
+}
