@@ -43,7 +43,10 @@ fn lab_vm_runner_boots_debian_to_multi_user() {
     );
     let vm_runner = static_binary("vm-runner", "vm-runner").expect("static vm-runner build");
     let mut boot = GuestBoot::new(NAME, Vmm::VmRunner, 2, 1024, "./vmlinuz", "./initrd.img");
-    boot.cmdline = DEBIAN_CMDLINE.to_string();
+    // `VIRTKIT_DEBIAN_CMDLINE` replaces the command line, to look into a boot (for example
+    // without `quiet`, to see how far the kernel and systemd got).
+    boot.cmdline =
+        std::env::var("VIRTKIT_DEBIAN_CMDLINE").unwrap_or_else(|_| DEBIAN_CMDLINE.into());
     boot.extra_args = vec!["--disk".into(), "path=./root.qcow2,format=qcow2".into()];
     boot.timeout_s = 480;
     let payload = boot_payload(std::slice::from_ref(&boot))

@@ -162,3 +162,32 @@ fn read_request_through_the_event_loop() {
     em.run_with_timeout(100).unwrap();
     assert!(!f.t.is_activated());
 }
+
+#[test]
+fn an_unacknowledged_interrupt_is_sent_again_and_an_acknowledged_one_never() {
+    let mut f = fixture();
+    let edges = |irq: &EventFd| irq.read().unwrap_or(0);
+    // Nothing pending: ticks send nothing.
+    assert!(!f.t.resend_unacknowledged());
+    assert!(!f.t.resend_unacknowledged());
+    f.t.notify_config_change().unwrap();
+    assert_eq!(edges(&f.irq), 1);
+    // That edge is lost: the driver never acknowledges. The first tick notes it, the
+    // second sends it again, and so on until the driver acknowledges.
+    assert!(!f.t.resend_unacknowledged());
+    assert!(f.t.resend_unacknowledged());
+    assert!(f.t.resend_unacknowledged());
+    assert_eq!(edges(&f.irq), 2);
+    assert_eq!(f.t.resent(), 2);
+    wr(&mut f.t, 0x64, INT_CONFIG);
+    assert_eq!(f.t.interrupt_status(), 0);
+    assert!(!f.t.resend_unacknowledged());
+    // A driver that acknowledges between ticks, with an interrupt pending at each tick.
+    for _ in 0..5 {
+        f.t.notify_config_change().unwrap();
+        assert!(!f.t.resend_unacknowledged());
+        wr(&mut f.t, 0x64, INT_CONFIG);
+        f.t.notify_config_change().unwrap();
+    }
+    assert_eq!(f.t.resent(), 2);
+}

@@ -35,7 +35,7 @@ impl MutEventSubscriber for ConsoleInput {
             .serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .0
+            .device()
             .fifo_capacity();
         if room == 0 {
             // The guest has not drained the FIFO yet: leave the input in stdin for now.
@@ -55,7 +55,7 @@ impl MutEventSubscriber for ConsoleInput {
             return;
         }
         let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = s.0.enqueue_raw_bytes(&buf[..n]) {
+        if let Err(e) = s.device_mut().enqueue_raw_bytes(&buf[..n]) {
             log::warn!("console input dropped: {e:?}");
         }
     }

@@ -349,7 +349,7 @@ impl SnapshotContext {
         let vm = self.vm.save_state().map_err(|e| e.to_string())?;
         let serial = self.serial.as_ref().map(|s| {
             let port = s.lock().unwrap_or_else(|e| e.into_inner());
-            SavedSerial::from(&port.0.state())
+            SavedSerial::from(&port.device().state())
         });
         Ok(MachineState {
             vm,

@@ -556,10 +556,31 @@ impl Vmm {
         });
         let mut looped = Ok(());
         if started.is_ok() {
+            // Interrupts the guest never acknowledged are sent again (see
+            // `devices::serial` for why), on a tick of the loop.
+            let serial = self.devices.serial().cloned();
+            let virtio = self.devices.virtio_slots();
+            let tick = crate::devices::serial::RESEND_AFTER;
+            let mut next_tick = std::time::Instant::now() + tick;
             while !done.load(Ordering::SeqCst) {
-                if let Err(e) = em.run_with_timeout(1000) {
+                let wait = next_tick.saturating_duration_since(std::time::Instant::now());
+                if let Err(e) = em.run_with_timeout(wait.as_millis().min(1000) as i32) {
                     looped = Err(VmmError::EventLoop(format!("{e:?}")));
                     break;
+                }
+                let now = std::time::Instant::now();
+                if now >= next_tick {
+                    next_tick = now + tick;
+                    // A paused guest acknowledges nothing: no watchdog then.
+                    if self.controller.state() != VmState::Running {
+                        continue;
+                    }
+                    if let Some(s) = &serial {
+                        s.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .resend_unacknowledged();
+                    }
+                    virtio.resend_unacknowledged();
                 }
             }
         }

@@ -114,6 +114,12 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     activated: bool,
+    /// InterruptACK writes so far: the driver acknowledging interrupts.
+    acks: u64,
+    /// `acks` at the last watchdog tick that found an interrupt pending.
+    pending_at: Option<u64>,
+    /// Interrupts sent again by the watchdog.
+    resent: u64,
 }
 
 impl MmioTransport {
@@ -150,7 +156,50 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             activated: false,
+            acks: 0,
+            pending_at: None,
+            resent: 0,
         })
+    }
+
+    /// One watchdog tick (the VMM calls it every few hundred milliseconds): sends the
+    /// interrupt again when the interrupt status was non-zero at the previous tick too and
+    /// the driver has not written InterruptACK since. An edge lost on its way would
+    /// otherwise leave a driver waiting for one request's completion forever (the status
+    /// bit stays set and only a later completion raises a new edge). A driver that
+    /// acknowledges its interrupts never sees it. Returns whether it sent one.
+    pub fn resend_unacknowledged(&mut self) -> bool {
+        if self.interrupt_status() == 0 {
+            self.pending_at = None;
+            return false;
+        }
+        if self.pending_at != Some(self.acks) {
+            self.pending_at = Some(self.acks);
+            return false;
+        }
+        if let Err(e) = self.interrupt.irq.write(1) {
+            warn!("virtio-mmio: sending the interrupt again: {e}");
+            return false;
+        }
+        self.resent += 1;
+        // The first one is worth a line on the console: it means an edge went missing.
+        let level = if self.resent == 1 {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "virtio-mmio: interrupt status {:#x} not acknowledged: sent again ({} so far)",
+            self.interrupt_status(),
+            self.resent
+        );
+        true
+    }
+
+    /// How many interrupts [`MmioTransport::resend_unacknowledged`] sent again.
+    pub fn resent(&self) -> u64 {
+        self.resent
     }
 
     /// The per-queue notification events, to register as ioeventfds on
@@ -272,6 +321,7 @@ impl MmioTransport {
             0x30 => self.queue_sel = v,
             0x50 => self.queue_notify(v),
             0x64 => {
+                self.acks = self.acks.wrapping_add(1);
                 self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
             }
             0x70 => self.set_status(v),

@@ -1,18 +1,12 @@
-//! The legacy PC devices: COM1, the i8042 reset line and the hardware-reduced ACPI sleep
+//! The legacy PC devices: the i8042 reset line and the hardware-reduced ACPI sleep
 //! and reset ports, and [`ExitNotifier`], through which a device ends the VM.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use virtkit_boot::layout::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_VALUE};
-use virtkit_memory::Irq;
 use virtkit_vcpu::{BusDevice, EventFd};
-use vm_superio::{I8042Device, Serial, Trigger};
+use vm_superio::{I8042Device, Trigger};
 
-/// COM1's I/O base.
-pub const COM1_PORT: u16 = 0x3f8;
-/// COM1's IRQ line.
-pub const COM1_IRQ: Irq = Irq(4);
 /// The i8042 controller's ports: 0x60..=0x64.
 pub const I8042_PORT: u16 = 0x60;
 
@@ -68,56 +62,6 @@ impl ExitNotifier {
     /// The recorded reason.
     pub fn reason(&self) -> Option<GuestExit> {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// An `EventFd` as a vm-superio interrupt/reset trigger.
-#[derive(Debug)]
-pub struct EventTrigger(pub EventFd);
-
-impl Trigger for EventTrigger {
-    type E = std::io::Error;
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
-    }
-}
-
-/// The serial port's output.
-pub type SerialOut = Box<dyn Write + Send>;
-/// COM1.
-pub type SerialDevice = Serial<EventTrigger, vm_superio::serial::NoEvents, SerialOut>;
-
-/// COM1 on the bus.
-pub struct SerialPort(pub SerialDevice, pub bool);
-
-impl std::fmt::Debug for SerialPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SerialPort").finish_non_exhaustive()
-    }
-}
-
-impl SerialPort {
-    /// A port; output errors are logged once, then the output is dropped.
-    pub fn new(dev: SerialDevice) -> Self {
-        SerialPort(dev, false)
-    }
-}
-
-impl BusDevice for SerialPort {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let Some(b) = data.first_mut() {
-            *b = self.0.read(offset as u8);
-        }
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(b) = data.first() {
-            if let Err(e) = self.0.write(offset as u8, *b) {
-                if !self.1 {
-                    log::warn!("serial output failed, dropping further output errors: {e:?}");
-                    self.1 = true;
-                }
-            }
-        }
     }
 }
 

@@ -10,6 +10,7 @@
 mod disk;
 pub mod ged;
 pub mod legacy;
+pub mod serial;
 
 use std::sync::{Arc, Mutex};
 
@@ -25,8 +26,10 @@ use vm_superio::{I8042Device, Serial};
 
 pub use disk::open_disk;
 pub use ged::Ged;
-use legacy::{AcpiPorts, EventTrigger, ExitTrigger, I8042};
-pub use legacy::{ExitNotifier, GuestExit, SerialOut, SerialPort, COM1_IRQ, COM1_PORT, I8042_PORT};
+use legacy::{AcpiPorts, ExitTrigger, I8042};
+pub use legacy::{ExitNotifier, GuestExit, I8042_PORT};
+use serial::EventTrigger;
+pub use serial::{SerialOut, SerialPort, COM1_IRQ, COM1_PORT};
 
 /// Errors while adding devices.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,16 @@ impl std::fmt::Debug for VirtioSlots {
 }
 
 impl VirtioSlots {
+    /// One interrupt-watchdog tick over every transport
+    /// ([`MmioTransport::resend_unacknowledged`]).
+    pub fn resend_unacknowledged(&self) {
+        for s in &self.0 {
+            if let Some(t) = lock_slot(s).0.as_mut() {
+                t.resend_unacknowledged();
+            }
+        }
+    }
+
     /// Each transport's state (with its device's live queues).
     pub fn save(&self) -> Vec<virtkit_virtio::mmio::MmioState> {
         self.0
@@ -169,6 +182,9 @@ impl DeviceManager {
         self.vm
             .register_irqfd(&evt, COM1_IRQ)
             .map_err(|e| DeviceError::Vm("registering the serial irqfd", e))?;
+        let resend = evt
+            .try_clone()
+            .map_err(|e| DeviceError::EventFd("the serial irqfd", e))?;
         let serial = match state {
             Some(st) => {
                 Serial::from_state(st, EventTrigger(evt), vm_superio::serial::NoEvents, out)
@@ -176,7 +192,7 @@ impl DeviceManager {
             }
             None => Serial::new(EventTrigger(evt), out),
         };
-        let port = Arc::new(Mutex::new(SerialPort::new(serial)));
+        let port = Arc::new(Mutex::new(SerialPort::new(serial, Some(resend))));
         self.buses
             .pio
             .insert(port.clone(), u64::from(COM1_PORT), 8)
