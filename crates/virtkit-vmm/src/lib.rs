@@ -38,6 +38,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
+mod builder;
 pub mod config;
 pub mod control;
 pub mod devices;
@@ -48,10 +49,11 @@ pub mod snapshot;
 pub mod testing;
 mod vmm;
 
+pub use builder::VmmBuilder;
 pub use config::{
     ConfigError, ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig,
     NetConfig, PayloadConfig, VmConfig, DEFAULT_CMDLINE,
 };
 pub use control::{ControlError, VmController, VmInfo, VmState};
 pub use devices::{DeviceError, DeviceManager};
-pub use vmm::{VmEnd, Vmm, VmmBuilder, VmmError};
+pub use vmm::{VmEnd, Vmm, VmmError};

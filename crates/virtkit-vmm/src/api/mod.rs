@@ -59,8 +59,9 @@ pub use routes::{RouteError, API_ROOT};
 pub use server::ServerError;
 pub use slot::{SlotError, STOP_TIMEOUT};
 
+use crate::builder::VmmBuilder;
 use crate::config::VmConfig;
-use crate::vmm::{VmEnd, VmmBuilder};
+use crate::vmm::VmEnd;
 
 /// Errors that end (or prevent) the API server.
 #[derive(Debug, thiserror::Error)]

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use virtkit_vcpu::{EventFd, Hypervisor};
 
+use crate::builder::VmmBuilder;
 use crate::config::VmConfig;
 use crate::control::{ControlError, VmController, VmInfo, VmState};
-use crate::vmm::{VmEnd, Vmm, VmmBuilder, VmmError};
+use crate::vmm::{VmEnd, Vmm, VmmError};
 
 /// How long stopping a VM (`vm.shutdown`, `vm.reboot`, `vm.delete`) may take.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,9 +10,10 @@ use vm_memory::Bytes;
 
 use super::wire::{self, Tag};
 use super::{listen, MigrationError, Stream};
+use crate::builder::{prebuild, Prebuilt, VmmBuilder};
 use crate::config::VmConfig;
 use crate::snapshot::MachineState;
-use crate::vmm::{prebuild, Prebuilt, Vmm, VmmBuilder, VmmError};
+use crate::vmm::{Vmm, VmmError};
 
 /// A migration received in full, not yet running: [`Incoming::finish`] builds the VM and
 /// tells the source.
