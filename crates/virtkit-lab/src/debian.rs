@@ -48,6 +48,10 @@ const DISABLED_TIMERS: &[&str] = &[
     "e2scrub_all.timer",
     "fstrim.timer",
 ];
+/// Units masked (`systemctl mask`, by hand). The serial console's getty: systemd hangs up
+/// ttyS0 before starting it (`TTYVHangup=`), which flushes whatever the report has queued
+/// for the console but not yet sent, and it races the report for the port.
+const MASKED_UNITS: &[&str] = &["serial-getty@ttyS0.service"];
 /// A simple service (not oneshot: a oneshot would hold up the very start-up it waits for).
 const REPORT_UNIT: &str = "[Unit]
 Description=virtkit: report the system state on the console, then power off
@@ -109,6 +113,7 @@ fn cache_key() -> String {
         .add(HOSTNAME.as_bytes())
         .add(FSTAB.as_bytes())
         .add(DISABLED_TIMERS.join(",").as_bytes())
+        .add(MASKED_UNITS.join(",").as_bytes())
         .add(REPORT_UNIT.as_bytes())
         .add(REPORT_SCRIPT.as_bytes());
     h.hex()
@@ -289,6 +294,11 @@ fn configure_root(root: &Path) -> Result<()> {
             root.join("etc/systemd/system/timers.target.wants")
                 .join(timer),
         );
+    }
+    for unit in MASKED_UNITS {
+        let link = root.join("etc/systemd/system").join(unit);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink("/dev/null", &link).map_err(LabError::io("masking", &link))?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use virtkit_namespaces::rootfs::{
 use virtkit_namespaces::{LinuxSyscalls, Syscalls};
 
 mod common;
-use common::{busybox_rootfs, raw, require_root_and_busybox};
+use common::{busybox_rootfs, exec_sh, raw, require_root_and_busybox};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -117,18 +117,6 @@ fn in_namespaces(child: impl Fn() -> i32 + Send + Sync + 'static) -> (i32, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn exec_sh(script: &str) -> i32 {
-    let sh = std::ffi::CString::new("/bin/sh").unwrap();
-    let c = std::ffi::CString::new("-c").unwrap();
-    let s = std::ffi::CString::new(script).unwrap();
-    let argv = [sh.as_ptr(), c.as_ptr(), s.as_ptr(), std::ptr::null()];
-    let envp = [std::ptr::null()];
-    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
-    unsafe { libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    raw(2, &format!("execve: {}\n", std::io::Error::last_os_error()));
-    97
 }
 
 #[test]

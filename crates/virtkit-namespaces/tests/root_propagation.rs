@@ -9,6 +9,7 @@
 //! a single mount under the rootfs, and the container must have pivoted.
 #![allow(clippy::unwrap_used)]
 
+use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,7 +19,7 @@ use virtkit_namespaces::rootfs::{propagation_flags, setup_rootfs, MountSpec, Roo
 use virtkit_namespaces::{mountinfo, LinuxSyscalls, Syscalls};
 
 mod common;
-use common::{busybox_rootfs, raw, require_root_and_busybox};
+use common::{busybox_rootfs, exec_sh, raw, require_root_and_busybox};
 
 /// Waits for `pid`; its exit code (128 when killed).
 fn wait(pid: libc::pid_t) -> i32 {
@@ -42,20 +43,25 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// In a "host" namespace with a shared `/`: a container with `propagation` sets up its
-/// rootfs (proc, a tmpfs, a bind of a host directory, pivot) and runs `script`. Returns
-/// (exit code, stdout, stderr); stdout ends with `leaked: ...` when the host saw mounts
-/// under the rootfs.
-fn on_shared_host(
-    propagation: &str,
-    rootfs: &Path,
-    vol: &Path,
-    script: &str,
-) -> (i32, String, String) {
-    let root = rootfs.canonicalize().unwrap();
-    let vol = vol.canonicalize().unwrap();
-    let prop = propagation_flags(propagation).unwrap();
-    let script = script.to_string();
+/// What one run on a shared host is made of.
+struct HostRun {
+    /// A shell command the host runs first (say, to make a volume a mount of its own).
+    prep: Option<CString>,
+    /// The container's rootfs and the `rootfsPropagation` it is set up with.
+    rootfs: PathBuf,
+    propagation: u64,
+    /// The host directory bound at `/vol`.
+    vol: PathBuf,
+    /// What the container's shell runs.
+    script: String,
+    /// A host directory whose mounts are listed after the container ended (`back: [..]`).
+    watch: Option<PathBuf>,
+}
+
+/// Runs `run` in a "host" namespace with a shared `/`. Returns (exit code, stdout,
+/// stderr); stdout ends with `leaked: [..]` (the host's mounts under the rootfs) and, with
+/// `watch`, `back: [..]`.
+fn on_shared_host(run: HostRun) -> (i32, String, String) {
     let mut cmd = Command::new("/bin/true");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: the closure runs between fork and exec; glibc makes malloc usable in the
@@ -68,19 +74,24 @@ fn on_shared_host(
             // then shared as on a systemd host.
             sys.unshare(libc::CLONE_NEWNS)
                 .map_err(std::io::Error::other)?;
-            sys.mount(None, slash, None, libc::MS_SLAVE | libc::MS_REC, None)
-                .map_err(std::io::Error::other)?;
-            sys.mount(None, slash, None, libc::MS_SHARED | libc::MS_REC, None)
-                .map_err(std::io::Error::other)?;
+            for flags in [libc::MS_SLAVE, libc::MS_SHARED] {
+                sys.mount(None, slash, None, flags | libc::MS_REC, None)
+                    .map_err(std::io::Error::other)?;
+            }
+            if let Some(prep) = &run.prep {
+                if libc::system(prep.as_ptr()) != 0 {
+                    raw(2, "the host's preparation failed\n");
+                    libc::_exit(80);
+                }
+            }
             let pid = libc::fork();
             if pid == 0 {
-                let code = container(&root, &vol, prop, &script);
-                libc::_exit(code);
+                libc::_exit(container(&run));
             }
             let code = wait(pid);
-            let leaked = mounts_under(&root);
-            if !leaked.is_empty() {
-                raw(1, &format!("\nleaked: {leaked:?}\n"));
+            raw(1, &format!("\nleaked: {:?}\n", mounts_under(&run.rootfs)));
+            if let Some(w) = &run.watch {
+                raw(1, &format!("back: {:?}\n", mounts_under(w)));
             }
             libc::_exit(code);
         });
@@ -93,9 +104,9 @@ fn on_shared_host(
     )
 }
 
-/// The container: new mount and PID namespaces, the rootfs set up with `prop`, then
-/// `script` run by the rootfs's shell.
-fn container(root: &Path, vol: &Path, prop: u64, script: &str) -> i32 {
+/// The container: new mount and PID namespaces, the rootfs set up (proc, a tmpfs, the
+/// volume, pivot) with the run's propagation, then its script run by the rootfs's shell.
+fn container(run: &HostRun) -> i32 {
     let sys = LinuxSyscalls;
     if let Err(e) = namespace::unshare(&sys, &[NamespaceType::Mount, NamespaceType::Pid]) {
         raw(2, &format!("{e}\n"));
@@ -106,8 +117,8 @@ fn container(root: &Path, vol: &Path, prop: u64, script: &str) -> i32 {
     if pid != 0 {
         return wait(pid);
     }
-    let mut cfg = RootfsConfig::new(root);
-    cfg.propagation = prop;
+    let mut cfg = RootfsConfig::new(&run.rootfs);
+    cfg.propagation = run.propagation;
     cfg.devices.clear();
     cfg.dev_symlinks = false;
     let m = |src: &Path, dest: &str, t: Option<&str>, o: &[&str]| MountSpec {
@@ -119,29 +130,23 @@ fn container(root: &Path, vol: &Path, prop: u64, script: &str) -> i32 {
     cfg.mounts = vec![
         m(Path::new("proc"), "/proc", Some("proc"), &[]),
         m(Path::new("tmpfs"), "/tmp", Some("tmpfs"), &[]),
-        m(vol, "/vol", Some("bind"), &["rbind"]),
+        m(&run.vol, "/vol", Some("bind"), &["rbind"]),
     ];
-    if let Err(e) = setup_rootfs(&sys, &cfg) {
-        let mut msg = format!("setup_rootfs: {e}");
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
+    let code = match setup_rootfs(&sys, &cfg) {
+        Ok(()) => exec_sh(&run.script),
+        Err(e) => {
+            let mut msg = format!("setup_rootfs: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            raw(2, &format!("{msg}\n"));
+            91
         }
-        raw(2, &format!("{msg}\n"));
-        // SAFETY: ends the grandchild.
-        unsafe { libc::_exit(91) };
-    }
-    let sh = std::ffi::CString::new("/bin/sh").unwrap();
-    let c = std::ffi::CString::new("-c").unwrap();
-    let s = std::ffi::CString::new(script).unwrap();
-    let argv = [sh.as_ptr(), c.as_ptr(), s.as_ptr(), std::ptr::null()];
-    let envp = [std::ptr::null()];
-    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
-    unsafe { libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    raw(2, &format!("execve: {}\n", std::io::Error::last_os_error()));
+    };
     // SAFETY: ends the grandchild.
-    unsafe { libc::_exit(97) }
+    unsafe { libc::_exit(code) }
 }
 
 #[test]
@@ -162,14 +167,17 @@ fn root_every_rootfs_propagation_on_a_shared_host_pivots_and_leaks_nothing() {
         std::fs::write(rootfs.path().join("marker"), "inside").unwrap();
         let vol = tempfile::tempdir().unwrap();
         std::fs::write(vol.path().join("v"), "volume").unwrap();
-        let (code, out, err) = on_shared_host(
-            prop,
-            rootfs.path(),
-            vol.path(),
-            "cat /marker; echo; cat /vol/v; echo; cat /proc/1/cmdline | tr '\\0' ' '",
-        );
+        let (code, out, err) = on_shared_host(HostRun {
+            prep: None,
+            rootfs: rootfs.path().canonicalize().unwrap(),
+            propagation: propagation_flags(prop).unwrap(),
+            vol: vol.path().canonicalize().unwrap(),
+            script: "cat /marker; echo; cat /vol/v; echo; cat /proc/1/cmdline | tr '\\0' ' '"
+                .into(),
+            watch: None,
+        });
         assert_eq!(code, 0, "{prop}: stdout: {out}\nstderr: {err}");
-        assert!(!out.contains("leaked:"), "{prop}: {out}");
+        assert!(out.contains("leaked: []"), "{prop}: {out}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines.first(),
@@ -194,57 +202,16 @@ fn root_rshared_volume_propagates_back_to_the_host_but_the_setup_does_not() {
     let vol = tempfile::tempdir().unwrap();
     let volc = vol.path().canonicalize().unwrap();
     std::fs::create_dir(volc.join("sub")).unwrap();
-    // The volume must be a mount of its own on the host to have a peer group there.
-    let prep = format!(
-        "mount --bind {v} {v} && mount --make-shared {v}",
-        v = volc.display()
-    );
-    let script = "mount -t tmpfs inner /vol/sub && echo mounted";
-    // Run the whole thing in one host namespace: the volume bind is made there first.
-    let (code, out, err) = {
-        let root = rootfs.path().canonicalize().unwrap();
-        let vol2 = volc.clone();
-        let mut cmd = Command::new("/bin/true");
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let prep = std::ffi::CString::new(prep).unwrap();
-        // SAFETY: as in `on_shared_host`.
-        unsafe {
-            cmd.pre_exec(move || {
-                let sys = LinuxSyscalls;
-                let slash = Path::new("/");
-                sys.unshare(libc::CLONE_NEWNS)
-                    .map_err(std::io::Error::other)?;
-                sys.mount(None, slash, None, libc::MS_SLAVE | libc::MS_REC, None)
-                    .map_err(std::io::Error::other)?;
-                sys.mount(None, slash, None, libc::MS_SHARED | libc::MS_REC, None)
-                    .map_err(std::io::Error::other)?;
-                if libc::system(prep.as_ptr()) != 0 {
-                    raw(2, "preparing the volume mount failed\n");
-                    libc::_exit(80);
-                }
-                let pid = libc::fork();
-                if pid == 0 {
-                    libc::_exit(container(
-                        &root,
-                        &vol2,
-                        libc::MS_SHARED | libc::MS_REC,
-                        script,
-                    ));
-                }
-                let code = wait(pid);
-                let leaked = mounts_under(&root);
-                let back = mounts_under(&vol2.join("sub"));
-                raw(1, &format!("\nleaked: {leaked:?}\nback: {back:?}\n"));
-                libc::_exit(code);
-            });
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    // The volume is a mount of its own on the host, in the peer group of `/`.
+    let prep = format!("mount --bind {v} {v}", v = volc.display());
+    let (code, out, err) = on_shared_host(HostRun {
+        prep: Some(CString::new(prep).unwrap()),
+        rootfs: rootfs.path().canonicalize().unwrap(),
+        propagation: libc::MS_SHARED | libc::MS_REC,
+        vol: volc.clone(),
+        script: "mount -t tmpfs inner /vol/sub && echo mounted".into(),
+        watch: Some(volc.join("sub")),
+    });
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("mounted"), "{out}");
     assert!(

@@ -41,6 +41,7 @@ pub mod mmio;
 pub mod queue;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod watchdog;
 
 pub use config::DeviceConfig;
 pub use device::{ActivateError, ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice};

@@ -35,3 +35,16 @@ pub fn busybox_rootfs() -> tempfile::TempDir {
     }
     d
 }
+
+/// Execs `/bin/sh -c script` with an empty environment; returns only on failure (97).
+pub fn exec_sh(script: &str) -> i32 {
+    let sh = std::ffi::CString::new("/bin/sh").unwrap();
+    let c = std::ffi::CString::new("-c").unwrap();
+    let s = std::ffi::CString::new(script).unwrap();
+    let argv = [sh.as_ptr(), c.as_ptr(), s.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
+    unsafe { libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    raw(2, &format!("execve: {}\n", std::io::Error::last_os_error()));
+    97
+}

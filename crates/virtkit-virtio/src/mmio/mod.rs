@@ -16,6 +16,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActiveQueue, GuestMem, Interrupt, InterruptReason, VirtioDevice};
+use crate::watchdog::InterruptWatchdog;
 
 mod state;
 pub use state::{MmioState, SavedQueue};
@@ -114,12 +115,8 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     activated: bool,
-    /// InterruptACK writes so far: the driver acknowledging interrupts.
-    acks: u64,
-    /// `acks` at the last watchdog tick that found an interrupt pending.
-    pending_at: Option<u64>,
-    /// Interrupts sent again by the watchdog.
-    resent: u64,
+    /// InterruptACK writes against ticks ([`MmioTransport::resend_unacknowledged`]).
+    watchdog: InterruptWatchdog,
 }
 
 impl MmioTransport {
@@ -156,9 +153,7 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             activated: false,
-            acks: 0,
-            pending_at: None,
-            resent: 0,
+            watchdog: InterruptWatchdog::new(),
         })
     }
 
@@ -169,37 +164,25 @@ impl MmioTransport {
     /// bit stays set and only a later completion raises a new edge). A driver that
     /// acknowledges its interrupts never sees it. Returns whether it sent one.
     pub fn resend_unacknowledged(&mut self) -> bool {
-        if self.interrupt_status() == 0 {
-            self.pending_at = None;
-            return false;
-        }
-        if self.pending_at != Some(self.acks) {
-            self.pending_at = Some(self.acks);
+        if !self.watchdog.tick(self.interrupt_status() != 0) {
             return false;
         }
         if let Err(e) = self.interrupt.irq.write(1) {
             warn!("virtio-mmio: sending the interrupt again: {e}");
             return false;
         }
-        self.resent += 1;
-        // The first one is worth a line on the console: it means an edge went missing.
-        let level = if self.resent == 1 {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        };
         log::log!(
-            level,
+            self.watchdog.log_level(),
             "virtio-mmio: interrupt status {:#x} not acknowledged: sent again ({} so far)",
             self.interrupt_status(),
-            self.resent
+            self.watchdog.resent()
         );
         true
     }
 
     /// How many interrupts [`MmioTransport::resend_unacknowledged`] sent again.
     pub fn resent(&self) -> u64 {
-        self.resent
+        self.watchdog.resent()
     }
 
     /// The per-queue notification events, to register as ioeventfds on
@@ -321,7 +304,7 @@ impl MmioTransport {
             0x30 => self.queue_sel = v,
             0x50 => self.queue_notify(v),
             0x64 => {
-                self.acks = self.acks.wrapping_add(1);
+                self.watchdog.ack();
                 self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
             }
             0x70 => self.set_status(v),

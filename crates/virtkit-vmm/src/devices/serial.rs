@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use virtkit_memory::Irq;
 use virtkit_vcpu::{BusDevice, EventFd};
+use virtkit_virtio::watchdog::InterruptWatchdog;
 use vm_superio::{Serial, Trigger};
 
 /// COM1's I/O base.
@@ -58,19 +59,14 @@ pub struct SerialPort {
     output_failed: bool,
     /// The interrupt's eventfd (the one the device triggers), to send it again.
     irq: Option<EventFd>,
-    /// IIR reads so far: the guest acknowledging interrupts.
-    iir_reads: u64,
-    /// `iir_reads` at the last watchdog tick that found an interrupt pending.
-    pending_at: Option<u64>,
-    /// Interrupts sent again so far.
-    resent: u64,
+    /// IIR reads (the guest acknowledging) against ticks.
+    watchdog: InterruptWatchdog,
 }
 
 impl std::fmt::Debug for SerialPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SerialPort")
-            .field("iir_reads", &self.iir_reads)
-            .field("resent", &self.resent)
+            .field("watchdog", &self.watchdog)
             .finish_non_exhaustive()
     }
 }
@@ -83,9 +79,7 @@ impl SerialPort {
             dev,
             output_failed: false,
             irq,
-            iir_reads: 0,
-            pending_at: None,
-            resent: 0,
+            watchdog: InterruptWatchdog::new(),
         }
     }
 
@@ -101,7 +95,7 @@ impl SerialPort {
 
     /// How many interrupts the watchdog sent again.
     pub fn resent(&self) -> u64 {
-        self.resent
+        self.watchdog.resent()
     }
 
     /// One watchdog tick: sends the interrupt again when one was pending and enabled at
@@ -113,12 +107,7 @@ impl SerialPort {
         let pending = iir & IIR_NONE == 0
             && ((iir & IIR_THR_EMPTY != 0 && ier & IER_THR_EMPTY != 0)
                 || (iir & IIR_RDA != 0 && ier & IER_RDA != 0));
-        if !pending {
-            self.pending_at = None;
-            return false;
-        }
-        if self.pending_at != Some(self.iir_reads) {
-            self.pending_at = Some(self.iir_reads);
+        if !self.watchdog.tick(pending) {
             return false;
         }
         let Some(irq) = &self.irq else {
@@ -128,18 +117,11 @@ impl SerialPort {
             log::warn!("serial: sending the interrupt again: {e}");
             return false;
         }
-        self.resent += 1;
-        // The first one is worth a line on the console: it means an edge went missing.
-        let level = if self.resent == 1 {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        };
         log::log!(
-            level,
+            self.watchdog.log_level(),
             "serial: interrupt (IIR {iir:#04x}, IER {ier:#04x}) not acknowledged for {:?}: sent again ({} so far)",
             RESEND_AFTER,
-            self.resent
+            self.watchdog.resent()
         );
         true
     }
@@ -149,7 +131,7 @@ impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let Some(b) = data.first_mut() {
             if offset == IIR_OFFSET {
-                self.iir_reads = self.iir_reads.wrapping_add(1);
+                self.watchdog.ack();
             }
             *b = self.dev.read(offset as u8);
         }
