@@ -414,6 +414,8 @@ fn boot_bench(args: &[String]) -> Result<()> {
     let mut cpus = 1u32;
     let mut memory = 128u32;
     let mut kernel_kind = "vmlinux".to_string();
+    let mut append = String::new();
+    let mut console_dir: Option<std::path::PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().context("boot-bench: option needs a value");
@@ -422,8 +424,10 @@ fn boot_bench(args: &[String]) -> Result<()> {
             "--cpus" => cpus = val()?.parse()?,
             "--memory" => memory = val()?.parse()?,
             "--kernel" => kernel_kind = val()?.clone(),
+            "--append" => append = val()?.clone(),
+            "--console" => console_dir = Some(val()?.into()),
             other => bail!(
-                "boot-bench: unknown option {other}; usage: boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]"
+                "boot-bench: unknown option {other}; usage: boot-bench [--runs N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage] [--append 'KERNEL ARGS'] [--console DIR]"
             ),
         }
     }
@@ -444,14 +448,12 @@ fn boot_bench(args: &[String]) -> Result<()> {
     // One warm-up boot each, then the measured runs, interleaved against drift.
     for i in 0..=runs {
         for (vmm, tag) in [(Vmm::VmRunner, "vm-runner"), (Vmm::QemuMicrovm, "qemu")] {
-            boots.push(GuestBoot::new(
-                &format!("{tag}-{i}"),
-                vmm,
-                cpus,
-                memory,
-                &kpath,
-                "./initrd",
-            ));
+            let mut b =
+                GuestBoot::new(&format!("{tag}-{i}"), vmm, cpus, memory, &kpath, "./initrd");
+            if !append.is_empty() {
+                b.cmdline = format!("{} {append}", b.cmdline);
+            }
+            boots.push(b);
         }
     }
     let payload = virtkit_lab::boot_payload(&boots)?
@@ -476,6 +478,10 @@ fn boot_bench(args: &[String]) -> Result<()> {
         for i in 1..=runs {
             let r = BootResult::parse(&out.output, &format!("{tag}-{i}"))
                 .with_context(|| format!("{tag} run {i} never started"))?;
+            if let Some(dir) = &console_dir {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(format!("{tag}-{i}.log")), &r.console)?;
+            }
             let Some(us) = r.marker_us.filter(|_| r.reached_init) else {
                 bail!(
                     "{tag} run {i} did not reach /init (status {}):\n{}",
