@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod align;
 pub mod allocator;
 pub mod dirty;
 pub mod layout;

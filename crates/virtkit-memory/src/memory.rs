@@ -219,10 +219,25 @@ impl GuestMemoryBuilder {
                     .with_file_offset(vm_memory::FileOffset::from_arc(f.clone(), file_offset));
             }
             file_offset = file_offset.saturating_add(r.size);
+            // Anonymous RAM with THP: at a 2 MiB-aligned host address, so KVM can map it
+            // with 2 MiB pages (see `align`).
+            let hole = (self.backing.is_none() && self.huge_pages == HugePages::Transparent)
+                .then(|| crate::align::AlignedHole::reserve(len))
+                .flatten();
             let region = builder.build().map_err(|error| MemoryError::Mmap {
                 size: r.size,
                 error,
             })?;
+            if let Some(h) = hole {
+                if region.as_ptr() as usize != h.addr() {
+                    log::debug!(
+                        "guest RAM at {:p}, not in the 2 MiB-aligned hole at {:#x}",
+                        region.as_ptr(),
+                        h.addr()
+                    );
+                }
+                h.release();
+            }
             if self.huge_pages == HugePages::Transparent {
                 madvise_hugepage(region.as_ptr(), len)?;
             }
@@ -287,6 +302,25 @@ mod tests {
         let maps = ram.host_mappings();
         assert_eq!(maps.len(), 1);
         assert_ne!(maps[0].1, 0);
+    }
+
+    #[test]
+    fn thp_ram_sits_at_2mib_aligned_host_addresses() {
+        // So KVM can map it with 2 MiB pages: guest and host addresses agree mod 2 MiB.
+        for mib in [16, 128, 3 * 1024 + 64] {
+            let ram = GuestMemoryBuilder::from_mib(mib)
+                .huge_pages(HugePages::Transparent)
+                .build()
+                .unwrap();
+            for (region, host) in ram.host_mappings() {
+                assert_eq!(
+                    (host ^ region.start.0) % (2 * MIB),
+                    0,
+                    "{mib} MiB: region at {:#x} mapped at {host:#x}",
+                    region.start.0
+                );
+            }
+        }
     }
 
     #[test]
