@@ -852,7 +852,12 @@ fn delete_with(root: &Path, id: &str, force: bool, spec: Option<&Spec>) -> Resul
     let c = match Container::load(root, id) {
         Ok(c) => c,
         Err(e) => {
-            if dir.exists() && force {
+            // As runc: `delete --force` of a container that does not exist succeeds, and
+            // one whose state cannot be read is removed.
+            if force && !dir.exists() {
+                return Ok(());
+            }
+            if force {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("remove {}", dir.display()))?;
                 return Ok(());
