@@ -998,6 +998,76 @@ pub struct ExecOpts {
     pub console_socket: Option<PathBuf>,
     /// Extra fds.
     pub preserve_fds: u32,
+    /// `--cap`: capabilities added to the bounding, effective and permitted sets (and the
+    /// ambient set when the process has inheritable ones), as runc adds them.
+    pub caps: Vec<String>,
+    /// `--additional-gids`.
+    pub additional_gids: Vec<u32>,
+    /// `--no-new-privs`.
+    pub no_new_privs: bool,
+}
+
+/// Sets `KEY=value` entries over `env`: a key already there takes the new value (runc's
+/// `exec --env` overrides the config's), new keys are appended.
+fn override_env(env: &mut Vec<String>, with: &[String]) {
+    for kv in with {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            Some(e) => e.clone_from(kv),
+            None => env.push(kv.clone()),
+        }
+    }
+}
+
+/// Applies `exec`'s `--cap`, `--additional-gids` and `--no-new-privs` to `p`.
+fn apply_exec_flags(p: &mut Process, o: &ExecOpts) -> Result<()> {
+    if !o.caps.is_empty() {
+        use oci_spec::runtime::{Capability, LinuxCapabilities};
+        let mut caps: LinuxCapabilities = p.capabilities().clone().unwrap_or_default();
+        let mut added = Vec::new();
+        for name in &o.caps {
+            let full = if name.starts_with("CAP_") {
+                name.clone()
+            } else {
+                format!("CAP_{name}")
+            };
+            // As the config spells it (`CAP_...`), through the same deserializer.
+            let cap: Capability = serde_json::from_value(serde_json::Value::String(full))
+                .map_err(|_| anyhow::anyhow!("--cap {name}: unknown capability"))?;
+            added.push(cap);
+        }
+        let add = |set: Option<&oci_spec::runtime::Capabilities>| {
+            let mut s = set.cloned().unwrap_or_default();
+            s.extend(added.iter().copied());
+            Some(s)
+        };
+        let has_inheritable = caps.inheritable().as_ref().is_some_and(|i| !i.is_empty());
+        let (b, e, pm) = (
+            add(caps.bounding().as_ref()),
+            add(caps.effective().as_ref()),
+            add(caps.permitted().as_ref()),
+        );
+        caps.set_bounding(b).set_effective(e).set_permitted(pm);
+        if has_inheritable {
+            let a = add(caps.ambient().as_ref());
+            caps.set_ambient(a);
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if !o.additional_gids.is_empty() {
+        let mut user = p.user().clone();
+        let mut gids = user.additional_gids().clone().unwrap_or_default();
+        gids.extend(o.additional_gids.iter().copied());
+        user.set_additional_gids(Some(gids));
+        p.set_user(user);
+    }
+    if o.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(())
 }
 
 /// `exec`: a new process in a running container. Returns its exit code (0 if detached).
@@ -1005,6 +1075,9 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
     let c = Container::load(&o.root, &o.id)?;
     match c.status() {
         Status::Running | Status::Created => {}
+        // runc's `--ignore-paused` is not offered: the new process would join the frozen
+        // cgroup before telling the runtime it started.
+        Status::Paused => bail!("cannot exec in a paused container: resume it first"),
         s => bail!("cannot exec in a {} container", s.as_str()),
     }
     let spec = load_spec(&c.saved.bundle)?;
@@ -1020,7 +1093,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
             let mut p = spec.process().clone().unwrap_or_default();
             p.set_args(Some(o.args.clone()));
             let mut env = p.env().clone().unwrap_or_default();
-            env.extend(o.env.iter().cloned());
+            override_env(&mut env, &o.env);
             p.set_env(Some(env));
             if let Some(cwd) = &o.cwd {
                 p.set_cwd(cwd.clone());
@@ -1036,6 +1109,7 @@ pub fn exec(o: &ExecOpts) -> Result<i32> {
             p
         }
     };
+    apply_exec_flags(&mut p, o)?;
     let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
         (Some(s), true) => Some(util::connect_unix(s)?),
         (None, true) if !o.detach => {

@@ -129,6 +129,16 @@ enum Cmd {
         user: Option<String>,
         #[arg(long = "preserve-fds", default_value_t = 0)]
         preserve_fds: u32,
+        /// Add a capability (CAP_NET_ADMIN or NET_ADMIN) to the bounding, effective and
+        /// permitted sets; repeatable.
+        #[arg(short = 'c', long = "cap")]
+        cap: Vec<String>,
+        /// Additional group ids; repeatable.
+        #[arg(short = 'g', long = "additional-gids")]
+        additional_gids: Vec<u32>,
+        /// Set no_new_privs for the process.
+        #[arg(long = "no-new-privs")]
+        no_new_privs: bool,
         id: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -446,11 +456,17 @@ fn real_main(cli: Cli) -> Result<i32> {
             env,
             user,
             preserve_fds,
+            cap,
+            additional_gids,
+            no_new_privs,
             id,
             args,
         } => {
             cloned::ensure()?;
             let o = container::ExecOpts {
+                caps: cap,
+                additional_gids,
+                no_new_privs,
                 root,
                 id,
                 process,

@@ -1,0 +1,90 @@
+//! `exec` with runc's flags (issue #14 item 4): `--env` overriding the config, `--cap`,
+//! `--additional-gids`, `--no-new-privs`; a paused container refused. Needs root and busybox.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::{lock, require_root_and_busybox, Bundle};
+
+/// The hex value of a `/proc/self/status` field in `out` (`CapEff: 00000000a80425fb`).
+fn status_hex(out: &str, field: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {out}"));
+    u64::from_str_radix(line.split_whitespace().last().unwrap(), 16).unwrap()
+}
+
+#[test]
+fn root_exec_flags_as_runc() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(&["sleep", "1000"], |c| {
+        c["process"]["env"] = serde_json::json!(["PATH=/bin", "FROM_CONFIG=1"]);
+    });
+    let id = "vk-exec-flags";
+    b.create(id);
+    b.ok(&["start", id]);
+    // --env overrides a variable of the config, and adds new ones.
+    let out = b.ok(&[
+        "exec",
+        "--env",
+        "FROM_CONFIG=2",
+        "--env",
+        "NEW=3",
+        id,
+        "sh",
+        "-c",
+        "echo $FROM_CONFIG $NEW; env | grep -c FROM_CONFIG",
+    ]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["2 3", "1"], "{out}");
+    // --cap adds to the effective set (CAP_SYS_ADMIN is bit 21; not in runc's default).
+    let sys_admin = 1u64 << 21;
+    let plain = b.ok(&[
+        "exec",
+        id,
+        "grep",
+        "-E",
+        "CapEff|NoNewPrivs|Groups",
+        "/proc/self/status",
+    ]);
+    assert_eq!(status_hex(&plain, "CapEff:") & sys_admin, 0, "{plain}");
+    let more = b.ok(&[
+        "exec",
+        "--cap",
+        "CAP_SYS_ADMIN",
+        "--additional-gids",
+        "1234",
+        "-g",
+        "99",
+        "--no-new-privs",
+        id,
+        "grep",
+        "-E",
+        "CapEff|NoNewPrivs|Groups",
+        "/proc/self/status",
+    ]);
+    assert_ne!(status_hex(&more, "CapEff:") & sys_admin, 0, "{more}");
+    assert!(
+        more.lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "{more}"
+    );
+    let groups = more.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(groups.contains("1234") && groups.contains("99"), "{more}");
+    assert!(!b
+        .rt(&["exec", "--cap", "CAP_NO_SUCH", id, "true"])
+        .status
+        .success());
+    // A paused container refuses exec, saying why.
+    b.ok(&["pause", id]);
+    let o = b.rt(&["exec", id, "true"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("paused"),
+        "{o:?}"
+    );
+    b.ok(&["resume", id]);
+    b.ok(&["kill", "--all", id, "KILL"]);
+    b.wait_status(id, "stopped", 5);
+    b.ok(&["delete", id]);
+}
