@@ -46,7 +46,9 @@ impl AlignedHole {
             return None;
         }
         let base = base as usize;
-        let hole = base.checked_add(HUGE_PAGE - 1)? & !(HUGE_PAGE - 1);
+        // The kernel placed `total` bytes at `base`, so `base + total` does not overflow and
+        // the aligned address plus `len` stays inside the reservation.
+        let hole = (base + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
         // SAFETY: `hole..hole+len` lies inside the reservation just made, which only this
         // function knows of.
         if unsafe { libc::munmap(hole as *mut libc::c_void, len) } != 0 {
