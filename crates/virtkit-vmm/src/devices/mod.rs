@@ -182,9 +182,6 @@ impl DeviceManager {
         self.vm
             .register_irqfd(&evt, COM1_IRQ)
             .map_err(|e| DeviceError::Vm("registering the serial irqfd", e))?;
-        let resend = evt
-            .try_clone()
-            .map_err(|e| DeviceError::EventFd("the serial irqfd", e))?;
         let serial = match state {
             Some(st) => {
                 Serial::from_state(st, EventTrigger(evt), vm_superio::serial::NoEvents, out)
@@ -192,7 +189,7 @@ impl DeviceManager {
             }
             None => Serial::new(EventTrigger(evt), out),
         };
-        let port = Arc::new(Mutex::new(SerialPort::new(serial, Some(resend))));
+        let port = Arc::new(Mutex::new(SerialPort::new(serial)));
         self.buses
             .pio
             .insert(port.clone(), u64::from(COM1_PORT), 8)

@@ -57,8 +57,6 @@ pub struct SerialPort {
     dev: SerialDevice,
     /// An output error was logged (later ones are dropped silently).
     output_failed: bool,
-    /// The interrupt's eventfd (the one the device triggers), to send it again.
-    irq: Option<EventFd>,
     /// IIR reads (the guest acknowledging) against ticks.
     watchdog: InterruptWatchdog,
 }
@@ -72,13 +70,11 @@ impl std::fmt::Debug for SerialPort {
 }
 
 impl SerialPort {
-    /// A port; output errors are logged once, then the output is dropped. `irq` is the
-    /// eventfd the device triggers (a clone), for [`SerialPort::resend_unacknowledged`].
-    pub fn new(dev: SerialDevice, irq: Option<EventFd>) -> Self {
+    /// A port; output errors are logged once, then the output is dropped.
+    pub fn new(dev: SerialDevice) -> Self {
         SerialPort {
             dev,
             output_failed: false,
-            irq,
             watchdog: InterruptWatchdog::new(),
         }
     }
@@ -110,10 +106,8 @@ impl SerialPort {
         if !self.watchdog.tick(pending) {
             return false;
         }
-        let Some(irq) = &self.irq else {
-            return false;
-        };
-        if let Err(e) = irq.write(1) {
+        // The device's own trigger: the eventfd registered as the irqfd.
+        if let Err(e) = self.dev.interrupt_evt().trigger() {
             log::warn!("serial: sending the interrupt again: {e}");
             return false;
         }
@@ -161,7 +155,7 @@ mod tests {
             EventTrigger(evt.try_clone().unwrap()),
             Box::new(std::io::sink()) as SerialOut,
         );
-        (SerialPort::new(dev, Some(evt.try_clone().unwrap())), evt)
+        (SerialPort::new(dev), evt)
     }
 
     /// How many edges the guest would have received since the last call.
