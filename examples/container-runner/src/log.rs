@@ -18,9 +18,32 @@ pub struct LogConfig {
 
 static CONFIG: OnceLock<LogConfig> = OnceLock::new();
 
-/// Sets the configuration once, at startup.
+/// Sets the configuration once, at startup, and routes the library's `log` records
+/// (virtkit-runtime's warnings) through it.
 pub fn init(c: LogConfig) {
     let _ = CONFIG.set(c);
+    if ::log::set_logger(&Logger).is_ok() {
+        ::log::set_max_level(::log::LevelFilter::Warn);
+    }
+}
+
+/// The `log` facade's end: warnings and errors as runc's log lines.
+struct Logger;
+
+impl ::log::Log for Logger {
+    fn enabled(&self, m: &::log::Metadata<'_>) -> bool {
+        m.level() <= ::log::Level::Warn
+    }
+
+    fn log(&self, r: &::log::Record<'_>) {
+        match r.level() {
+            ::log::Level::Error => error(&r.args().to_string()),
+            ::log::Level::Warn => warn(&r.args().to_string()),
+            _ => {}
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// Formats one log line.
@@ -29,13 +52,13 @@ pub fn format_line(json: bool, level: &str, msg: &str) -> String {
         let v = serde_json::json!({
             "level": level,
             "msg": msg,
-            "time": crate::util::rfc3339_now(),
+            "time": virtkit_runtime::rfc3339_now(),
         });
         format!("{v}\n")
     } else {
         format!(
             "time=\"{}\" level={level} msg={:?}\n",
-            crate::util::rfc3339_now(),
+            virtkit_runtime::rfc3339_now(),
             msg
         )
     }

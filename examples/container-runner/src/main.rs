@@ -6,25 +6,15 @@
 // alternate signal stack) is work neither start needs.
 #![cfg_attr(not(test), no_main)]
 
-mod cgroup;
-mod cloned;
-mod container;
-mod dmz;
-mod hooks;
-mod init;
 mod log;
-mod process;
-mod state;
-mod util;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-
-/// The runtime spec version we implement.
-pub const OCI_VERSION: &str = "1.2.0";
+use virtkit_runtime::state::{Container, Status};
+use virtkit_runtime::{cloned, CreateOpts, ExecOpts, OCI_VERSION};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -199,50 +189,8 @@ fn default_root() -> PathBuf {
     PathBuf::from("/run/virtkit")
 }
 
-fn features() -> serde_json::Value {
-    let mut ops: Vec<&str> = vec![
-        "SCMP_CMP_NE",
-        "SCMP_CMP_LT",
-        "SCMP_CMP_LE",
-        "SCMP_CMP_EQ",
-        "SCMP_CMP_GE",
-        "SCMP_CMP_GT",
-        "SCMP_CMP_MASKED_EQ",
-    ];
-    ops.sort();
-    serde_json::json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": OCI_VERSION,
-        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": ["async","atime","bind","defaults","dev","diratime","dirsync","exec","mand","noatime","nodev","nodiratime","noexec","nomand","norelatime","nostrictatime","nosuid","private","rbind","relatime","remount","ro","rprivate","rro","rshared","rslave","runbindable","rw","shared","slave","strictatime","suid","sync","unbindable"],
-        "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
-            "capabilities": process::CAP_NAMES.iter().map(|n| format!("CAP_{n}")).collect::<Vec<_>>(),
-            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {
-                "enabled": true,
-                "actions": ["SCMP_ACT_ALLOW","SCMP_ACT_ERRNO","SCMP_ACT_KILL","SCMP_ACT_KILL_PROCESS","SCMP_ACT_KILL_THREAD","SCMP_ACT_LOG","SCMP_ACT_TRACE","SCMP_ACT_TRAP"],
-                "operators": ops,
-                "archs": ["SCMP_ARCH_X86_64"]
-            },
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false}
-        },
-        "annotations": {"org.virtkit.runtime": "container-runner"}
-    })
-}
-
 fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if let Ok(c) = state::Container::load(root, &id) {
-                out.push(c);
-            }
-        }
-    }
-    out.sort_by(|a, b| a.saved.id.cmp(&b.saved.id));
+    let out = virtkit_runtime::list(root);
     let mut so = std::io::stdout().lock();
     if quiet {
         for c in &out {
@@ -291,7 +239,7 @@ fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
 }
 
 fn ps(root: &std::path::Path, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
-    let pids = container::pids(root, id)?;
+    let pids = virtkit_runtime::pids(root, id)?;
     match format {
         "json" => println!("{}", serde_json::Value::from(pids)),
         "table" => {
@@ -306,59 +254,11 @@ fn ps(root: &std::path::Path, id: &str, format: &str, ps_args: &[String]) -> Res
                 .output()
                 .context("run ps")?;
             let text = String::from_utf8_lossy(&out.stdout);
-            let mut lines = text.lines();
-            let header = lines.next().unwrap_or_default();
-            let col = header
-                .split_whitespace()
-                .position(|h| h == "PID")
-                .context("ps output has no PID column")?;
-            println!("{header}");
-            for l in lines {
-                let pid: Option<i32> = l.split_whitespace().nth(col).and_then(|p| p.parse().ok());
-                if pid.is_some_and(|p| pids.contains(&p)) {
-                    println!("{l}");
-                }
-            }
+            print!("{}", virtkit_runtime::filter_ps_table(&text, &pids)?);
         }
         f => bail!("invalid format {f:?} (table or json)"),
     }
     Ok(())
-}
-
-/// One `events` record, shaped like runc's (`type`, `id`, `data` with cpu, memory, pids).
-fn events_json(c: &state::Container) -> Result<serde_json::Value> {
-    let cg = cgroup::open(&c.saved.cgroup_path)?;
-    let s = cg.stats()?;
-    Ok(serde_json::json!({
-        "type": "stats",
-        "id": c.saved.id,
-        "data": {
-            "cpu": {
-                "usage": {
-                    "total": s.cpu.usage_ns.unwrap_or(0),
-                    "kernel": s.cpu.system_ns.unwrap_or(0),
-                    "user": s.cpu.user_ns.unwrap_or(0),
-                },
-                "throttling": {
-                    "periods": s.cpu.nr_periods.unwrap_or(0),
-                    "throttledPeriods": s.cpu.nr_throttled.unwrap_or(0),
-                    "throttledTime": s.cpu.throttled_ns.unwrap_or(0),
-                },
-            },
-            "memory": {
-                "usage": {
-                    "usage": s.memory.usage.unwrap_or(0),
-                    "max": s.memory.peak.unwrap_or(0),
-                    "limit": s.memory.limit.unwrap_or(0),
-                },
-                "oom_kills": s.memory.oom_kills.unwrap_or(0),
-            },
-            "pids": {
-                "current": s.pids.current.unwrap_or(0),
-                "limit": s.pids.limit.unwrap_or(0),
-            },
-        },
-    }))
 }
 
 fn write_spec(bundle: &std::path::Path) -> Result<()> {
@@ -366,11 +266,7 @@ fn write_spec(bundle: &std::path::Path) -> Result<()> {
     if path.exists() {
         bail!("File {} exists. Remove it first", path.display());
     }
-    let mut spec = oci_spec::runtime::Spec::default();
-    spec.set_hostname(Some("container-runner".into()));
-    if let Some(p) = spec.process_mut() {
-        p.set_terminal(Some(true));
-    }
+    let spec = virtkit_runtime::example_spec();
     spec.save(&path)
         .with_context(|| format!("write {}", path.display()))?;
     Ok(())
@@ -402,7 +298,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             ..
         } => {
             cloned::ensure()?;
-            let o = container::CreateOpts {
+            let o = CreateOpts {
                 root,
                 id,
                 bundle,
@@ -411,7 +307,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 no_pivot,
                 preserve_fds,
             };
-            container::create(&o)?;
+            virtkit_runtime::create(&o)?;
         }
         Cmd::Run {
             bundle,
@@ -425,7 +321,7 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => {
             // `run` guards against CVE-2019-5736 once it has read the config: through
             // the exec DMZ where that suffices, else by the re-exec (see `dmz`).
-            let o = container::CreateOpts {
+            let o = CreateOpts {
                 root,
                 id,
                 bundle,
@@ -434,18 +330,18 @@ fn real_main(cli: Cli) -> Result<i32> {
                 no_pivot,
                 preserve_fds,
             };
-            return container::run(&o, detach);
+            return Ok(virtkit_runtime::run(&o, detach)?);
         }
-        Cmd::Start { id } => container::start(&root, &id)?,
+        Cmd::Start { id } => virtkit_runtime::start(&root, &id)?,
         Cmd::State { id } => {
-            let c = state::Container::load(&root, &id)?;
+            let c = Container::load(&root, &id)?;
             println!("{}", serde_json::to_string_pretty(&c.oci_state())?);
         }
         Cmd::Kill { all, id, signal } => {
-            let sig = util::parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
-            container::kill(&root, &id, sig, all)?;
+            let sig = virtkit_runtime::parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
+            virtkit_runtime::kill(&root, &id, sig, all)?;
         }
-        Cmd::Delete { force, id } => container::delete(&root, &id, force)?,
+        Cmd::Delete { force, id } => virtkit_runtime::delete(&root, &id, force)?,
         Cmd::Exec {
             process,
             detach,
@@ -463,7 +359,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             args,
         } => {
             cloned::ensure()?;
-            let o = container::ExecOpts {
+            let o = ExecOpts {
                 caps: cap,
                 additional_gids,
                 no_new_privs,
@@ -480,7 +376,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 console_socket,
                 preserve_fds,
             };
-            return container::exec(&o);
+            return Ok(virtkit_runtime::exec(&o)?);
         }
         Cmd::List { quiet, format } => list(&root, quiet, &format)?,
         Cmd::Ps {
@@ -488,8 +384,8 @@ fn real_main(cli: Cli) -> Result<i32> {
             id,
             ps_args,
         } => ps(&root, &id, &format, &ps_args)?,
-        Cmd::Pause { id } => container::pause(&root, &id, true)?,
-        Cmd::Resume { id } => container::pause(&root, &id, false)?,
+        Cmd::Pause { id } => virtkit_runtime::pause(&root, &id)?,
+        Cmd::Resume { id } => virtkit_runtime::resume(&root, &id)?,
         Cmd::Update { resources, id } => {
             let data = match resources.as_deref() {
                 None | Some("-") => {
@@ -499,7 +395,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 }
                 Some(f) => std::fs::read(f).with_context(|| format!("read {f}"))?,
             };
-            container::update(&root, &id, &data)?;
+            virtkit_runtime::update(&root, &id, &data)?;
         }
         Cmd::Events {
             stats,
@@ -511,21 +407,24 @@ fn real_main(cli: Cli) -> Result<i32> {
                 .parse()
                 .with_context(|| format!("invalid --interval {interval:?}"))?;
             loop {
-                let c = state::Container::load(&root, &id)?;
-                if c.status() == state::Status::Stopped {
+                let c = Container::load(&root, &id)?;
+                if c.status() == Status::Stopped {
                     if stats {
                         bail!("container {id} is not running");
                     }
                     break;
                 }
-                println!("{}", events_json(&c)?);
+                println!("{}", virtkit_runtime::stats(&c)?);
                 if stats {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.1)));
             }
         }
-        Cmd::Features => println!("{}", serde_json::to_string_pretty(&features())?),
+        Cmd::Features => println!(
+            "{}",
+            serde_json::to_string_pretty(&virtkit_runtime::features())?
+        ),
         Cmd::Spec { bundle } => write_spec(&bundle)?,
     }
     Ok(0)

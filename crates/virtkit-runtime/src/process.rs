@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, err, Context, Error, Result};
 use oci_spec::runtime::{Capabilities, Process};
 
 use crate::util::cstring;
@@ -220,8 +220,8 @@ pub fn plan(p: &Process, seccomp: Option<&oci_spec::runtime::LinuxSeccomp>) -> R
     })
 }
 
-fn err(call: &str) -> anyhow::Error {
-    anyhow::anyhow!("{call}: {}", io::Error::last_os_error())
+fn os_err(call: &str) -> Error {
+    err!("{call}: {}", io::Error::last_os_error())
 }
 
 #[repr(C)]
@@ -258,7 +258,7 @@ fn capset(c: &CapSets) -> Result<()> {
     // SAFETY: header and two data structs as capset(2) v3 expects.
     let r = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) };
     if r < 0 {
-        return Err(err("capset"));
+        return Err(os_err("capset"));
     }
     Ok(())
 }
@@ -278,7 +278,7 @@ impl Plan {
             };
             // SAFETY: a valid rlimit struct.
             if unsafe { libc::setrlimit(r.resource, &lim) } < 0 {
-                return Err(anyhow::anyhow!(
+                return Err(err!(
                     "setrlimit {} soft {} hard {}: {}",
                     r.resource,
                     r.soft,
@@ -303,7 +303,7 @@ impl Plan {
         // SAFETY: prctl/setgroups/setres[ug]id take plain integers or valid arrays.
         unsafe {
             if self.caps.is_some() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
-                return Err(err("prctl(PR_SET_KEEPCAPS)"));
+                return Err(os_err("prctl(PR_SET_KEEPCAPS)"));
             }
             if let Some(c) = &self.caps {
                 for cap in 0..=self.last_cap.min(63) {
@@ -326,13 +326,13 @@ impl Plan {
                 }
             }
             if libc::setresgid(self.gid, self.gid, self.gid) < 0 {
-                return Err(err("setresgid"));
+                return Err(os_err("setresgid"));
             }
             if libc::setresuid(self.uid, self.uid, self.uid) < 0 {
-                return Err(err("setresuid"));
+                return Err(os_err("setresuid"));
             }
             if self.caps.is_some() && libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0 {
-                return Err(err("prctl(PR_SET_KEEPCAPS)"));
+                return Err(os_err("prctl(PR_SET_KEEPCAPS)"));
             }
         }
         if let Some(c) = &self.caps {
@@ -364,7 +364,7 @@ impl Plan {
         if self.no_new_privileges {
             // SAFETY: prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-                return Err(err("prctl(PR_SET_NO_NEW_PRIVS)"));
+                return Err(os_err("prctl(PR_SET_NO_NEW_PRIVS)"));
             }
             if let Some(prog) = &self.seccomp {
                 virtkit_seccomp::install(prog).context("install seccomp filter")?;
@@ -416,20 +416,20 @@ impl Plan {
 
     /// `execve` through the exec DMZ in `dmz` (see `crate::dmz`); returns only on
     /// failure.
-    pub fn exec_via_dmz(&self, dmz: &std::os::fd::OwnedFd, exe: &CString) -> anyhow::Error {
+    pub fn exec_via_dmz(&self, dmz: &std::os::fd::OwnedFd, exe: &CString) -> Error {
         let e = crate::dmz::exec(dmz, exe, &self.args, &self.env);
-        anyhow::anyhow!("exec {:?} through the exec DMZ: {e}", exe.to_string_lossy())
+        err!("exec {:?} through the exec DMZ: {e}", exe.to_string_lossy())
     }
 
     /// `execve`; returns only on failure.
-    pub fn exec(&self, exe: &CString) -> anyhow::Error {
+    pub fn exec(&self, exe: &CString) -> Error {
         let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
         // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
         unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        anyhow::anyhow!(
+        err!(
             "exec {:?}: {}",
             exe.to_string_lossy(),
             io::Error::last_os_error()
@@ -442,7 +442,7 @@ pub fn cloexec_from(first: u32) -> Result<()> {
     // SAFETY: close_range with integer arguments; CLOSE_RANGE_CLOEXEC (4) only sets flags.
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 4u32) };
     if r < 0 {
-        return Err(err("close_range"));
+        return Err(os_err("close_range"));
     }
     Ok(())
 }

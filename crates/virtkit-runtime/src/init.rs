@@ -34,7 +34,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use oci_spec::runtime::Hook;
 use virtkit_namespaces::namespace::NamespaceType;
 use virtkit_namespaces::rootfs::{
@@ -126,10 +126,13 @@ pub fn child(init: &Init) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let msg = format!("E{e:#}");
+    let msg = format!("E{}", crate::error::chain(&e));
     if send_msg(init.sync, msg.as_bytes()).is_err() {
         // The parent is gone (after `start`): stderr is all we have.
-        raw_stderr(&format!("container-runner init: {e:#}\n"));
+        raw_stderr(&format!(
+            "container-runner init: {}\n",
+            crate::error::chain(&e)
+        ));
     }
     // SAFETY: _exit ends this process without running the parent's destructors.
     unsafe { libc::_exit(127) }

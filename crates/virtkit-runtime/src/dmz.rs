@@ -23,7 +23,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 
 /// The message written to stderr when the container process cannot be exec'd.
 pub const EXEC_FAILED: &[u8] = b"container-runner: execve of the container process failed\n";

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 
 /// RFC 3339 UTC time with nanoseconds, as runc prints `created`.
 pub fn rfc3339_now() -> String {

@@ -1,7 +1,7 @@
 //! cgroups through virtkit-cgroups: path choice, OCI resources → `Resources` (through
 //! `Resources::from_oci`) with runc's default device policy (v1 device lists, v2 eBPF).
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use oci_spec::runtime::LinuxResources;
 use virtkit_cgroups::devices::DeviceRule;
 use virtkit_cgroups::{CgroupManager, Hierarchies, Resources};

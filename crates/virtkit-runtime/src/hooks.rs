@@ -4,8 +4,50 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Spec};
+
+use crate::error::{bail, Context, Result};
+use crate::spec::{hook_state, load_spec};
+use crate::state::Container;
+
+/// The hooks that run after the container's process started or ended, whose failure
+/// is only logged (the spec: a poststart or poststop hook failure does not undo the
+/// operation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// After `start`.
+    Start,
+    /// After `delete`.
+    Stop,
+}
+
+/// Runs the poststart or poststop hooks of `spec` (read from the bundle when `None`)
+/// for container `c`; a failure is logged as a warning.
+pub(crate) fn run_after(c: &Container, spec: Option<&Spec>, when: After) {
+    let loaded;
+    let spec = match spec {
+        Some(s) => s,
+        None => match load_spec(&c.saved.bundle) {
+            Ok(s) => {
+                loaded = s;
+                &loaded
+            }
+            Err(_) => return,
+        },
+    };
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return;
+    };
+    let (kind, list, status) = match when {
+        After::Start => ("poststart", hooks.poststart(), "running"),
+        After::Stop => ("poststop", hooks.poststop(), "stopped"),
+    };
+    if let Some(list) = list.as_deref().filter(|l| !l.is_empty()) {
+        if let Err(e) = run(kind, list, &hook_state(c, status)) {
+            log::warn!("{}", crate::error::chain(&e));
+        }
+    }
+}
 
 /// Runs `hooks` in order; the first failure stops and is returned.
 pub fn run(kind: &str, hooks: &[Hook], state_json: &[u8]) -> Result<()> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::util;
@@ -102,9 +102,12 @@ impl Container {
         let dir = root.join(id);
         let data = std::fs::read(Self::state_file(&dir)).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!("container {id} does not exist")
+                Error::NotFound { id: id.to_string() }
             } else {
-                anyhow::anyhow!("read state of {id}: {e}")
+                Error::Context {
+                    context: format!("read state of {id}"),
+                    source: Box::new(e),
+                }
             }
         })?;
         let saved: Saved = serde_json::from_slice(&data)
@@ -135,6 +138,8 @@ impl Container {
         }
     }
 
+    /// The status now, from the saved state and whether init is still alive (and
+    /// frozen).
     pub fn status(&self) -> Status {
         if !self.saved.create_done {
             if util::alive(self.saved.pid, self.saved.start_time) {

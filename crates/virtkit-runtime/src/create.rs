@@ -1,0 +1,419 @@
+//! `create`: everything up to the container's init blocking on the exec fifo (or, for
+//! `run`, up to init's execve).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use virtkit_namespaces::idmap::write_id_maps;
+use virtkit_namespaces::namespace::NamespaceType;
+use virtkit_namespaces::LinuxSyscalls;
+
+use crate::error::{bail, Context, Error, Result};
+use crate::init::{self, GoAt, Init, Mode};
+use crate::spec::{
+    dmz_suffices, first_cgroup_mount, hook_state, id_maps, load_spec, ns_type, rootfs_config,
+};
+use crate::state::{check_id, Container, Saved};
+use crate::sys::{clone_fork, mkfifo, open_ns, open_path, setns_self, write_pid_file};
+use crate::util::{self, recv_msg, send_msg};
+use crate::{cgroup, cloned, dmz, hooks, process};
+
+/// Options of `create` and `run`.
+#[derive(Debug, Clone)]
+pub struct CreateOpts {
+    /// State root.
+    pub root: PathBuf,
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Where to write the init pid.
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master.
+    pub console_socket: Option<PathBuf>,
+    /// MS_MOVE + chroot instead of pivot_root.
+    pub no_pivot: bool,
+    /// Extra fds passed to the container after stdio.
+    pub preserve_fds: u32,
+}
+
+impl CreateOpts {
+    /// Options for container `id` from the bundle directory `bundle`, with state under
+    /// `root`; no pid file, no console socket, pivot_root, no extra fds.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        id: impl Into<String>,
+        bundle: impl Into<PathBuf>,
+    ) -> Self {
+        CreateOpts {
+            root: root.into(),
+            id: id.into(),
+            bundle: bundle.into(),
+            pid_file: None,
+            console_socket: None,
+            no_pivot: false,
+            preserve_fds: 0,
+        }
+    }
+}
+
+/// A container being created; cleaned up on drop unless committed.
+struct Undo {
+    /// The state directory, once we made it.
+    dir: Option<PathBuf>,
+    pid: i32,
+    cgroup: Option<Box<dyn virtkit_cgroups::CgroupManager>>,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.pid > 0 {
+            let _ = util::kill(self.pid, libc::SIGKILL);
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill_all();
+            let _ = cg.delete();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `create`: everything up to init blocking on the exec fifo.
+pub fn create(o: &CreateOpts) -> Result<()> {
+    create_with(o, false, false).map(|_| ())
+}
+
+/// `create` for `create` and `run`. With `run_mode` there is no exec fifo: init goes on
+/// to execve right after "ready" (see [`start_run`]).
+pub(crate) fn create_with(
+    o: &CreateOpts,
+    foreground: bool,
+    run_mode: bool,
+) -> Result<(Container, Spec, OwnedFd)> {
+    check_id(&o.id)?;
+    let bundle = std::fs::canonicalize(&o.bundle)
+        .with_context(|| format!("bundle {}", o.bundle.display()))?;
+    let spec = load_spec(&bundle)?;
+    // CVE-2019-5736 for `run` (`create` re-executed already): the exec DMZ where it is
+    // enough, else the re-exec now (nothing was changed yet; it starts over from a
+    // read-only copy of the binary).
+    let dmz = if run_mode && !cloned::is_sealed() {
+        if dmz_suffices(&spec) {
+            Some(dmz::sealed()?)
+        } else {
+            cloned::ensure()?;
+            None
+        }
+    } else {
+        None
+    };
+    let root_path = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .context("config.json has no root.path")?;
+    let rootfs = std::fs::canonicalize(bundle.join(&root_path))
+        .with_context(|| format!("rootfs {}", bundle.join(&root_path).display()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json has no process")?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .context("config.json has no linux section")?;
+
+    let dir = o.root.join(&o.id);
+    let mut undo = Undo {
+        dir: None,
+        pid: 0,
+        cgroup: None,
+        armed: true,
+    };
+    // The state directory (which also says the id is taken). `create` needs it now, for
+    // the exec fifo; `run` makes it after the clone, while init works.
+    if !run_mode {
+        make_state_dir(&o.root, &o.id)?;
+        undo.dir = Some(dir.clone());
+    }
+    let cg_path = cgroup::cgroup_path(linux.cgroups_path().as_deref(), &o.id);
+    let mut c = Container {
+        dir: dir.clone(),
+        saved: Saved {
+            id: o.id.clone(),
+            pid: 0,
+            start_time: 0,
+            bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
+            created: util::rfc3339_now(),
+            annotations: spec
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cgroup_path: cg_path.clone(),
+            create_done: false,
+            owner: String::new(),
+        },
+    };
+    // The cgroup itself is made after the clone, while init sets up the rootfs.
+    let cg = cgroup::open(&cg_path)?;
+    let resources = cgroup::create_resources(linux.resources().as_ref())?;
+
+    let fifo = if run_mode {
+        None
+    } else {
+        let fifo_path = c.fifo();
+        mkfifo(&fifo_path)?;
+        Some(open_path(&fifo_path)?)
+    };
+
+    let mut p = process.clone();
+    let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
+        (Some(s), true) => Some(util::connect_unix(s)?),
+        (None, true) if foreground => {
+            // `run` without a console socket: the container shares our stdio.
+            p.set_terminal(Some(false));
+            None
+        }
+        _ => None,
+    };
+    let plan = process::plan(&p, linux.seccomp().as_ref())?;
+
+    // Namespaces: new ones become clone flags; paths are joined (pid and time by us,
+    // since they apply to our children; the rest by the child).
+    let mut flags = 0;
+    let mut joins: Vec<(NamespaceType, OwnedFd)> = Vec::new();
+    let mut new_user = false;
+    let mut new_cgroupns = false;
+    let mut have_mount = false;
+    for ns in linux.namespaces().iter().flatten() {
+        let t = ns_type(ns.typ());
+        if t == NamespaceType::Mount {
+            have_mount = true;
+        }
+        match ns.path() {
+            Some(path) => {
+                let fd = open_ns(path)?;
+                match t {
+                    NamespaceType::Pid | NamespaceType::Time => setns_self(&fd, t)?,
+                    _ => joins.push((t, fd)),
+                }
+            }
+            None if t == NamespaceType::Time => {
+                // SAFETY: unshare with a flag; we are single-threaded.
+                if unsafe { libc::unshare(t.clone_flag()) } < 0 {
+                    bail!(
+                        "unshare time namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+            None if t == NamespaceType::Cgroup => {
+                // Made by init once it is in its cgroup, so that cgroup is the root of
+                // the namespace (a clone flag would root it at ours).
+                new_cgroupns = true;
+            }
+            None => {
+                if t == NamespaceType::User {
+                    new_user = true;
+                }
+                flags |= t.clone_flag();
+            }
+        }
+    }
+    if !have_mount {
+        bail!("config.json must ask for a mount namespace");
+    }
+    // User namespace first, mount namespace last.
+    joins.sort_by_key(|(t, _)| NamespaceType::JOIN_ORDER.iter().position(|x| x == t));
+    let rootfs_cfg = rootfs_config(&spec, &bundle, &rootfs, o.no_pivot, new_user, cg.as_ref())?;
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    let sysctl: Vec<(String, String)> = linux
+        .sysctl()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    let (parent_sock, child_sock) = util::seqpacket_pair()?;
+    let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
+    let init = Init {
+        sync: child_sock.as_raw_fd(),
+        joins,
+        plan,
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+        preserve_fds: o.preserve_fds,
+        // In a user namespace the parent moves us (our ids may not own cgroupfs files).
+        join_cgroup: if new_user || joins_user {
+            None
+        } else {
+            Some(cgroup::open(&cg_path)?)
+        },
+        userns: new_user || joins_user,
+        new_cgroupns,
+        go_at: GoAt::Start,
+        hooks_msg: [
+            hooks.prestart(),
+            hooks.create_runtime(),
+            hooks.create_container(),
+        ]
+        .iter()
+        .any(|h| h.as_ref().is_some_and(|h| !h.is_empty())),
+        mode: Mode::Create {
+            rootfs: Box::new(rootfs_cfg),
+            hostname,
+            domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
+            sysctl,
+            fifo: fifo.as_ref().map(|f| f.as_raw_fd()),
+            create_container: hooks.create_container().clone().unwrap_or_default(),
+            start_container: hooks.start_container().clone().unwrap_or_default(),
+            state_json: hook_state(&c, "creating"),
+        },
+        dmz,
+    };
+
+    let init_joins_itself = init.join_cgroup.is_some();
+    let through_dmz = init.dmz.is_some();
+    let mut init = init;
+    // Init waits for "go" at its first step that needs the cgroup, and meanwhile we make
+    // the cgroup. From the start when we have work on init itself first (id maps; moving
+    // it into the cgroup), or when it joins a mount namespace where the host's cgroupfs
+    // may not be visible.
+    let joins_mount = init.joins.iter().any(|(t, _)| *t == NamespaceType::Mount);
+    if init_joins_itself && !new_user && !joins_mount {
+        if let Mode::Create { rootfs, .. } = &init.mode {
+            init.go_at = GoAt::BeforeMount(first_cgroup_mount(&rootfs.mounts, &cg.dirs()));
+        }
+    }
+    let pid = clone_fork(flags)?;
+    if pid == 0 {
+        drop(parent_sock);
+        init::child(&init);
+    }
+    drop(child_sock);
+    drop(init);
+    undo.pid = pid;
+    if run_mode {
+        make_state_dir(&o.root, &o.id)?;
+        undo.dir = Some(dir.clone());
+    }
+    c.saved.pid = pid;
+    c.saved.start_time = util::proc_stat(pid).map(|s| s.0).unwrap_or(0);
+    // Saved before the cgroup exists, so `delete --force` after a crash finds init (by
+    // this pid: it blocks on the exec fifo until `start`, even if we die after "ready")
+    // and the cgroup. Until "ready" init dies with us (PR_SET_PDEATHSIG).
+    c.save()?;
+    cg.create()
+        .with_context(|| format!("create cgroup {cg_path}"))?;
+    undo.cgroup = Some(cgroup::open(&cg_path)?);
+    cg.apply(&resources)
+        .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
+    let sock = parent_sock.as_raw_fd();
+    if new_user {
+        write_id_maps(
+            &LinuxSyscalls,
+            pid,
+            &id_maps(linux.uid_mappings()),
+            &id_maps(linux.gid_mappings()),
+            false,
+        )?;
+    }
+    // Usually init moves itself into the cgroup (cheaper: see CgroupManager::join_self).
+    if !init_joins_itself {
+        cg.add_process(pid)
+            .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
+    }
+    send_go(sock)?;
+    loop {
+        let m = recv_msg(sock)?;
+        match m.as_slice() {
+            b"hooks" => {
+                let st = hook_state(&c, "creating");
+                hooks::run("prestart", hooks.prestart().as_deref().unwrap_or(&[]), &st)?;
+                hooks::run(
+                    "createRuntime",
+                    hooks.create_runtime().as_deref().unwrap_or(&[]),
+                    &st,
+                )?;
+                let mut reply = b"go".to_vec();
+                reply.extend_from_slice(&st);
+                send_msg(sock, &reply)?;
+            }
+            b"ready" => {
+                if through_dmz {
+                    // Until init has exec'd the DMZ it is the runtime binary: the state
+                    // reads "creating" (so `exec` cannot join it) until the EOF of that
+                    // execve.
+                    match recv_msg(sock)?.as_slice() {
+                        [] => {}
+                        [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),
+                        other => bail!(
+                            "unexpected message from init: {:?}",
+                            String::from_utf8_lossy(other)
+                        ),
+                    }
+                }
+                break;
+            }
+            [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),
+            [] => bail!("container init exited during setup"),
+            other => bail!(
+                "unexpected message from init: {:?}",
+                String::from_utf8_lossy(other)
+            ),
+        }
+    }
+    c.saved.create_done = true;
+    c.save()?;
+    if let Some(pf) = &o.pid_file {
+        write_pid_file(pf, pid)?;
+    }
+    undo.armed = false;
+    Ok((c, spec, parent_sock))
+}
+
+/// Makes the state directory `root/id` (and `root` if missing); an existing one means
+/// the id is taken.
+pub(crate) fn make_state_dir(root: &Path, id: &str) -> Result<()> {
+    let dir = root.join(id);
+    let r = match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("create state root {}", root.display()))?;
+            std::fs::create_dir(&dir)
+        }
+        r => r,
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::Exists { id: id.to_string() })
+        }
+        Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
+    }
+}
+
+/// Sends init its "go". When init has failed already (its end closed), the error is
+/// init's own message, which it sent before exiting.
+pub(crate) fn send_go(sock: i32) -> Result<()> {
+    if let Err(e) = send_msg(sock, b"go") {
+        if let Ok(m) = recv_msg(sock) {
+            if let [b'E', rest @ ..] = m.as_slice() {
+                bail!("{}", String::from_utf8_lossy(rest));
+            }
+        }
+        return Err(e).context("send \"go\" to container init");
+    }
+    Ok(())
+}

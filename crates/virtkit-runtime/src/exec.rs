@@ -1,0 +1,252 @@
+//! `exec`: a new process in a running container.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use oci_spec::runtime::Process;
+use virtkit_namespaces::namespace::NamespaceType;
+
+use crate::error::{bail, err, Context, Error, Result};
+use crate::init::{self, GoAt, Init, Mode};
+use crate::spec::load_spec;
+use crate::state::{Container, Status};
+use crate::sys::{clone_fork, open_ns, setns_self, wait_child, write_pid_file};
+use crate::util::{self, recv_msg, send_msg};
+use crate::{cgroup, process};
+
+/// Options of `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOpts {
+    /// State root.
+    pub root: PathBuf,
+    /// Container id.
+    pub id: String,
+    /// `--process` JSON file.
+    pub process: Option<PathBuf>,
+    /// Command line (when no --process).
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// `uid[:gid]`.
+    pub user: Option<String>,
+    /// Allocate a pty.
+    pub tty: bool,
+    /// Return after the process started.
+    pub detach: bool,
+    /// Where to write its pid.
+    pub pid_file: Option<PathBuf>,
+    /// Socket that gets the pty master.
+    pub console_socket: Option<PathBuf>,
+    /// Extra fds.
+    pub preserve_fds: u32,
+    /// `--cap`: capabilities added to the bounding, effective and permitted sets (and the
+    /// ambient set when the process has inheritable ones), as runc adds them.
+    pub caps: Vec<String>,
+    /// `--additional-gids`.
+    pub additional_gids: Vec<u32>,
+    /// `--no-new-privs`.
+    pub no_new_privs: bool,
+}
+
+/// Sets `KEY=value` entries over `env`: a key already there takes the new value (runc's
+/// `exec --env` overrides the config's), new keys are appended.
+fn override_env(env: &mut Vec<String>, with: &[String]) {
+    for kv in with {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            Some(e) => e.clone_from(kv),
+            None => env.push(kv.clone()),
+        }
+    }
+}
+
+/// Applies `exec`'s `--cap`, `--additional-gids` and `--no-new-privs` to `p`.
+fn apply_exec_flags(p: &mut Process, o: &ExecOpts) -> Result<()> {
+    if !o.caps.is_empty() {
+        use oci_spec::runtime::{Capability, LinuxCapabilities};
+        let mut caps: LinuxCapabilities = p.capabilities().clone().unwrap_or_default();
+        let mut added = Vec::new();
+        for name in &o.caps {
+            let full = if name.starts_with("CAP_") {
+                name.clone()
+            } else {
+                format!("CAP_{name}")
+            };
+            // As the config spells it (`CAP_...`), through the same deserializer.
+            let cap: Capability = serde_json::from_value(serde_json::Value::String(full))
+                .map_err(|_| err!("--cap {name}: unknown capability"))?;
+            added.push(cap);
+        }
+        let add = |set: Option<&oci_spec::runtime::Capabilities>| {
+            let mut s = set.cloned().unwrap_or_default();
+            s.extend(added.iter().copied());
+            Some(s)
+        };
+        let has_inheritable = caps.inheritable().as_ref().is_some_and(|i| !i.is_empty());
+        let (b, e, pm) = (
+            add(caps.bounding().as_ref()),
+            add(caps.effective().as_ref()),
+            add(caps.permitted().as_ref()),
+        );
+        caps.set_bounding(b).set_effective(e).set_permitted(pm);
+        if has_inheritable {
+            let a = add(caps.ambient().as_ref());
+            caps.set_ambient(a);
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if !o.additional_gids.is_empty() {
+        let mut user = p.user().clone();
+        let mut gids = user.additional_gids().clone().unwrap_or_default();
+        gids.extend(o.additional_gids.iter().copied());
+        user.set_additional_gids(Some(gids));
+        p.set_user(user);
+    }
+    if o.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(())
+}
+
+/// `exec`: a new process in a running container. Returns its exit code (0 if detached).
+pub fn exec(o: &ExecOpts) -> Result<i32> {
+    let c = Container::load(&o.root, &o.id)?;
+    match c.status() {
+        Status::Running | Status::Created => {}
+        // runc's `--ignore-paused` is not offered: the new process would join the frozen
+        // cgroup before telling the runtime it started.
+        Status::Paused => bail!("cannot exec in a paused container: resume it first"),
+        s => bail!("cannot exec in a {} container", s.as_str()),
+    }
+    let spec = load_spec(&c.saved.bundle)?;
+    let mut p: Process = match &o.process {
+        Some(f) => {
+            let data = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
+            serde_json::from_slice(&data).with_context(|| format!("parse {}", f.display()))?
+        }
+        None => {
+            if o.args.is_empty() {
+                bail!("exec needs a command (or --process)");
+            }
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(o.args.clone()));
+            let mut env = p.env().clone().unwrap_or_default();
+            override_env(&mut env, &o.env);
+            p.set_env(Some(env));
+            if let Some(cwd) = &o.cwd {
+                p.set_cwd(cwd.clone());
+            }
+            if let Some(u) = &o.user {
+                let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                let mut user = p.user().clone();
+                user.set_uid(uid.parse().context("--user uid")?);
+                user.set_gid(gid.parse().context("--user gid")?);
+                p.set_user(user);
+            }
+            p.set_terminal(Some(o.tty));
+            p
+        }
+    };
+    apply_exec_flags(&mut p, o)?;
+    let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
+        (Some(s), true) => Some(util::connect_unix(s)?),
+        (None, true) if !o.detach => {
+            p.set_terminal(Some(false));
+            None
+        }
+        _ => None,
+    };
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let plan = process::plan(&p, seccomp.as_ref())?;
+    let pid = c.saved.pid;
+    let mut joins = Vec::new();
+    for t in NamespaceType::JOIN_ORDER {
+        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{}", t.proc_name()));
+        let ours = PathBuf::from(format!("/proc/self/ns/{}", t.proc_name()));
+        let (Ok(a), Ok(b)) = (std::fs::read_link(&theirs), std::fs::read_link(&ours)) else {
+            continue;
+        };
+        if a == b {
+            continue;
+        }
+        let fd = open_ns(&theirs)?;
+        match t {
+            NamespaceType::Pid | NamespaceType::Time => setns_self(&fd, t)?,
+            _ => joins.push((t, fd)),
+        }
+    }
+    if !util::alive(pid, c.saved.start_time) {
+        bail!("container {} is not running", o.id);
+    }
+    let cg = if c.saved.cgroup_path.is_empty() {
+        None
+    } else {
+        Some(cgroup::open(&c.saved.cgroup_path)?)
+    };
+    let (parent_sock, child_sock) = util::seqpacket_pair()?;
+    let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
+    let init = Init {
+        sync: child_sock.as_raw_fd(),
+        joins,
+        plan,
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+        preserve_fds: o.preserve_fds,
+        join_cgroup: match &c.saved.cgroup_path {
+            p if p.is_empty() || joins_user => None,
+            p => Some(cgroup::open(p)?),
+        },
+        userns: joins_user,
+        new_cgroupns: false,
+        go_at: GoAt::Start,
+        hooks_msg: false,
+        mode: Mode::Exec,
+        dmz: None,
+    };
+    let joins_itself = init.join_cgroup.is_some();
+    let child = clone_fork(0)?;
+    if child == 0 {
+        drop(parent_sock);
+        init::child(&init);
+    }
+    drop(child_sock);
+    drop(init);
+    let sock = parent_sock.as_raw_fd();
+    let fail = |e: Error| -> Error {
+        let _ = util::kill(child, libc::SIGKILL);
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        e
+    };
+    if let Some(cg) = cg.as_deref() {
+        if !joins_itself {
+            cg.add_process(child)
+                .context("add exec process to the container's cgroup")
+                .map_err(fail)?;
+        }
+    }
+    send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
+    let m = recv_msg(sock).map_err(|e| fail(e.into()))?;
+    match m.as_slice() {
+        b"ready" => {}
+        [b'E', rest @ ..] => return Err(fail(err!("{}", String::from_utf8_lossy(rest)))),
+        _ => return Err(fail(err!("exec process exited during setup"))),
+    }
+    // EOF: execve succeeded (the socket was close-on-exec).
+    let m = recv_msg(sock)?;
+    if let [b'E', rest @ ..] = m.as_slice() {
+        let _ = wait_child(child);
+        bail!("{}", String::from_utf8_lossy(rest));
+    }
+    if let Some(pf) = &o.pid_file {
+        write_pid_file(pf, child)?;
+    }
+    if o.detach {
+        return Ok(0);
+    }
+    wait_child(child)
+}
