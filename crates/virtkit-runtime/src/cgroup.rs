@@ -4,21 +4,7 @@
 use crate::error::{Context, Result};
 use oci_spec::runtime::LinuxResources;
 use virtkit_cgroups::devices::DeviceRule;
-use virtkit_cgroups::{CgroupManager, Hierarchies, Resources};
-
-static HIERARCHIES: std::sync::OnceLock<Hierarchies> = std::sync::OnceLock::new();
-
-/// Opens the manager for `path` on this host's layout (detected once per process).
-pub fn open(path: &str) -> Result<Box<dyn CgroupManager>> {
-    let hier = match HIERARCHIES.get() {
-        Some(h) => h,
-        None => {
-            let h = Hierarchies::detect().context("detect cgroup hierarchies")?;
-            HIERARCHIES.get_or_init(|| h)
-        }
-    };
-    Ok(virtkit_cgroups::open(hier, path)?)
-}
+use virtkit_cgroups::Resources;
 
 /// The cgroup path for a container: `cgroupsPath` from the config or `virtkit/<id>`.
 /// A systemd-style "slice:prefix:name" is mapped to "slice/prefix-name.scope".

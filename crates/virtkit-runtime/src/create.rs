@@ -17,13 +17,11 @@ use crate::spec::{
 use crate::state::{check_id, Container, Saved};
 use crate::sys::{clone_fork, mkfifo, open_ns, open_path, setns_self, write_pid_file};
 use crate::util::{self, recv_msg, send_msg};
-use crate::{cgroup, cloned, dmz, hooks, process};
+use crate::{cgroup, cloned, dmz, process, Runtime};
 
 /// Options of `create` and `run`.
 #[derive(Debug, Clone)]
 pub struct CreateOpts {
-    /// State root.
-    pub root: PathBuf,
     /// Container id.
     pub id: String,
     /// Bundle directory.
@@ -39,15 +37,10 @@ pub struct CreateOpts {
 }
 
 impl CreateOpts {
-    /// Options for container `id` from the bundle directory `bundle`, with state under
-    /// `root`; no pid file, no console socket, pivot_root, no extra fds.
-    pub fn new(
-        root: impl Into<PathBuf>,
-        id: impl Into<String>,
-        bundle: impl Into<PathBuf>,
-    ) -> Self {
+    /// Options for container `id` from the bundle directory `bundle`: no pid file, no
+    /// console socket, pivot_root, no extra fds.
+    pub fn new(id: impl Into<String>, bundle: impl Into<PathBuf>) -> Self {
         CreateOpts {
-            root: root.into(),
             id: id.into(),
             bundle: bundle.into(),
             pid_file: None,
@@ -88,13 +81,19 @@ impl Drop for Undo {
 }
 
 /// `create`: everything up to init blocking on the exec fifo.
-pub fn create(o: &CreateOpts) -> Result<()> {
-    create_with(o, false, false).map(|_| ())
+impl Runtime {
+    /// `create`: everything up to the container's init blocking on the exec fifo;
+    /// [`Runtime::start`] releases it. On failure nothing is left: no state
+    /// directory, no cgroup, no process.
+    pub fn create(&self, o: &CreateOpts) -> Result<()> {
+        create_with(self, o, false, false).map(|_| ())
+    }
 }
 
 /// `create` for `create` and `run`. With `run_mode` there is no exec fifo: init goes on
 /// to execve right after "ready" (see [`start_run`]).
 pub(crate) fn create_with(
+    rt: &Runtime,
     o: &CreateOpts,
     foreground: bool,
     run_mode: bool,
@@ -132,7 +131,7 @@ pub(crate) fn create_with(
         .as_ref()
         .context("config.json has no linux section")?;
 
-    let dir = o.root.join(&o.id);
+    let dir = rt.root().join(&o.id);
     let mut undo = Undo {
         dir: None,
         pid: 0,
@@ -142,7 +141,7 @@ pub(crate) fn create_with(
     // The state directory (which also says the id is taken). `create` needs it now, for
     // the exec fifo; `run` makes it after the clone, while init works.
     if !run_mode {
-        make_state_dir(&o.root, &o.id)?;
+        make_state_dir(rt.root(), &o.id)?;
         undo.dir = Some(dir.clone());
     }
     let cg_path = cgroup::cgroup_path(linux.cgroups_path().as_deref(), &o.id);
@@ -167,7 +166,7 @@ pub(crate) fn create_with(
         },
     };
     // The cgroup itself is made after the clone, while init sets up the rootfs.
-    let cg = cgroup::open(&cg_path)?;
+    let cg = rt.host().cgroup(&cg_path)?;
     let resources = cgroup::create_resources(linux.resources().as_ref())?;
 
     let fifo = if run_mode {
@@ -258,7 +257,7 @@ pub(crate) fn create_with(
         join_cgroup: if new_user || joins_user {
             None
         } else {
-            Some(cgroup::open(&cg_path)?)
+            Some(rt.host().cgroup(&cg_path)?)
         },
         userns: new_user || joins_user,
         new_cgroupns,
@@ -278,7 +277,7 @@ pub(crate) fn create_with(
             fifo: fifo.as_ref().map(|f| f.as_raw_fd()),
             create_container: hooks.create_container().clone().unwrap_or_default(),
             start_container: hooks.start_container().clone().unwrap_or_default(),
-            state_json: hook_state(&c, "creating"),
+            state_json: hook_state(rt.host(), &c, "creating"),
         },
         dmz,
     };
@@ -305,7 +304,7 @@ pub(crate) fn create_with(
     drop(init);
     undo.pid = pid;
     if run_mode {
-        make_state_dir(&o.root, &o.id)?;
+        make_state_dir(rt.root(), &o.id)?;
         undo.dir = Some(dir.clone());
     }
     c.saved.pid = pid;
@@ -316,7 +315,7 @@ pub(crate) fn create_with(
     c.save()?;
     cg.create()
         .with_context(|| format!("create cgroup {cg_path}"))?;
-    undo.cgroup = Some(cgroup::open(&cg_path)?);
+    undo.cgroup = Some(rt.host().cgroup(&cg_path)?);
     cg.apply(&resources)
         .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
     let sock = parent_sock.as_raw_fd();
@@ -339,9 +338,10 @@ pub(crate) fn create_with(
         let m = recv_msg(sock)?;
         match m.as_slice() {
             b"hooks" => {
-                let st = hook_state(&c, "creating");
-                hooks::run("prestart", hooks.prestart().as_deref().unwrap_or(&[]), &st)?;
-                hooks::run(
+                let st = hook_state(rt.host(), &c, "creating");
+                rt.host()
+                    .run_hooks("prestart", hooks.prestart().as_deref().unwrap_or(&[]), &st)?;
+                rt.host().run_hooks(
                     "createRuntime",
                     hooks.create_runtime().as_deref().unwrap_or(&[]),
                     &st,

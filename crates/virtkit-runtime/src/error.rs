@@ -1,5 +1,5 @@
 //! The runtime's error type: a typed kind for what a caller may want to act on (a
-//! container that does not exist, one in the wrong state, a bad spec), and a chain of
+//! container that does not exist, an id already taken, bad input), and a chain of
 //! context lines, each naming the step that failed, down to the OS error.
 //!
 //! `Display` prints the outermost line; `{:#}` through `anyhow` (or walking
@@ -26,18 +26,6 @@ pub enum Error {
     Exists {
         /// The container id asked for.
         id: String,
-    },
-    /// The operation is not allowed in the container's current state.
-    #[error("container {id} is {status}: {op} needs {need}")]
-    State {
-        /// The container id.
-        id: String,
-        /// Its status now (`created`, `running`, `paused`, `stopped`).
-        status: String,
-        /// The operation refused.
-        op: &'static str,
-        /// What the operation needs instead.
-        need: &'static str,
     },
     /// Bad input: an invalid id, spec field, flag or request.
     #[error("{0}")]

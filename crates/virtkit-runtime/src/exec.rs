@@ -9,16 +9,14 @@ use virtkit_namespaces::namespace::NamespaceType;
 use crate::error::{bail, err, Context, Error, Result};
 use crate::init::{self, GoAt, Init, Mode};
 use crate::spec::load_spec;
-use crate::state::{Container, Status};
+use crate::state::Status;
 use crate::sys::{clone_fork, open_ns, setns_self, wait_child, write_pid_file};
 use crate::util::{self, recv_msg, send_msg};
-use crate::{cgroup, process};
+use crate::{process, Runtime};
 
 /// Options of `exec`.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOpts {
-    /// State root.
-    pub root: PathBuf,
     /// Container id.
     pub id: String,
     /// `--process` JSON file.
@@ -113,140 +111,144 @@ fn apply_exec_flags(p: &mut Process, o: &ExecOpts) -> Result<()> {
     Ok(())
 }
 
-/// `exec`: a new process in a running container. Returns its exit code (0 if detached).
-pub fn exec(o: &ExecOpts) -> Result<i32> {
-    let c = Container::load(&o.root, &o.id)?;
-    match c.status() {
-        Status::Running | Status::Created => {}
-        // runc's `--ignore-paused` is not offered: the new process would join the frozen
-        // cgroup before telling the runtime it started.
-        Status::Paused => bail!("cannot exec in a paused container: resume it first"),
-        s => bail!("cannot exec in a {} container", s.as_str()),
-    }
-    let spec = load_spec(&c.saved.bundle)?;
-    let mut p: Process = match &o.process {
-        Some(f) => {
-            let data = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
-            serde_json::from_slice(&data).with_context(|| format!("parse {}", f.display()))?
+impl Runtime {
+    /// `exec`: a new process in running container `o.id`, set up as the container's own
+    /// (namespaces, cgroup, identity, capabilities, seccomp). Returns its exit code (0
+    /// when detached).
+    pub fn exec(&self, o: &ExecOpts) -> Result<i32> {
+        let c = self.load(&o.id)?;
+        match self.status(&c) {
+            Status::Running | Status::Created => {}
+            // runc's `--ignore-paused` is not offered: the new process would join the frozen
+            // cgroup before telling the runtime it started.
+            Status::Paused => bail!("cannot exec in a paused container: resume it first"),
+            s => bail!("cannot exec in a {} container", s.as_str()),
         }
-        None => {
-            if o.args.is_empty() {
-                bail!("exec needs a command (or --process)");
+        let spec = load_spec(&c.saved.bundle)?;
+        let mut p: Process = match &o.process {
+            Some(f) => {
+                let data = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
+                serde_json::from_slice(&data).with_context(|| format!("parse {}", f.display()))?
             }
-            let mut p = spec.process().clone().unwrap_or_default();
-            p.set_args(Some(o.args.clone()));
-            let mut env = p.env().clone().unwrap_or_default();
-            override_env(&mut env, &o.env);
-            p.set_env(Some(env));
-            if let Some(cwd) = &o.cwd {
-                p.set_cwd(cwd.clone());
+            None => {
+                if o.args.is_empty() {
+                    bail!("exec needs a command (or --process)");
+                }
+                let mut p = spec.process().clone().unwrap_or_default();
+                p.set_args(Some(o.args.clone()));
+                let mut env = p.env().clone().unwrap_or_default();
+                override_env(&mut env, &o.env);
+                p.set_env(Some(env));
+                if let Some(cwd) = &o.cwd {
+                    p.set_cwd(cwd.clone());
+                }
+                if let Some(u) = &o.user {
+                    let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                    let mut user = p.user().clone();
+                    user.set_uid(uid.parse().context("--user uid")?);
+                    user.set_gid(gid.parse().context("--user gid")?);
+                    p.set_user(user);
+                }
+                p.set_terminal(Some(o.tty));
+                p
             }
-            if let Some(u) = &o.user {
-                let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
-                let mut user = p.user().clone();
-                user.set_uid(uid.parse().context("--user uid")?);
-                user.set_gid(gid.parse().context("--user gid")?);
-                p.set_user(user);
-            }
-            p.set_terminal(Some(o.tty));
-            p
-        }
-    };
-    apply_exec_flags(&mut p, o)?;
-    let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
-        (Some(s), true) => Some(util::connect_unix(s)?),
-        (None, true) if !o.detach => {
-            p.set_terminal(Some(false));
-            None
-        }
-        _ => None,
-    };
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-    let plan = process::plan(&p, seccomp.as_ref())?;
-    let pid = c.saved.pid;
-    let mut joins = Vec::new();
-    for t in NamespaceType::JOIN_ORDER {
-        let theirs = PathBuf::from(format!("/proc/{pid}/ns/{}", t.proc_name()));
-        let ours = PathBuf::from(format!("/proc/self/ns/{}", t.proc_name()));
-        let (Ok(a), Ok(b)) = (std::fs::read_link(&theirs), std::fs::read_link(&ours)) else {
-            continue;
         };
-        if a == b {
-            continue;
+        apply_exec_flags(&mut p, o)?;
+        let console = match (&o.console_socket, p.terminal().unwrap_or(false)) {
+            (Some(s), true) => Some(util::connect_unix(s)?),
+            (None, true) if !o.detach => {
+                p.set_terminal(Some(false));
+                None
+            }
+            _ => None,
+        };
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let plan = process::plan(&p, seccomp.as_ref())?;
+        let pid = c.saved.pid;
+        let mut joins = Vec::new();
+        for t in NamespaceType::JOIN_ORDER {
+            let theirs = PathBuf::from(format!("/proc/{pid}/ns/{}", t.proc_name()));
+            let ours = PathBuf::from(format!("/proc/self/ns/{}", t.proc_name()));
+            let (Ok(a), Ok(b)) = (std::fs::read_link(&theirs), std::fs::read_link(&ours)) else {
+                continue;
+            };
+            if a == b {
+                continue;
+            }
+            let fd = open_ns(&theirs)?;
+            match t {
+                NamespaceType::Pid | NamespaceType::Time => setns_self(&fd, t)?,
+                _ => joins.push((t, fd)),
+            }
         }
-        let fd = open_ns(&theirs)?;
-        match t {
-            NamespaceType::Pid | NamespaceType::Time => setns_self(&fd, t)?,
-            _ => joins.push((t, fd)),
+        if !self.host().alive(pid, c.saved.start_time) {
+            bail!("container {} is not running", o.id);
         }
-    }
-    if !util::alive(pid, c.saved.start_time) {
-        bail!("container {} is not running", o.id);
-    }
-    let cg = if c.saved.cgroup_path.is_empty() {
-        None
-    } else {
-        Some(cgroup::open(&c.saved.cgroup_path)?)
-    };
-    let (parent_sock, child_sock) = util::seqpacket_pair()?;
-    let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
-    let init = Init {
-        sync: child_sock.as_raw_fd(),
-        joins,
-        plan,
-        console: console.as_ref().map(|c| c.as_raw_fd()),
-        preserve_fds: o.preserve_fds,
-        join_cgroup: match &c.saved.cgroup_path {
-            p if p.is_empty() || joins_user => None,
-            p => Some(cgroup::open(p)?),
-        },
-        userns: joins_user,
-        new_cgroupns: false,
-        go_at: GoAt::Start,
-        hooks_msg: false,
-        mode: Mode::Exec,
-        dmz: None,
-    };
-    let joins_itself = init.join_cgroup.is_some();
-    let child = clone_fork(0)?;
-    if child == 0 {
-        drop(parent_sock);
-        init::child(&init);
-    }
-    drop(child_sock);
-    drop(init);
-    let sock = parent_sock.as_raw_fd();
-    let fail = |e: Error| -> Error {
-        let _ = util::kill(child, libc::SIGKILL);
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
-        e
-    };
-    if let Some(cg) = cg.as_deref() {
-        if !joins_itself {
-            cg.add_process(child)
-                .context("add exec process to the container's cgroup")
-                .map_err(fail)?;
+        let cg = if c.saved.cgroup_path.is_empty() {
+            None
+        } else {
+            Some(self.host().cgroup(&c.saved.cgroup_path)?)
+        };
+        let (parent_sock, child_sock) = util::seqpacket_pair()?;
+        let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
+        let init = Init {
+            sync: child_sock.as_raw_fd(),
+            joins,
+            plan,
+            console: console.as_ref().map(|c| c.as_raw_fd()),
+            preserve_fds: o.preserve_fds,
+            join_cgroup: match &c.saved.cgroup_path {
+                p if p.is_empty() || joins_user => None,
+                p => Some(self.host().cgroup(p)?),
+            },
+            userns: joins_user,
+            new_cgroupns: false,
+            go_at: GoAt::Start,
+            hooks_msg: false,
+            mode: Mode::Exec,
+            dmz: None,
+        };
+        let joins_itself = init.join_cgroup.is_some();
+        let child = clone_fork(0)?;
+        if child == 0 {
+            drop(parent_sock);
+            init::child(&init);
         }
+        drop(child_sock);
+        drop(init);
+        let sock = parent_sock.as_raw_fd();
+        let fail = |e: Error| -> Error {
+            let _ = util::kill(child, libc::SIGKILL);
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            e
+        };
+        if let Some(cg) = cg.as_deref() {
+            if !joins_itself {
+                cg.add_process(child)
+                    .context("add exec process to the container's cgroup")
+                    .map_err(fail)?;
+            }
+        }
+        send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
+        let m = recv_msg(sock).map_err(|e| fail(e.into()))?;
+        match m.as_slice() {
+            b"ready" => {}
+            [b'E', rest @ ..] => return Err(fail(err!("{}", String::from_utf8_lossy(rest)))),
+            _ => return Err(fail(err!("exec process exited during setup"))),
+        }
+        // EOF: execve succeeded (the socket was close-on-exec).
+        let m = recv_msg(sock)?;
+        if let [b'E', rest @ ..] = m.as_slice() {
+            let _ = wait_child(child);
+            bail!("{}", String::from_utf8_lossy(rest));
+        }
+        if let Some(pf) = &o.pid_file {
+            write_pid_file(pf, child)?;
+        }
+        if o.detach {
+            return Ok(0);
+        }
+        wait_child(child)
     }
-    send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
-    let m = recv_msg(sock).map_err(|e| fail(e.into()))?;
-    match m.as_slice() {
-        b"ready" => {}
-        [b'E', rest @ ..] => return Err(fail(err!("{}", String::from_utf8_lossy(rest)))),
-        _ => return Err(fail(err!("exec process exited during setup"))),
-    }
-    // EOF: execve succeeded (the socket was close-on-exec).
-    let m = recv_msg(sock)?;
-    if let [b'E', rest @ ..] = m.as_slice() {
-        let _ = wait_child(child);
-        bail!("{}", String::from_utf8_lossy(rest));
-    }
-    if let Some(pf) = &o.pid_file {
-        write_pid_file(pf, child)?;
-    }
-    if o.detach {
-        return Ok(0);
-    }
-    wait_child(child)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{Hook, Spec};
 
 use crate::error::{bail, Context, Result};
+use crate::host::Host;
 use crate::spec::{hook_state, load_spec};
 use crate::state::Container;
 
@@ -23,7 +24,7 @@ pub(crate) enum After {
 
 /// Runs the poststart or poststop hooks of `spec` (read from the bundle when `None`)
 /// for container `c`; a failure is logged as a warning.
-pub(crate) fn run_after(c: &Container, spec: Option<&Spec>, when: After) {
+pub(crate) fn run_after(host: &dyn Host, c: &Container, spec: Option<&Spec>, when: After) {
     let loaded;
     let spec = match spec {
         Some(s) => s,
@@ -43,7 +44,7 @@ pub(crate) fn run_after(c: &Container, spec: Option<&Spec>, when: After) {
         After::Stop => ("poststop", hooks.poststop(), "stopped"),
     };
     if let Some(list) = list.as_deref().filter(|l| !l.is_empty()) {
-        if let Err(e) = run(kind, list, &hook_state(c, status)) {
+        if let Err(e) = host.run_hooks(kind, list, &hook_state(host, c, status)) {
             log::warn!("{}", crate::error::chain(&e));
         }
     }

@@ -4,11 +4,16 @@
 //! events, features), over virtkit-namespaces (namespaces, rootfs, id maps),
 //! virtkit-cgroups (v1 and v2) and virtkit-seccomp.
 //!
-//! One verb per module, as youki's `libcontainer` lays it out: [`create()`],
-//! [`start()`], [`run()`], [`exec()`], [`kill()`], [`delete()`], [`pause()`] /
-//! [`resume()`], [`update()`], [`pids()`], [`stats()`], [`list()`], [`features()`]. State
-//! lives under a root directory (runc's `--root`), one directory per container
-//! ([`state::Container`]). Errors are [`Error`]s: a kind a caller can match
+//! A [`Runtime`] is a state root (runc's `--root`, one directory per container:
+//! [`state::Container`]) and the [`Host`] it acts through. Its verbs are methods, one
+//! module per verb as youki's `libcontainer` lays them out: [`Runtime::create`],
+//! [`Runtime::start`], [`Runtime::run`], [`Runtime::exec`], [`Runtime::kill`],
+//! [`Runtime::delete`], [`Runtime::pause`] / [`Runtime::resume`], [`Runtime::update`],
+//! [`Runtime::pids`], [`Runtime::stats`], [`Runtime::list`], [`Runtime::state`]; and
+//! [`features()`]. Signals, process liveness, cgroups and hooks go through [`Host`]:
+//! [`LinuxHost`] is the kernel, `testing::RecordingHost` (feature `test-utils`) records
+//! every call and fakes processes and cgroups, so the verbs on existing containers have
+//! unit tests without root. Errors are [`Error`]s: a kind a caller can match
 //! ([`Error::NotFound`], [`Error::Exists`], [`Error::Invalid`]) under context lines
 //! naming each step.
 //!
@@ -16,19 +21,17 @@
 //! and containerd drive it as their runtime.
 //!
 //! ```no_run
-//! use std::path::Path;
-//! use virtkit_runtime::{create, delete, kill, start, state::Container, CreateOpts};
+//! use virtkit_runtime::{cloned, CreateOpts, Runtime};
 //!
 //! # fn main() -> Result<(), virtkit_runtime::Error> {
+//! cloned::ensure()?; // first thing in main (see below)
+//! let rt = Runtime::new("/run/my-runtime");
 //! // A bundle made by `umoci unpack`, `podman` or by hand: config.json and rootfs/.
-//! let root = Path::new("/run/my-runtime");
-//! let opts = CreateOpts::new(root, "web", "/srv/bundles/web");
-//! create(&opts)?;
-//! start(root, "web")?;
-//! let c = Container::load(root, "web")?;
-//! println!("{}", c.oci_state());
-//! kill(root, "web", libc::SIGTERM, false)?;
-//! delete(root, "web", true)?;
+//! rt.create(&CreateOpts::new("web", "/srv/bundles/web"))?;
+//! rt.start("web")?;
+//! println!("{}", rt.state("web")?);
+//! rt.kill("web", libc::SIGTERM, false)?;
+//! rt.delete("web", true)?;
 //! # Ok(()) }
 //! ```
 //!
@@ -49,6 +52,7 @@ mod events;
 mod exec;
 mod features;
 mod hooks;
+pub mod host;
 mod init;
 mod kill;
 mod list;
@@ -56,25 +60,22 @@ mod pause;
 mod process;
 mod ps;
 mod run;
+mod runtime;
 mod spec;
 mod start;
 pub mod state;
 mod sys;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 mod update;
 mod util;
 
-pub use create::{create, CreateOpts};
-pub use delete::delete;
+pub use create::CreateOpts;
 pub use error::{Error, Result};
-pub use events::stats;
-pub use exec::{exec, ExecOpts};
+pub use exec::ExecOpts;
 pub use features::{features, OCI_VERSION};
-pub use kill::kill;
-pub use list::list;
-pub use pause::{pause, resume};
-pub use ps::{filter_ps_table, pids};
-pub use run::run;
+pub use host::{Host, LinuxHost};
+pub use ps::filter_ps_table;
+pub use runtime::Runtime;
 pub use spec::example_spec;
-pub use start::start;
-pub use update::update;
 pub use util::{parse_signal, rfc3339_now};

@@ -1,18 +1,17 @@
 //! `ps`: the processes of a container.
 
-use std::path::Path;
-
-use crate::cgroup;
 use crate::error::{Context, Result};
-use crate::state::Container;
+use crate::Runtime;
 
-/// `ps`: pids in the container's cgroup.
-pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
-    let c = Container::load(root, id)?;
-    if c.saved.cgroup_path.is_empty() {
-        return Ok(vec![c.saved.pid]);
+impl Runtime {
+    /// `ps`: the pids in container `id`'s cgroup (its init alone without a cgroup).
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let c = self.load(id)?;
+        if c.saved.cgroup_path.is_empty() {
+            return Ok(vec![c.saved.pid]);
+        }
+        Ok(self.host().cgroup(&c.saved.cgroup_path)?.pids()?)
     }
-    Ok(cgroup::open(&c.saved.cgroup_path)?.pids()?)
 }
 
 /// Keeps, of `ps(1)` output `text`, the header and the lines whose PID column is one of

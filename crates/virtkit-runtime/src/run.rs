@@ -7,19 +7,30 @@ use crate::spec::new_pid_namespace;
 use crate::start::start_run;
 use crate::state::Status;
 use crate::sys::wait_child;
+use crate::Runtime;
 
-/// `run`: create + start, then (unless detached) wait and delete. Returns the exit code.
-pub fn run(o: &CreateOpts, detach: bool) -> Result<i32> {
-    let (c, spec, _sock) = create_with(o, !detach, true)?;
-    // Poststart hooks only: init started at "ready". Their failure is logged.
-    start_run(&c, &spec);
-    if detach {
-        return Ok(0);
+impl Runtime {
+    /// `run`: create + start, then (unless `detach`) wait for the container's process and
+    /// delete the container. Returns the process's exit code (128 + signal when killed; 0
+    /// when detached).
+    pub fn run(&self, o: &CreateOpts, detach: bool) -> Result<i32> {
+        let (c, spec, _sock) = create_with(self, o, !detach, true)?;
+        // Poststart hooks only: init started at "ready". Their failure is logged.
+        start_run(self, &c, &spec);
+        if detach {
+            return Ok(0);
+        }
+        let code = wait_child(c.saved.pid)?;
+        // Init is reaped: the state needs no reload and init no signal. A new PID namespace
+        // ended with its init (the kernel kills and waits for every process in it), so the
+        // cgroup has nothing left to kill unless someone moved a process in.
+        delete_loaded(
+            self,
+            &c,
+            Status::Stopped,
+            Some(&spec),
+            new_pid_namespace(&spec),
+        )?;
+        Ok(code)
     }
-    let code = wait_child(c.saved.pid)?;
-    // Init is reaped: the state needs no reload and init no signal. A new PID namespace
-    // ended with its init (the kernel kills and waits for every process in it), so the
-    // cgroup has nothing left to kill unless someone moved a process in.
-    delete_loaded(&c, Status::Stopped, Some(&spec), new_pid_namespace(&spec))?;
-    Ok(code)
 }

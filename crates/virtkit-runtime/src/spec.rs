@@ -11,6 +11,7 @@ use virtkit_namespaces::rootfs::{
 };
 
 use crate::error::{Context, Result};
+use crate::host::Host;
 use crate::state::Container;
 
 pub(crate) fn ns_type(t: LinuxNamespaceType) -> NamespaceType {
@@ -32,8 +33,8 @@ pub(crate) fn load_spec(bundle: &Path) -> Result<Spec> {
 }
 
 /// The state JSON handed to hooks.
-pub(crate) fn hook_state(c: &Container, status: &str) -> Vec<u8> {
-    let mut v = c.oci_state();
+pub(crate) fn hook_state(host: &dyn Host, c: &Container, status: &str) -> Vec<u8> {
+    let mut v = c.oci_state(host);
     v["status"] = serde_json::Value::from(status);
     v["pid"] = serde_json::Value::from(c.saved.pid);
     serde_json::to_vec(&v).unwrap_or_default()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{bail, Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::util;
+use crate::host::Host;
 
 /// The container status, as the OCI runtime spec names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,38 +140,38 @@ impl Container {
 
     /// The status now, from the saved state and whether init is still alive (and
     /// frozen).
-    pub fn status(&self) -> Status {
+    pub fn status(&self, host: &dyn Host) -> Status {
         if !self.saved.create_done {
-            if util::alive(self.saved.pid, self.saved.start_time) {
+            if host.alive(self.saved.pid, self.saved.start_time) {
                 return Status::Creating;
             }
             return Status::Stopped;
         }
-        if !util::alive(self.saved.pid, self.saved.start_time) {
+        if !host.alive(self.saved.pid, self.saved.start_time) {
             return Status::Stopped;
         }
         if self.fifo().exists() {
             return Status::Created;
         }
-        if self.frozen() {
+        if self.frozen(host) {
             return Status::Paused;
         }
         Status::Running
     }
 
-    fn frozen(&self) -> bool {
+    fn frozen(&self, host: &dyn Host) -> bool {
         if self.saved.cgroup_path.is_empty() {
             return false;
         }
-        crate::cgroup::open(&self.saved.cgroup_path)
+        host.cgroup(&self.saved.cgroup_path)
             .and_then(|c| Ok(c.freezer_state()?))
             .map(|s| s == virtkit_cgroups::FreezerState::Frozen)
             .unwrap_or(false)
     }
 
     /// The OCI state JSON (runc's field order).
-    pub fn oci_state(&self) -> serde_json::Value {
-        let status = self.status();
+    pub fn oci_state(&self, host: &dyn Host) -> serde_json::Value {
+        let status = self.status(host);
         let pid = if status == Status::Stopped {
             0
         } else {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use virtkit_namespaces::namespace::NamespaceType;
 
 use crate::error::{bail, Context, Result};
+use crate::host::Host;
 use crate::util;
 
 pub(crate) fn open_ns(path: &Path) -> Result<OwnedFd> {
@@ -115,12 +116,11 @@ pub(crate) fn wait_child(pid: i32) -> Result<i32> {
     })
 }
 
-pub(crate) fn wait_dead(pid: i32, start: u64, timeout: Duration) -> bool {
+pub(crate) fn wait_dead(host: &dyn Host, pid: i32, start: u64, timeout: Duration) -> bool {
     let t0 = Instant::now();
-    while util::alive(pid, start) {
+    while host.alive(pid, start) {
         // Reap if it is our child (run in the foreground).
-        // SAFETY: non-blocking waitpid on a pid; harmless if it is not our child.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        host.reap(pid);
         if t0.elapsed() > timeout {
             return false;
         }

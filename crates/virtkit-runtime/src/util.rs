@@ -50,17 +50,6 @@ pub fn proc_stat(pid: i32) -> Option<(u64, char)> {
     Some((start, state))
 }
 
-/// Whether `pid` is alive and still the process that started at `start_time`.
-pub fn alive(pid: i32, start_time: u64) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match proc_stat(pid) {
-        Some((st, state)) => st == start_time && state != 'Z' && state != 'X',
-        None => false,
-    }
-}
-
 /// Parses a signal given as a number, "TERM" or "SIGTERM".
 pub fn parse_signal(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
@@ -243,7 +232,9 @@ mod tests {
         let (st, state) = proc_stat(std::process::id() as i32).unwrap();
         assert!(st > 0);
         assert!(state == 'R' || state == 'S');
-        assert!(alive(std::process::id() as i32, st));
-        assert!(!alive(std::process::id() as i32, st + 1));
+        use crate::host::{Host, LinuxHost};
+        assert!(LinuxHost.alive(std::process::id() as i32, st));
+        assert!(!LinuxHost.alive(std::process::id() as i32, st + 1));
+        assert!(!LinuxHost.alive(0, st));
     }
 }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use virtkit_runtime::state::{Container, Status};
-use virtkit_runtime::{cloned, CreateOpts, ExecOpts, OCI_VERSION};
+use virtkit_runtime::state::Status;
+use virtkit_runtime::{cloned, CreateOpts, ExecOpts, Runtime, OCI_VERSION};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -189,8 +189,8 @@ fn default_root() -> PathBuf {
     PathBuf::from("/run/virtkit")
 }
 
-fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
-    let out = virtkit_runtime::list(root);
+fn list(rt: &Runtime, quiet: bool, format: &str) -> Result<()> {
+    let out = rt.list();
     let mut so = std::io::stdout().lock();
     if quiet {
         for c in &out {
@@ -203,7 +203,7 @@ fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
             let v: Vec<serde_json::Value> = out
                 .iter()
                 .map(|c| {
-                    let s = c.oci_state();
+                    let s = c.oci_state(rt.host());
                     serde_json::json!({
                         "ociVersion": s["ociVersion"], "id": s["id"], "pid": s["pid"],
                         "status": s["status"], "bundle": s["bundle"], "rootfs": s["rootfs"],
@@ -216,7 +216,7 @@ fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
         "table" => {
             writeln!(so, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER")?;
             for c in &out {
-                let s = c.oci_state();
+                let s = c.oci_state(rt.host());
                 writeln!(
                     so,
                     "{}\t{}\t{}\t{}\t{}\t{}",
@@ -238,8 +238,8 @@ fn list(root: &std::path::Path, quiet: bool, format: &str) -> Result<()> {
     Ok(())
 }
 
-fn ps(root: &std::path::Path, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
-    let pids = virtkit_runtime::pids(root, id)?;
+fn ps(rt: &Runtime, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
+    let pids = rt.pids(id)?;
     match format {
         "json" => println!("{}", serde_json::Value::from(pids)),
         "table" => {
@@ -283,7 +283,7 @@ fn real_main(cli: Cli) -> Result<i32> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported: container-runner drives cgroupfs directly (use the cgroupfs manager)");
     }
-    let root = cli.root.clone().unwrap_or_else(default_root);
+    let rt = Runtime::new(cli.root.clone().unwrap_or_else(default_root));
     let Some(cmd) = cli.cmd else {
         bail!("no command given (see --help)");
     };
@@ -299,7 +299,6 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => {
             cloned::ensure()?;
             let o = CreateOpts {
-                root,
                 id,
                 bundle,
                 pid_file,
@@ -307,7 +306,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 no_pivot,
                 preserve_fds,
             };
-            virtkit_runtime::create(&o)?;
+            rt.create(&o)?;
         }
         Cmd::Run {
             bundle,
@@ -322,7 +321,6 @@ fn real_main(cli: Cli) -> Result<i32> {
             // `run` guards against CVE-2019-5736 once it has read the config: through
             // the exec DMZ where that suffices, else by the re-exec (see `dmz`).
             let o = CreateOpts {
-                root,
                 id,
                 bundle,
                 pid_file,
@@ -330,18 +328,17 @@ fn real_main(cli: Cli) -> Result<i32> {
                 no_pivot,
                 preserve_fds,
             };
-            return Ok(virtkit_runtime::run(&o, detach)?);
+            return Ok(rt.run(&o, detach)?);
         }
-        Cmd::Start { id } => virtkit_runtime::start(&root, &id)?,
+        Cmd::Start { id } => rt.start(&id)?,
         Cmd::State { id } => {
-            let c = Container::load(&root, &id)?;
-            println!("{}", serde_json::to_string_pretty(&c.oci_state())?);
+            println!("{}", serde_json::to_string_pretty(&rt.state(&id)?)?);
         }
         Cmd::Kill { all, id, signal } => {
             let sig = virtkit_runtime::parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
-            virtkit_runtime::kill(&root, &id, sig, all)?;
+            rt.kill(&id, sig, all)?;
         }
-        Cmd::Delete { force, id } => virtkit_runtime::delete(&root, &id, force)?,
+        Cmd::Delete { force, id } => rt.delete(&id, force)?,
         Cmd::Exec {
             process,
             detach,
@@ -363,7 +360,6 @@ fn real_main(cli: Cli) -> Result<i32> {
                 caps: cap,
                 additional_gids,
                 no_new_privs,
-                root,
                 id,
                 process,
                 args,
@@ -376,16 +372,16 @@ fn real_main(cli: Cli) -> Result<i32> {
                 console_socket,
                 preserve_fds,
             };
-            return Ok(virtkit_runtime::exec(&o)?);
+            return Ok(rt.exec(&o)?);
         }
-        Cmd::List { quiet, format } => list(&root, quiet, &format)?,
+        Cmd::List { quiet, format } => list(&rt, quiet, &format)?,
         Cmd::Ps {
             format,
             id,
             ps_args,
-        } => ps(&root, &id, &format, &ps_args)?,
-        Cmd::Pause { id } => virtkit_runtime::pause(&root, &id)?,
-        Cmd::Resume { id } => virtkit_runtime::resume(&root, &id)?,
+        } => ps(&rt, &id, &format, &ps_args)?,
+        Cmd::Pause { id } => rt.pause(&id)?,
+        Cmd::Resume { id } => rt.resume(&id)?,
         Cmd::Update { resources, id } => {
             let data = match resources.as_deref() {
                 None | Some("-") => {
@@ -395,7 +391,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 }
                 Some(f) => std::fs::read(f).with_context(|| format!("read {f}"))?,
             };
-            virtkit_runtime::update(&root, &id, &data)?;
+            rt.update(&id, &data)?;
         }
         Cmd::Events {
             stats,
@@ -407,14 +403,14 @@ fn real_main(cli: Cli) -> Result<i32> {
                 .parse()
                 .with_context(|| format!("invalid --interval {interval:?}"))?;
             loop {
-                let c = Container::load(&root, &id)?;
-                if c.status() == Status::Stopped {
+                let c = rt.load(&id)?;
+                if rt.status(&c) == Status::Stopped {
                     if stats {
                         bail!("container {id} is not running");
                     }
                     break;
                 }
-                println!("{}", virtkit_runtime::stats(&c)?);
+                println!("{}", rt.stats(&c)?);
                 if stats {
                     break;
                 }
