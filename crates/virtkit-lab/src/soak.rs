@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::boot::{quote, GuestBoot};
 use crate::error::Result;
-use crate::guest::INIT_MARKER;
+use crate::guest::{CHECK_EXIT_MARKER, INIT_MARKER};
 use crate::Payload;
 
 /// What the kernel prints when a CPU did not schedule for too long.
@@ -48,18 +48,19 @@ i=1; ok=0; failed=0
 while [ $i -le {boots} ]; do
   ./lab-stamp --timeout {timeout} --marker {INIT_MARKER} --{cmd} </dev/null >soak.out 2>&1
   rc=$?
-  stuck=0; init=no; stamp=
+  stuck=0; init=no; check=no; stamp=
   while IFS= read -r l; do
     case "$l" in
       BOOT-STUCK) stuck=1;;
       BOOT-STAMP*) stamp=$l;;
+      {CHECK_EXIT_MARKER}=0*) check=yes;;
     esac
   done <soak.out
   case "$stamp" in *marker_us=-1*|"") ;; *) init=yes;; esac
   [ $stuck = 1 ] && rc=stuck
   now=$(lockups)
-  echo "SOAK-BOOT i=$i rc=$rc init=$init lockups=$((now-base)) $stamp"
-  if [ $stuck = 1 ] || [ $now != $base ] || [ $init = no ] || [ $rc != 0 ]; then
+  echo "SOAK-BOOT i=$i rc=$rc init=$init check=$check lockups=$((now-base)) $stamp"
+  if [ $stuck = 1 ] || [ $now != $base ] || [ $init = no ] || [ $check = no ] || [ $rc != 0 ]; then
     failed=$((failed+1))
     echo "SOAK-DETAIL-BEGIN $i"
     tail -n 20 soak.out
@@ -105,14 +106,19 @@ pub struct SoakBoot {
     pub status: Option<i32>,
     /// Whether the guest reached `/init`.
     pub reached_init: bool,
+    /// Whether the guest's check ran to its end and passed (its exit marker said 0):
+    /// a guest that crashed after /init (a triple fault resets it, and vm-runner ends
+    /// with status 0) fails here.
+    pub checked: bool,
     /// New lockup or stall reports in the kernel log during this boot.
     pub lockups: u32,
 }
 
 impl SoakBoot {
-    /// Whether this boot went as it should (exit 0, /init reached, no reports).
+    /// Whether this boot went as it should (exit 0, /init reached, the check passed,
+    /// no reports).
     pub fn ok(&self) -> bool {
-        self.status == Some(0) && self.reached_init && self.lockups == 0
+        self.status == Some(0) && self.reached_init && self.checked && self.lockups == 0
     }
 }
 
@@ -178,6 +184,7 @@ fn parse_boot(rest: &str) -> Option<SoakBoot> {
             s => Some(s.parse().ok()?),
         },
         reached_init: field("init")? == "yes",
+        checked: field("check") == Some("yes"),
         lockups: field("lockups")?.parse().ok()?,
     })
 }
@@ -188,16 +195,21 @@ mod tests {
 
     #[test]
     fn parses_boots_and_details() {
-        let out = "noise\nSOAK-BOOT i=1 rc=0 init=yes lockups=0 BOOT-STAMP status=0\n\
-                   SOAK-BOOT i=2 rc=stuck init=no lockups=1\n\
+        let out = "noise\nSOAK-BOOT i=1 rc=0 init=yes check=yes lockups=0 BOOT-STAMP status=0\n\
+                   SOAK-BOOT i=2 rc=stuck init=no check=no lockups=1\n\
+                   SOAK-BOOT i=3 rc=0 init=yes check=no lockups=0 BOOT-STAMP status=0\n\
                    SOAK-DETAIL-BEGIN 2\nthread 356 vm-runner state=R\nwatchdog: BUG: soft lockup\n\
                    SOAK-DETAIL-END 2\nSOAK-STUCK 2\nSOAK-SUMMARY boots=3 ok=1 failed=1\n";
         let r = SoakReport::parse(out);
-        assert_eq!(r.boots.len(), 2);
+        assert_eq!(r.boots.len(), 3);
         assert!(r.boots[0].ok());
         assert_eq!(r.boots[1].status, None);
+        assert!(
+            !r.boots[2].ok(),
+            "a guest that never finished its check failed"
+        );
         assert_eq!(r.lockups(), 1);
-        assert_eq!(r.failures(), 1);
+        assert_eq!(r.failures(), 2);
         assert_eq!(r.details.len(), 1);
         assert!(r.details[0].contains("soft lockup"));
     }

@@ -74,6 +74,44 @@ impl KvmVcpuState {
     pub fn tsc_khz(&self) -> Option<u32> {
         self.tsc_khz
     }
+
+    /// One line with what tells where a guest was when it stopped (a triple fault):
+    /// instruction and stack pointers, control registers, EFER, CS, the IDT and the
+    /// exception KVM had pending or injected.
+    pub fn summary(&self) -> String {
+        let (r, s, e) = (&self.regs, &self.sregs, &self.events.exception);
+        format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+             efer={:#x} cs={:#x}/{:#x} idt={:#x}+{:#x} exception: injected={} pending={} \
+             nr={} error_code={:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.cs.base,
+            s.idt.base,
+            s.idt.limit,
+            e.injected,
+            e.pending,
+            e.nr,
+            e.error_code,
+        )
+    }
+}
+
+impl VcpuState {
+    /// [`KvmVcpuState::summary`], or what the fake hypervisor knows.
+    pub fn summary(&self) -> String {
+        match self {
+            VcpuState::Kvm(k) => k.summary(),
+            VcpuState::Fake { id, position } => format!("fake vCPU {id} at script step {position}"),
+        }
+    }
 }
 
 /// KVM's VM-wide in-kernel device state.

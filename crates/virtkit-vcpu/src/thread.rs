@@ -190,6 +190,16 @@ fn run_loop(
             f();
         }
         match run_once(vcpu, buses)? {
+            Some(VcpuOutcome::Shutdown) => {
+                // A triple fault: say where the guest was, for the report.
+                match vcpu.save_state() {
+                    Ok(s) => log::error!("vCPU {}: triple fault: {}", vcpu.id(), s.summary()),
+                    Err(e) => {
+                        log::error!("vCPU {}: triple fault (state unreadable: {e})", vcpu.id())
+                    }
+                }
+                return Ok(VcpuOutcome::Shutdown);
+            }
             Some(outcome) => return Ok(outcome),
             None => c.kick.set_immediate_exit(false),
         }

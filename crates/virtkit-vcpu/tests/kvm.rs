@@ -187,6 +187,37 @@ fn kvm_triple_fault_is_shutdown() {
 }
 
 #[test]
+fn kvm_triple_fault_summary_says_where_the_guest_was() {
+    use virtkit_vcpu::{Vcpu as _, VmExit};
+    let _g = serial();
+    let ram = GuestMemoryBuilder::from_mib(4).build().unwrap();
+    let vm = vm_with(&ram, false);
+    let mut vcpu = guest(&ram, &vm, 0, 1, EntryMode::Long64, &[0x0f, 0x0b]);
+    let deadline = Instant::now() + LONG;
+    loop {
+        assert!(Instant::now() < deadline, "no shutdown in {LONG:?}");
+        match vcpu.run().unwrap() {
+            VmExit::Shutdown => break,
+            VmExit::Interrupted => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+    let s = vcpu.save_state().unwrap().summary();
+    // The faulting ud2 is at CODE (or just past it); long mode: PG and PE in CR0,
+    // LMA in EFER.
+    let field = |name: &str| {
+        let v = s
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {s}"));
+        u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+    };
+    assert!((CODE..=CODE + 2).contains(&field("rip=")), "{s}");
+    assert_eq!(field("cr0=") & 0x8000_0001, 0x8000_0001, "{s}");
+    assert_ne!(field("efer=") & 0x400, 0, "{s}");
+}
+
+#[test]
 fn kvm_pvh_entry_is_flat_protected_mode() {
     let _g = serial();
     let ram = GuestMemoryBuilder::from_mib(4).build().unwrap();
