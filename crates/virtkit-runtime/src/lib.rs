@@ -78,4 +78,5 @@ pub use host::{Host, LinuxHost};
 pub use ps::filter_ps_table;
 pub use runtime::Runtime;
 pub use spec::example_spec;
+pub use update::{parse_size, UpdateFlags};
 pub use util::{parse_signal, rfc3339_now};

@@ -154,9 +154,12 @@ enum Cmd {
     Resume { id: String },
     /// Change a container's resources.
     Update {
-        /// JSON file with linux.resources ("-" for stdin).
+        /// JSON file with linux.resources ("-" for stdin); read from stdin when no
+        /// flag is given either. Flags override its values.
         #[arg(short = 'r', long)]
         resources: Option<String>,
+        #[command(flatten)]
+        flags: UpdateArgs,
         id: String,
     },
     /// Print resource statistics as runc's event JSON (once with --stats, else every
@@ -176,6 +179,71 @@ enum Cmd {
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
     },
+}
+
+/// runc `update`'s individual flags.
+#[derive(clap::Args, Debug, Default)]
+struct UpdateArgs {
+    /// Memory limit (bytes, or with a k/m/g suffix; -1: none).
+    #[arg(long, allow_hyphen_values = true)]
+    memory: Option<String>,
+    /// Memory soft limit.
+    #[arg(long = "memory-reservation", allow_hyphen_values = true)]
+    memory_reservation: Option<String>,
+    /// Memory plus swap (-1: unlimited swap).
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share")]
+    cpu_share: Option<u64>,
+    /// CFS period (microseconds).
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    /// CFS quota (microseconds per period; -1: none).
+    #[arg(long = "cpu-quota", allow_hyphen_values = true)]
+    cpu_quota: Option<i64>,
+    /// Real-time period (microseconds).
+    #[arg(long = "cpu-rt-period")]
+    cpu_rt_period: Option<u64>,
+    /// Real-time runtime (microseconds).
+    #[arg(long = "cpu-rt-runtime", allow_hyphen_values = true)]
+    cpu_rt_runtime: Option<i64>,
+    /// CPUs allowed (0-3, 0,1).
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    /// Memory nodes allowed.
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    /// Maximum number of processes (0 or less: none).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Block I/O weight (10 to 1000).
+    #[arg(long = "blkio-weight")]
+    blkio_weight: Option<u16>,
+}
+
+impl UpdateArgs {
+    fn to_flags(&self) -> Result<virtkit_runtime::UpdateFlags> {
+        let size = |flag: &str, v: &Option<String>| -> Result<Option<i64>> {
+            v.as_deref()
+                .map(|s| virtkit_runtime::parse_size(s).with_context(|| format!("--{flag}")))
+                .transpose()
+        };
+        Ok(virtkit_runtime::UpdateFlags {
+            memory: size("memory", &self.memory)?,
+            memory_reservation: size("memory-reservation", &self.memory_reservation)?,
+            memory_swap: size("memory-swap", &self.memory_swap)?,
+            cpu_shares: self.cpu_share,
+            cpu_period: self.cpu_period,
+            cpu_quota: self.cpu_quota,
+            cpu_rt_period: self.cpu_rt_period,
+            cpu_rt_runtime: self.cpu_rt_runtime,
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            cpuset_mems: self.cpuset_mems.clone(),
+            pids_limit: self.pids_limit,
+            blkio_weight: self.blkio_weight,
+        })
+    }
 }
 
 fn default_root() -> PathBuf {
@@ -382,16 +450,27 @@ fn real_main(cli: Cli) -> Result<i32> {
         } => ps(&rt, &id, &format, &ps_args)?,
         Cmd::Pause { id } => rt.pause(&id)?,
         Cmd::Resume { id } => rt.resume(&id)?,
-        Cmd::Update { resources, id } => {
+        Cmd::Update {
+            resources,
+            flags,
+            id,
+        } => {
+            let flags = flags.to_flags()?;
             let data = match resources.as_deref() {
+                None if !flags.is_empty() => None,
                 None | Some("-") => {
                     let mut v = Vec::new();
                     std::io::stdin().read_to_end(&mut v)?;
-                    v
+                    Some(v)
                 }
-                Some(f) => std::fs::read(f).with_context(|| format!("read {f}"))?,
+                Some(f) => Some(std::fs::read(f).with_context(|| format!("read {f}"))?),
             };
-            rt.update(&id, &data)?;
+            let mut r: oci_spec::runtime::LinuxResources = match data {
+                Some(d) => serde_json::from_slice(&d).context("parse resources JSON")?,
+                None => Default::default(),
+            };
+            flags.apply_to(&mut r)?;
+            rt.update_resources(&id, &r)?;
         }
         Cmd::Events {
             stats,
