@@ -2,7 +2,7 @@
 //! `linux.resources` document, from runc's individual flags ([`UpdateFlags`]), or both
 //! (the flags win).
 
-use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
+use oci_spec::runtime::{LinuxPids, LinuxResources};
 
 use crate::cgroup;
 use crate::error::{bail, Context, Result};
@@ -52,7 +52,7 @@ impl UpdateFlags {
         }
         let mem_flags = [self.memory, self.memory_reservation, self.memory_swap];
         if mem_flags.iter().any(Option::is_some) {
-            let mut m = r.memory().clone().unwrap_or_else(LinuxMemory::default);
+            let mut m = r.memory().unwrap_or_default();
             if let Some(v) = self.memory {
                 m.set_limit(Some(v));
             }
@@ -72,7 +72,7 @@ impl UpdateFlags {
             || self.cpuset_cpus.is_some()
             || self.cpuset_mems.is_some();
         if cpu_set {
-            let mut c = r.cpu().clone().unwrap_or_else(LinuxCpu::default);
+            let mut c = r.cpu().clone().unwrap_or_default();
             if let Some(v) = self.cpu_shares {
                 c.set_shares(Some(v));
             }
@@ -102,7 +102,7 @@ impl UpdateFlags {
             r.set_pids(Some(p));
         }
         if let Some(w) = self.blkio_weight {
-            let mut b = r.block_io().clone().unwrap_or_else(LinuxBlockIo::default);
+            let mut b = r.block_io().clone().unwrap_or_default();
             b.set_weight(Some(w));
             r.set_block_io(Some(b));
         }
