@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::mountinfo::MountEntry;
-use crate::syscalls::{ResolvedTarget, SysResult, SyscallError, Syscalls, TargetKind};
+use crate::syscalls::{NodeKind, ResolvedTarget, SysResult, SyscallError, Syscalls, TargetKind};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +62,7 @@ pub enum Call {
 pub struct RecordingSyscalls {
     calls: RefCell<Vec<Call>>,
     paths: RefCell<BTreeMap<PathBuf, bool>>,
+    symlinks: RefCell<std::collections::BTreeSet<PathBuf>>,
     fail: RefCell<BTreeMap<&'static str, i32>>,
     mountinfo: RefCell<Vec<MountEntry>>,
     /// What each descriptor handed out by `open_dir` stands for.
@@ -77,6 +78,11 @@ impl RecordingSyscalls {
     /// Declares that `path` exists (a directory when `dir`).
     pub fn add_path(&self, path: impl Into<PathBuf>, dir: bool) {
         self.paths.borrow_mut().insert(path.into(), dir);
+    }
+
+    /// Declares that `path` is a symbolic link (for [`Syscalls::kind_in_root`]).
+    pub fn add_symlink(&self, path: impl Into<PathBuf>) {
+        self.symlinks.borrow_mut().insert(path.into());
     }
 
     /// Sets the mount table [`Syscalls::mount_holding`] answers from (mountinfo text; by
@@ -221,5 +227,20 @@ impl Syscalls for RecordingSyscalls {
     }
     fn mount_holding(&self, path: &Path) -> SysResult<Option<MountEntry>> {
         Ok(crate::mountinfo::mount_holding(&self.mountinfo.borrow(), path).cloned())
+    }
+    fn kind_in_root(&self, root: &Path, path: &Path) -> SysResult<Option<NodeKind>> {
+        let full = root.join(path.strip_prefix("/").unwrap_or(path));
+        if self.symlinks.borrow().contains(&full) {
+            return Ok(Some(NodeKind::Symlink));
+        }
+        Ok(self.paths.borrow().get(&full).map(
+            |&dir| {
+                if dir {
+                    NodeKind::Dir
+                } else {
+                    NodeKind::Other
+                }
+            },
+        ))
     }
 }

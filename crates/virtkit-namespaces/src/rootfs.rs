@@ -8,7 +8,7 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::syscalls::{SyscallError, Syscalls, TargetKind};
+use crate::syscalls::{NodeKind, SyscallError, Syscalls, TargetKind};
 
 /// Errors from rootfs setup. Each names the mount or path involved.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,17 @@ pub enum RootfsError {
     /// Unknown propagation name.
     #[error("unknown mount propagation {0:?}")]
     BadPropagation(String),
+    /// A `proc` or `sysfs` mount whose destination in the rootfs exists but is not a
+    /// plain directory (a symbolic link could redirect the mount), refused as runc does.
+    #[error("{fstype} must be mounted on an ordinary directory: {} is a {what} in the rootfs", destination.display())]
+    NotADirectory {
+        /// `proc` or `sysfs`.
+        fstype: String,
+        /// The mount destination.
+        destination: PathBuf,
+        /// What it is instead ("symbolic link", "file").
+        what: &'static str,
+    },
     /// A mount failed.
     #[error("mount {}", destination.display())]
     Mount {
@@ -255,6 +266,22 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
     let fstype = m.fstype.as_deref().unwrap_or("none");
     let is_bind = opts.flags & libc::MS_BIND != 0 || fstype == "bind";
     let err = mount_err(dest);
+    if !is_bind && (fstype == "proc" || fstype == "sysfs") {
+        // As runc: never mount procfs or sysfs through a symlink (or onto a file) the
+        // image put at the destination.
+        let what = match sys.kind_in_root(root, dest).map_err(mount_err(dest))? {
+            None | Some(NodeKind::Dir) => None,
+            Some(NodeKind::Symlink) => Some("symbolic link"),
+            Some(NodeKind::Other) => Some("file"),
+        };
+        if let Some(what) = what {
+            return Err(RootfsError::NotADirectory {
+                fstype: fstype.to_string(),
+                destination: dest.clone(),
+                what,
+            });
+        }
+    }
     if fstype == "cgroup" {
         // cgroup v1 has no single filesystem to mount: without anything better from the
         // caller, the host's cgroup tree, read-only unless asked otherwise. (Callers that

@@ -61,6 +61,17 @@ pub enum TargetKind {
     File,
 }
 
+/// What a path names, its last component not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else (a file, a device, a socket...).
+    Other,
+}
+
 /// A mount target resolved inside a root: the path to hand to `mount(2)`.
 ///
 /// The real implementation holds an `O_PATH` fd opened with `RESOLVE_IN_ROOT`, and the
@@ -138,6 +149,10 @@ pub trait Syscalls {
     /// The mount that holds `path` in this mount namespace (its symbolic links resolved;
     /// from `/proc/self/mountinfo`), `None` when no mount does.
     fn mount_holding(&self, path: &Path) -> SysResult<Option<MountEntry>>;
+    /// What `path` inside `root` is, its parents resolved in the root (`openat2` with
+    /// `RESOLVE_IN_ROOT`) and its last component not followed (`O_NOFOLLOW`); `None`
+    /// when it does not exist. Creates nothing.
+    fn kind_in_root(&self, root: &Path, path: &Path) -> SysResult<Option<NodeKind>>;
 }
 
 /// The real kernel.
@@ -484,6 +499,37 @@ impl Syscalls for LinuxSyscalls {
 
     fn is_dir(&self, path: &Path) -> Option<bool> {
         std::fs::metadata(path).ok().map(|m| m.is_dir())
+    }
+
+    fn kind_in_root(&self, root: &Path, path: &Path) -> SysResult<Option<NodeKind>> {
+        let rel: PathBuf = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        if rel.as_os_str().is_empty() {
+            return Ok(Some(NodeKind::Dir));
+        }
+        let fd = with_root_fd(root, |root_fd| {
+            match openat2_in_root(root_fd, &rel, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+                r => r.map(Some),
+            }
+        })?;
+        let Some(fd) = fd else {
+            return Ok(None);
+        };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `fd` is an open O_PATH descriptor we own (fstat accepts those) and
+        // `st` has room for one `struct stat`, which the kernel fills on success.
+        let r = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+        check(r, "fstat", || path.display().to_string())?;
+        // SAFETY: fstat succeeded, so it initialised `st`.
+        let mode = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
+        Ok(Some(match mode {
+            libc::S_IFDIR => NodeKind::Dir,
+            libc::S_IFLNK => NodeKind::Symlink,
+            _ => NodeKind::Other,
+        }))
     }
 
     fn resolve_in_root(

@@ -68,6 +68,53 @@ fn proc_mount_resolves_in_root() {
 }
 
 #[test]
+fn proc_and_sys_over_a_symlink_or_a_file_are_refused_as_runc_does() {
+    for (fstype, dest) in [("proc", "/proc"), ("sysfs", "/sys")] {
+        let sys = RecordingSyscalls::new();
+        sys.add_symlink(format!("/r{dest}"));
+        let e = mount_in_root(&sys, Path::new("/r"), &spec(None, dest, fstype, &[])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RootfsError::NotADirectory {
+                    what: "symbolic link",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("ordinary directory"), "{e}");
+        assert!(
+            sys.mounts().is_empty(),
+            "nothing mounted: {:?}",
+            sys.calls()
+        );
+        let sys = RecordingSyscalls::new();
+        sys.add_path(format!("/r{dest}"), false);
+        let e = mount_in_root(&sys, Path::new("/r"), &spec(None, dest, fstype, &[])).unwrap_err();
+        assert!(
+            matches!(e, RootfsError::NotADirectory { what: "file", .. }),
+            "{e}"
+        );
+        // A directory, or nothing yet (created as one), is fine.
+        let sys = RecordingSyscalls::new();
+        sys.add_path(format!("/r{dest}"), true);
+        mount_in_root(&sys, Path::new("/r"), &spec(None, dest, fstype, &[])).unwrap();
+        mount_in_root(
+            &RecordingSyscalls::new(),
+            Path::new("/r"),
+            &spec(None, dest, fstype, &[]),
+        )
+        .unwrap();
+    }
+    // Only procfs and sysfs are checked (a tmpfs may go over a symlink's target, as in
+    // runc).
+    let sys = RecordingSyscalls::new();
+    sys.add_symlink("/r/run");
+    mount_in_root(&sys, Path::new("/r"), &spec(None, "/run", "tmpfs", &[])).unwrap();
+}
+
+#[test]
 fn readonly_bind_is_bind_then_remount() {
     let sys = RecordingSyscalls::new();
     sys.add_path("/etc/hosts", false);
