@@ -32,6 +32,8 @@ pub enum Call {
     Umount(PathBuf, i32),
     /// `mount_setattr(target, RDONLY)`, recursive or not.
     MakeReadonly(PathBuf, bool),
+    /// `mount_setattr(path, set, clear, recursive)` with other attributes.
+    SetMountAttrs(PathBuf, u64, u64, bool),
     /// `pivot_root(new, old)`.
     PivotRoot(PathBuf, PathBuf),
     /// `chroot(path)`.
@@ -157,6 +159,18 @@ impl Syscalls for RecordingSyscalls {
         self.rec(
             "mount_setattr",
             Call::MakeReadonly(target.to_path_buf(), recursive),
+        )
+    }
+    fn set_mount_attrs(
+        &self,
+        target: &Path,
+        set: u64,
+        clear: u64,
+        recursive: bool,
+    ) -> SysResult<()> {
+        self.rec(
+            "mount_setattr",
+            Call::SetMountAttrs(target.to_path_buf(), set, clear, recursive),
         )
     }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()> {

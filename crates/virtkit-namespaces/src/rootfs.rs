@@ -8,7 +8,7 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::syscalls::{NodeKind, SyscallError, Syscalls, TargetKind};
+use crate::syscalls::{mount_attr, NodeKind, SyscallError, Syscalls, TargetKind};
 
 /// Errors from rootfs setup. Each names the mount or path involved.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,38 @@ pub struct MountOptions {
     pub data: String,
     /// "rro": make the whole tree read-only.
     pub recursive_readonly: bool,
+    /// [`mount_attr`] bits the recursive options (`rnosuid`, `rnoexec`, `rnoatime`...)
+    /// set on the whole tree after mounting, through `mount_setattr(2)`.
+    pub rec_attr_set: u64,
+    /// [`mount_attr`] bits they clear (`rrw`, `rsuid`, `rexec`...).
+    pub rec_attr_clr: u64,
+}
+
+/// The `mount_setattr(2)` change of a recursive option (runc's `r*` options): the bits
+/// to set and the bits to clear, `None` for any other option.
+pub fn recursive_attr(option: &str) -> Option<(u64, u64)> {
+    use mount_attr as a;
+    Some(match option {
+        "rro" => (a::RDONLY, 0),
+        "rrw" => (0, a::RDONLY),
+        "rnosuid" => (a::NOSUID, 0),
+        "rsuid" => (0, a::NOSUID),
+        "rnodev" => (a::NODEV, 0),
+        "rdev" => (0, a::NODEV),
+        "rnoexec" => (a::NOEXEC, 0),
+        "rexec" => (0, a::NOEXEC),
+        "rnodiratime" => (a::NODIRATIME, 0),
+        "rdiratime" => (0, a::NODIRATIME),
+        // The atime field is set as a whole: the kernel wants it cleared whole.
+        "rrelatime" => (a::RELATIME, a::ATIME_MASK),
+        "rnoatime" => (a::NOATIME, a::ATIME_MASK),
+        "rstrictatime" => (a::STRICTATIME, a::ATIME_MASK),
+        // Undoing noatime, relatime or strictatime: back to the default, relatime.
+        "ratime" | "rnorelatime" | "rnostrictatime" => (a::RELATIME, a::ATIME_MASK),
+        "rnosymfollow" => (a::NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, a::NOSYMFOLLOW),
+        _ => return None,
+    })
 }
 
 /// Parses fstab-style options as runc does; unknown options go to the data string.
@@ -125,6 +157,14 @@ pub fn parse_mount_options(options: &[String]) -> MountOptions {
             "rro" => {
                 o.recursive_readonly = true;
                 (libc::MS_RDONLY, 0)
+            }
+            r if recursive_attr(r).is_some() => {
+                if let Some((set, clr)) = recursive_attr(r) {
+                    // A later option wins over an earlier one on the same bits.
+                    o.rec_attr_set = (o.rec_attr_set & !clr & !set) | set;
+                    o.rec_attr_clr = (o.rec_attr_clr & !set) | clr;
+                }
+                (0, 0)
             }
             "defaults" | "" => (0, 0),
             other => {
@@ -372,6 +412,13 @@ pub fn mount_in_root(sys: &impl Syscalls, root: &Path, m: &MountSpec) -> Result<
             }
             other => other.map_err(err)?,
         }
+    }
+    if opts.rec_attr_set | opts.rec_attr_clr != 0 {
+        let target = sys
+            .resolve_in_root(root, dest, kind)
+            .map_err(mount_err(dest))?;
+        sys.set_mount_attrs(target.path(), opts.rec_attr_set, opts.rec_attr_clr, true)
+            .map_err(mount_err(dest))?;
     }
     if opts.propagation.is_empty() {
         return Ok(());

@@ -61,6 +61,30 @@ pub enum TargetKind {
     File,
 }
 
+/// `MOUNT_ATTR_*` bits of `mount_setattr(2)` (`linux/mount.h`).
+pub mod mount_attr {
+    /// Read-only.
+    pub const RDONLY: u64 = 0x1;
+    /// Ignore suid and sgid bits.
+    pub const NOSUID: u64 = 0x2;
+    /// No device files.
+    pub const NODEV: u64 = 0x4;
+    /// No program execution.
+    pub const NOEXEC: u64 = 0x8;
+    /// The access-time field (clear it whole to set one of the three below).
+    pub const ATIME_MASK: u64 = 0x70;
+    /// Update atime relative to mtime/ctime (the value 0 of the field).
+    pub const RELATIME: u64 = 0x0;
+    /// Never update atime.
+    pub const NOATIME: u64 = 0x10;
+    /// Always update atime.
+    pub const STRICTATIME: u64 = 0x20;
+    /// Never update directory atime.
+    pub const NODIRATIME: u64 = 0x80;
+    /// Do not follow symbolic links (Linux 5.14).
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
 /// What a path names, its last component not followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
@@ -114,6 +138,15 @@ pub trait Syscalls {
     fn umount2(&self, target: &Path, flags: i32) -> SysResult<()>;
     /// `mount_setattr(2)` making a mount tree read-only (recursively when `recursive`).
     fn make_readonly(&self, target: &Path, recursive: bool) -> SysResult<()>;
+    /// `mount_setattr(2)` on the mount at `target` (its whole tree when `recursive`):
+    /// sets the [`mount_attr`] bits in `set` and clears those in `clear`.
+    fn set_mount_attrs(
+        &self,
+        target: &Path,
+        set: u64,
+        clear: u64,
+        recursive: bool,
+    ) -> SysResult<()>;
     /// `pivot_root(2)`.
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()>;
     /// `chroot(2)`.
@@ -390,6 +423,16 @@ impl Syscalls for LinuxSyscalls {
     }
 
     fn make_readonly(&self, target: &Path, recursive: bool) -> SysResult<()> {
+        self.set_mount_attrs(target, mount_attr::RDONLY, 0, recursive)
+    }
+
+    fn set_mount_attrs(
+        &self,
+        target: &Path,
+        set: u64,
+        clear: u64,
+        recursive: bool,
+    ) -> SysResult<()> {
         #[repr(C)]
         struct MountAttr {
             attr_set: u64,
@@ -397,12 +440,11 @@ impl Syscalls for LinuxSyscalls {
             propagation: u64,
             userns_fd: u64,
         }
-        const MOUNT_ATTR_RDONLY: u64 = 1;
         const AT_RECURSIVE: u32 = 0x8000;
         let t = cpath(target)?;
         let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
+            attr_set: set,
+            attr_clr: clear,
             propagation: 0,
             userns_fd: 0,
         };

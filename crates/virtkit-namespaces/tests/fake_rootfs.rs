@@ -68,6 +68,56 @@ fn proc_mount_resolves_in_root() {
 }
 
 #[test]
+fn recursive_options_become_mount_setattr_bits() {
+    use virtkit_namespaces::syscalls::mount_attr as a;
+    let o = parse_mount_options(&[
+        "rbind".into(),
+        "rnosuid".into(),
+        "rnodev".into(),
+        "rnoexec".into(),
+        "rnoatime".into(),
+        "rnosymfollow".into(),
+    ]);
+    assert_eq!(
+        o.rec_attr_set,
+        a::NOSUID | a::NODEV | a::NOEXEC | a::NOATIME | a::NOSYMFOLLOW
+    );
+    assert_eq!(o.rec_attr_clr, a::ATIME_MASK);
+    assert_eq!(o.data, "", "recursive options are not filesystem data");
+    // A later option undoes an earlier one.
+    let o = parse_mount_options(&["rnoexec".into(), "rexec".into(), "rrw".into()]);
+    assert_eq!(o.rec_attr_set, 0);
+    assert_eq!(o.rec_attr_clr, a::NOEXEC | a::RDONLY);
+    let o = parse_mount_options(&["rnoatime".into(), "rstrictatime".into()]);
+    assert_eq!(
+        (o.rec_attr_set, o.rec_attr_clr),
+        (a::STRICTATIME, a::ATIME_MASK)
+    );
+
+    let sys = RecordingSyscalls::new();
+    mount_in_root(
+        &sys,
+        Path::new("/r"),
+        &spec(
+            Some("/src"),
+            "/data",
+            "bind",
+            &["rbind", "rnoexec", "rsuid"],
+        ),
+    )
+    .unwrap();
+    let set_attr = sys
+        .calls()
+        .into_iter()
+        .find(|c| matches!(c, Call::SetMountAttrs(..)))
+        .expect("mount_setattr after the bind");
+    assert_eq!(
+        set_attr,
+        Call::SetMountAttrs(PathBuf::from("/r/data"), a::NOEXEC, a::NOSUID, true)
+    );
+}
+
+#[test]
 fn proc_and_sys_over_a_symlink_or_a_file_are_refused_as_runc_does() {
     for (fstype, dest) in [("proc", "/proc"), ("sysfs", "/sys")] {
         let sys = RecordingSyscalls::new();

@@ -1,6 +1,7 @@
-//! Spec fields that runc refuses are refused here too (issue #14 item 3), with a clear
-//! error and nothing left behind: `/proc` or `/sys` that the image made a symbolic link
-//! (or a file). Needs root and busybox.
+//! Spec fields honoured or refused as runc does (issue #14 item 3): `/proc` or `/sys`
+//! that the image made a symbolic link (or a file) is refused with a clear error and
+//! nothing left behind; the recursive mount options (`rnoexec`, `rnosuid`...) reach
+//! every mount of a bound tree. Needs root and busybox.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -36,4 +37,68 @@ fn root_proc_or_sys_through_a_symlink_is_refused() {
     let b = Bundle::new(&["true"], |_| {});
     let bundle = b.path().to_str().unwrap().to_string();
     b.ok(&["run", "--bundle", &bundle, "vk-spec-ok"]);
+}
+
+/// Unmounts a host mount when dropped (the test mounts a tmpfs under its own tempdir).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn root_recursive_mount_options_reach_submounts() {
+    let _g = lock();
+    require_root_and_busybox();
+    let host = tempfile::tempdir().unwrap();
+    let sub = host.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "vk-rec-test"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a tmpfs for the test");
+    let _u = Unmount(sub.clone());
+    let src = host.path().to_str().unwrap().to_string();
+    let show = "grep -E ' /data(/sub)? ' /proc/self/mountinfo";
+    for (opts, want, unwanted) in [
+        (
+            vec!["rbind", "rnoexec", "rnosuid"],
+            vec!["noexec", "nosuid"],
+            vec![],
+        ),
+        (
+            vec!["rbind", "rnoexec", "rexec", "rnodev"],
+            vec!["nodev"],
+            vec!["noexec"],
+        ),
+        (vec!["rbind", "rro"], vec!["ro"], vec![]),
+    ] {
+        let b = Bundle::new(&["sh", "-c", show], |c| {
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(serde_json::json!({
+                "destination": "/data", "type": "bind", "source": src, "options": opts,
+            }));
+        });
+        let bundle = b.path().to_str().unwrap().to_string();
+        let out = b.ok(&["run", "--bundle", &bundle, "vk-rec-opts"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{opts:?}: /data and /data/sub: {out}");
+        for l in &lines {
+            // Field 6: the per-mount options.
+            let mount_opts: Vec<&str> = l.split(' ').nth(5).unwrap().split(',').collect();
+            for w in &want {
+                assert!(mount_opts.contains(w), "{opts:?}: {w} missing in {l}");
+            }
+            for u in &unwanted {
+                assert!(!mount_opts.contains(u), "{opts:?}: {u} present in {l}");
+            }
+        }
+    }
 }
