@@ -625,18 +625,15 @@ pub fn finalize_rootfs(sys: &impl Syscalls, cfg: &RootfsConfig) -> Result<(), Ro
         }
     }
     if cfg.readonly_root {
+        // mount_setattr sets the read-only bit alone: a remount would have to repeat
+        // every flag the mount has, and in a user namespace dropping one of the locked
+        // ones (nosuid, nodev, noexec, atime) from the rootfs's host mount is EPERM.
         let root = Path::new("/");
-        sys.mount(
-            None,
-            root,
-            None,
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-            None,
-        )
-        .map_err(|source| RootfsError::Path {
-            path: root.to_path_buf(),
-            source,
-        })?;
+        sys.make_readonly(root, false)
+            .map_err(|source| RootfsError::Path {
+                path: root.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
 }

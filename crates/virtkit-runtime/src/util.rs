@@ -147,12 +147,21 @@ pub fn send_msg(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 /// Receives one message (empty on EOF).
 pub fn recv_msg(fd: RawFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 65536];
+    let mut reset = false;
     loop {
         // SAFETY: valid writable buffer of the given length.
         let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // A peer that closed with our message unread in its queue (init failing
+            // before it read "go") makes the kernel report ECONNRESET once, ahead of
+            // what the peer sent before closing: read on, so its last words (an error
+            // message) are not lost. The next read returns them, or end-of-file.
+            if e.raw_os_error() == Some(libc::ECONNRESET) && !reset {
+                reset = true;
                 continue;
             }
             return Err(e);
@@ -225,6 +234,18 @@ mod tests {
         // A saved pid of 0 (or less) must not become a process-group kill.
         assert_eq!(kill(0, 0).unwrap_err().raw_os_error(), Some(libc::ESRCH));
         assert_eq!(kill(-1, 0).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+    }
+
+    #[test]
+    fn the_last_message_of_a_peer_that_reset_is_still_read() {
+        let (a, b) = seqpacket_pair().unwrap();
+        use std::os::fd::AsRawFd;
+        // `a` sends "go" that `b` never reads; `b` answers with an error and closes.
+        send_msg(a.as_raw_fd(), b"go").unwrap();
+        send_msg(b.as_raw_fd(), b"Eboom").unwrap();
+        drop(b);
+        assert_eq!(recv_msg(a.as_raw_fd()).unwrap(), b"Eboom");
+        assert_eq!(recv_msg(a.as_raw_fd()).unwrap(), b"");
     }
 
     #[test]

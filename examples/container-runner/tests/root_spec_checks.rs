@@ -102,3 +102,56 @@ fn root_recursive_mount_options_reach_submounts() {
         }
     }
 }
+
+#[test]
+fn root_readonly_root_in_a_user_namespace_keeps_locked_flags() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(
+        &["sh", "-c", "grep ' / / ' /proc/self/mountinfo; touch /x"],
+        |c| {
+            c["root"]["readonly"] = true.into();
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "user"}));
+            c["linux"]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+            c["linux"]["gidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        },
+    );
+    // The rootfs on a nosuid,nodev mount: in the container's user namespace those flags
+    // are locked, and a read-only remount that drops them is refused (EPERM).
+    let rootfs = b.path().join("rootfs");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "nosuid,nodev,mode=755", "vk-ro-userns"])
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _u = Unmount(rootfs.clone());
+    common::busybox_rootfs(&rootfs);
+    let bundle = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bundle, "vk-ro-userns"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // `touch /x` fails on the read-only root: run exits non-zero, after printing /.
+    let root_line = out.lines().next().unwrap_or_default();
+    let flags: Vec<&str> = root_line
+        .split(' ')
+        .nth(5)
+        .unwrap_or("")
+        .split(',')
+        .collect();
+    assert!(flags.contains(&"ro"), "root not read-only: {out}\n{err}");
+    assert!(
+        flags.contains(&"nosuid") && flags.contains(&"nodev"),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("Read-only file system"),
+        "touch should fail: {err}"
+    );
+    assert!(!o.status.success());
+}
