@@ -44,14 +44,31 @@ pub(crate) fn run_after(host: &dyn Host, c: &Container, spec: Option<&Spec>, whe
         After::Stop => ("poststop", hooks.poststop(), "stopped"),
     };
     if let Some(list) = list.as_deref().filter(|l| !l.is_empty()) {
-        if let Err(e) = host.run_hooks(kind, list, &hook_state(host, c, status)) {
-            log::warn!("{}", crate::error::chain(&e));
+        // The spec: a failing poststart or poststop hook is a warning, and the remaining
+        // hooks still run.
+        let state = hook_state(host, c, status);
+        for h in list {
+            if let Err(e) = host.run_hooks(kind, std::slice::from_ref(h), &state) {
+                log::warn!("{}", crate::error::chain(&e));
+            }
         }
     }
 }
 
-/// Runs `hooks` in order; the first failure stops and is returned.
+/// Runs `hooks` in order; the first failure stops and is returned. A hook without `env`
+/// gets an empty environment.
 pub fn run(kind: &str, hooks: &[Hook], state_json: &[u8]) -> Result<()> {
+    run_with_env(kind, hooks, state_json, &[])
+}
+
+/// [`run`], where a hook that sets no `env` gets `default_env` (the container process's
+/// environment, for startContainer hooks, as runc gives them).
+pub fn run_with_env(
+    kind: &str,
+    hooks: &[Hook],
+    state_json: &[u8],
+    default_env: &[std::ffi::CString],
+) -> Result<()> {
     for h in hooks {
         let path = h.path();
         let args = h.args().clone().unwrap_or_default();
@@ -62,9 +79,21 @@ pub fn run(kind: &str, hooks: &[Hook], state_json: &[u8]) -> Result<()> {
             cmd.args(rest);
         }
         cmd.env_clear();
-        for e in h.env().iter().flatten() {
-            if let Some((k, v)) = e.split_once('=') {
-                cmd.env(k, v);
+        match h.env() {
+            Some(env) => {
+                for e in env {
+                    if let Some((k, v)) = e.split_once('=') {
+                        cmd.env(k, v);
+                    }
+                }
+            }
+            None => {
+                for e in default_env {
+                    let e = e.to_string_lossy();
+                    if let Some((k, v)) = e.split_once('=') {
+                        cmd.env(k, v);
+                    }
+                }
             }
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::null());

@@ -358,7 +358,13 @@ fn run(i: &Init) -> Result<Infallible> {
             }
         }
         // Under `run` (no fifo) "ready" is the start: on to execve.
-        crate::hooks::run("startContainer", start_container, &state_for_start)?;
+        // A startContainer hook without `env` gets the container process's (as runc).
+        crate::hooks::run_with_env(
+            "startContainer",
+            start_container,
+            &state_for_start,
+            &i.plan.env,
+        )?;
     }
     let _ = i.sync.as_raw_fd();
     match &i.dmz {

@@ -155,3 +155,42 @@ fn root_readonly_root_in_a_user_namespace_keeps_locked_flags() {
     );
     assert!(!o.status.success());
 }
+
+#[test]
+fn root_hooks_env_and_failures_as_the_spec_says() {
+    let _g = lock();
+    require_root_and_busybox();
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path().to_str().unwrap().to_string();
+    let b = Bundle::new(&["true"], |c| {
+        c["process"]["env"] = serde_json::json!(["PATH=/bin", "FROM_PROCESS=yes"]);
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/hostdir", "type": "bind", "source": h, "options": ["rbind", "rw"]
+        }));
+        c["hooks"] = serde_json::json!({
+            // No env: the container process's environment (as runc gives it).
+            "startContainer": [
+                {"path": "/bin/sh", "args": ["sh", "-c", "env > /hostdir/start-noenv"]},
+                {"path": "/bin/sh", "args": ["sh", "-c", "env > /hostdir/start-env"],
+                 "env": ["ONLY=this"]},
+            ],
+            // A failing poststop hook is a warning; the next one still runs.
+            "poststop": [
+                {"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]},
+                {"path": "/bin/sh", "args": ["sh", "-c", format!("touch {h}/poststop-2")]},
+            ],
+        });
+    });
+    let bs = b.path().to_str().unwrap().to_string();
+    b.ok(&["run", "--bundle", &bs, "vk-hook-env"]);
+    let noenv = std::fs::read_to_string(host.path().join("start-noenv")).unwrap();
+    assert!(noenv.lines().any(|l| l == "FROM_PROCESS=yes"), "{noenv}");
+    let env = std::fs::read_to_string(host.path().join("start-env")).unwrap();
+    assert!(env.lines().any(|l| l == "ONLY=this"), "{env}");
+    assert!(!env.contains("FROM_PROCESS"), "{env}");
+    assert!(
+        host.path().join("poststop-2").exists(),
+        "the poststop hook after a failing one did not run"
+    );
+    assert!(!b.state_root.join("vk-hook-env").exists(), "state left");
+}
