@@ -32,6 +32,8 @@ pub enum Call {
     Umount(PathBuf, i32),
     /// `mount_setattr(target, RDONLY)`, recursive or not.
     MakeReadonly(PathBuf, bool),
+    /// A directory tree copied (tmpcopyup): from, to.
+    CopyTree(PathBuf, PathBuf),
     /// `mount_setattr(path, set, clear, recursive)` with other attributes.
     SetMountAttrs(PathBuf, u64, u64, bool),
     /// `pivot_root(new, old)`.
@@ -241,6 +243,12 @@ impl Syscalls for RecordingSyscalls {
     }
     fn mount_holding(&self, path: &Path) -> SysResult<Option<MountEntry>> {
         Ok(crate::mountinfo::mount_holding(&self.mountinfo.borrow(), path).cloned())
+    }
+    fn copy_tree(&self, from: &Path, to: &Path) -> SysResult<()> {
+        self.rec(
+            "copy_tree",
+            Call::CopyTree(from.to_path_buf(), to.to_path_buf()),
+        )
     }
     fn kind_in_root(&self, root: &Path, path: &Path) -> SysResult<Option<NodeKind>> {
         let full = root.join(path.strip_prefix("/").unwrap_or(path));

@@ -29,9 +29,11 @@
 //! ```
 #![deny(missing_docs)]
 
+mod copy;
 #[cfg(feature = "test-utils")]
 pub mod fake;
 pub mod idmap;
+pub mod mount_options;
 pub mod mountinfo;
 pub mod namespace;
 pub mod rootfs;

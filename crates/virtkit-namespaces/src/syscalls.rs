@@ -186,6 +186,10 @@ pub trait Syscalls {
     /// `RESOLVE_IN_ROOT`) and its last component not followed (`O_NOFOLLOW`); `None`
     /// when it does not exist. Creates nothing.
     fn kind_in_root(&self, root: &Path, path: &Path) -> SysResult<Option<NodeKind>>;
+    /// Copies the contents of directory `from` into the existing directory `to`, modes,
+    /// owners, symbolic links (never followed) and device nodes as they are, and gives
+    /// `to` the owner and mode of `from` (a tmpfs mount's `tmpcopyup`).
+    fn copy_tree(&self, from: &Path, to: &Path) -> SysResult<()>;
 }
 
 /// The real kernel.
@@ -541,6 +545,10 @@ impl Syscalls for LinuxSyscalls {
 
     fn is_dir(&self, path: &Path) -> Option<bool> {
         std::fs::metadata(path).ok().map(|m| m.is_dir())
+    }
+
+    fn copy_tree(&self, from: &Path, to: &Path) -> SysResult<()> {
+        crate::copy::copy_tree(from, to)
     }
 
     fn kind_in_root(&self, root: &Path, path: &Path) -> SysResult<Option<NodeKind>> {

@@ -1,6 +1,6 @@
 //! Fuzzing entry point (features `test-utils` and `oci`).
 //!
-//! `fuzz/fuzz_targets/oci_config.rs` calls [`oci_spec`], and the crate's
+//! `fuzz/fuzz_targets/oci_config.rs` calls [`oci_spec()`], and the crate's
 //! `tests/fuzz_corpus.rs` replays every committed corpus input through it, so
 //! a config that once crashed stays covered on stable Rust.
 
@@ -16,7 +16,7 @@ use crate::rootfs::{
     RootfsConfig,
 };
 
-/// What [`oci_spec`] did with a spec.
+/// What [`oci_spec()`] did with a spec.
 #[derive(Debug)]
 pub struct OciRun {
     /// The combined `CLONE_NEW*` flags of the spec's namespaces.

@@ -118,6 +118,49 @@ fn recursive_options_become_mount_setattr_bits() {
 }
 
 #[test]
+fn tmpcopyup_mounts_then_copies_what_was_under_the_tmpfs() {
+    let o = parse_mount_options(&["tmpcopyup".into(), "mode=755".into()]);
+    assert!(o.copy_up);
+    assert_eq!(o.data, "mode=755", "tmpcopyup is not filesystem data");
+    let sys = RecordingSyscalls::new();
+    mount_in_root(
+        &sys,
+        Path::new("/r"),
+        &spec(Some("tmpfs"), "/etc", "tmpfs", &["tmpcopyup", "nosuid"]),
+    )
+    .unwrap();
+    let calls = sys.calls();
+    let mount = calls
+        .iter()
+        .position(|c| matches!(c, Call::Mount { .. }))
+        .unwrap();
+    let copy = calls
+        .iter()
+        .position(|c| *c == Call::CopyTree(PathBuf::from("/r/etc"), PathBuf::from("/r/etc")))
+        .expect("a copy after the mount");
+    assert!(mount < copy, "{calls:?}");
+    // Refused, not ignored, where it means nothing.
+    for (t, opts) in [
+        ("bind", &["rbind", "tmpcopyup"][..]),
+        ("proc", &["tmpcopyup"][..]),
+    ] {
+        let sys = RecordingSyscalls::new();
+        let e = mount_in_root(&sys, Path::new("/r"), &spec(Some("/x"), "/x", t, opts)).unwrap_err();
+        assert!(matches!(e, RootfsError::CopyUpNotTmpfs { .. }), "{e}");
+        assert!(sys.mounts().is_empty());
+    }
+    // A failed copy fails the mount.
+    let sys = RecordingSyscalls::new();
+    sys.fail_on("copy_tree", libc::ENOSPC);
+    assert!(mount_in_root(
+        &sys,
+        Path::new("/r"),
+        &spec(Some("tmpfs"), "/etc", "tmpfs", &["tmpcopyup"])
+    )
+    .is_err());
+}
+
+#[test]
 fn proc_and_sys_over_a_symlink_or_a_file_are_refused_as_runc_does() {
     for (fstype, dest) in [("proc", "/proc"), ("sysfs", "/sys")] {
         let sys = RecordingSyscalls::new();

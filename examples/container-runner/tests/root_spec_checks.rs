@@ -194,3 +194,61 @@ fn root_hooks_env_and_failures_as_the_spec_says() {
     );
     assert!(!b.state_root.join("vk-hook-env").exists(), "state left");
 }
+
+#[test]
+fn root_tmpcopyup_starts_the_tmpfs_with_the_images_files() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "grep ' /etc ' /proc/self/mountinfo | cut -d' ' -f9; \
+             stat -c '%a %u %g' /etc/secret /etc/sub; cat /etc/secret; readlink /etc/link; \
+             echo new > /etc/newfile",
+        ],
+        |c| {
+            c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+                "destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "tmpcopyup", "mode=755"],
+            }));
+        },
+    );
+    let etc = b.path().join("rootfs/etc");
+    std::fs::write(etc.join("secret"), b"from-image\n").unwrap();
+    std::fs::create_dir(etc.join("sub")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", etc.join("link")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // Readable by others: the container's root has no CAP_DAC_OVERRIDE.
+    std::fs::set_permissions(etc.join("secret"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::os::unix::fs::lchown(etc.join("secret"), Some(123), Some(456)).unwrap();
+    std::os::unix::fs::lchown(etc.join("sub"), Some(7), Some(8)).unwrap();
+    let bundle = b.path().to_str().unwrap().to_string();
+    let out = b.ok(&["run", "--bundle", &bundle, "vk-copyup"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "tmpfs", "/etc is a tmpfs: {out}");
+    assert_eq!(lines[1], "604 123 456", "{out}");
+    assert_eq!(lines[2], "755 7 8", "{out}");
+    assert_eq!(lines[3], "from-image", "{out}");
+    assert_eq!(lines[4], "/etc/passwd", "{out}");
+    // The write went to the tmpfs, not into the image.
+    assert!(
+        !etc.join("newfile").exists(),
+        "written through to the image"
+    );
+    // tmpcopyup on a bind mount is refused, not ignored.
+    let b = Bundle::new(&["true"], |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/mnt", "type": "bind", "source": "/tmp",
+            "options": ["rbind", "tmpcopyup"],
+        }));
+    });
+    let bundle = b.path().to_str().unwrap().to_string();
+    let o = b.rt(&["run", "--bundle", &bundle, "vk-copyup-bind"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("tmpcopyup applies to tmpfs mounts only"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
