@@ -11,8 +11,10 @@ use virtkit_namespaces::LinuxSyscalls;
 
 use crate::error::{bail, Context, Error, Result};
 use crate::init::{self, GoAt, Init, Mode};
+use crate::placement::Placement;
 use crate::spec::{
     dmz_suffices, first_cgroup_mount, hook_state, id_maps, load_spec, ns_type, rootfs_config,
+    time_offsets,
 };
 use crate::state::{check_id, Container, Saved};
 use crate::sys::{clone_fork, mkfifo, open_ns, open_path, setns_self, write_pid_file};
@@ -188,6 +190,10 @@ pub(crate) fn create_with(
         _ => None,
     };
     let plan = process::plan(&p, linux.seccomp().as_ref())?;
+    // execCPUAffinity is for `exec`'s processes only (the spec: not the init process).
+    let mut for_init = p.clone();
+    for_init.set_exec_cpu_affinity(None);
+    let placement = Placement::from_spec(&for_init, Some(linux))?;
 
     // Namespaces: new ones become clone flags; paths are joined (pid and time by us,
     // since they apply to our children; the rest by the child).
@@ -196,6 +202,8 @@ pub(crate) fn create_with(
     let mut new_user = false;
     let mut new_cgroupns = false;
     let mut have_mount = false;
+    let time_offsets = time_offsets(&spec)?;
+    let mut time_offsets_set = false;
     for ns in linux.namespaces().iter().flatten() {
         let t = ns_type(ns.typ());
         if t == NamespaceType::Mount {
@@ -217,6 +225,13 @@ pub(crate) fn create_with(
                         std::io::Error::last_os_error()
                     );
                 }
+                // The offsets can be set only until a process enters the namespace:
+                // now, before init is cloned into it.
+                if let Some(lines) = &time_offsets {
+                    std::fs::write("/proc/self/timens_offsets", lines)
+                        .context("write /proc/self/timens_offsets")?;
+                    time_offsets_set = true;
+                }
             }
             None if t == NamespaceType::Cgroup => {
                 // Made by init once it is in its cgroup, so that cgroup is the root of
@@ -233,6 +248,9 @@ pub(crate) fn create_with(
     }
     if !have_mount {
         bail!("config.json must ask for a mount namespace");
+    }
+    if time_offsets.is_some() && !time_offsets_set {
+        bail!("linux.timeOffsets needs a new time namespace (a \"time\" namespace without a path)");
     }
     // User namespace first, mount namespace last.
     joins.sort_by_key(|(t, _)| NamespaceType::JOIN_ORDER.iter().position(|x| x == t));
@@ -280,6 +298,7 @@ pub(crate) fn create_with(
             state_json: hook_state(rt.host(), &c, "creating"),
         },
         dmz,
+        placement,
     };
 
     let init_joins_itself = init.join_cgroup.is_some();

@@ -8,6 +8,7 @@ use virtkit_namespaces::namespace::NamespaceType;
 
 use crate::error::{bail, err, Context, Error, Result};
 use crate::init::{self, GoAt, Init, Mode};
+use crate::placement::Placement;
 use crate::spec::load_spec;
 use crate::state::Status;
 use crate::sys::{clone_fork, open_ns, setns_self, wait_child, write_pid_file};
@@ -164,6 +165,7 @@ impl Runtime {
         };
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let plan = process::plan(&p, seccomp.as_ref())?;
+        let placement = Placement::from_spec(&p, spec.linux().as_ref())?;
         let pid = c.saved.pid;
         let mut joins = Vec::new();
         for t in NamespaceType::JOIN_ORDER {
@@ -207,6 +209,7 @@ impl Runtime {
             hooks_msg: false,
             mode: Mode::Exec,
             dmz: None,
+            placement,
         };
         let joins_itself = init.join_cgroup.is_some();
         let child = clone_fork(0)?;

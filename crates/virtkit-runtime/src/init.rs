@@ -42,6 +42,7 @@ use virtkit_namespaces::rootfs::{
 };
 use virtkit_namespaces::{LinuxSyscalls, Syscalls};
 
+use crate::placement::Placement;
 use crate::process::{cloexec_from, Plan};
 use crate::util::{raw_stderr, recv_msg, send_fd, send_msg};
 
@@ -118,6 +119,8 @@ pub struct Init {
     /// The sealed exec DMZ to exec the container process through (`run` without the
     /// re-exec; see `crate::dmz`).
     pub dmz: Option<OwnedFd>,
+    /// I/O priority, scheduler, CPU affinity, memory policy and personality.
+    pub placement: Placement,
 }
 
 /// The child's entry point; never returns.
@@ -231,6 +234,8 @@ fn run(i: &Init) -> Result<Infallible> {
     // Until "ready", die with the parent so a killed `create` leaves nothing behind.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Before the move into the container's cgroup.
+    i.placement.apply_initial()?;
     let sys = LinuxSyscalls;
     if i.go_at == GoAt::Start {
         expect_go(i.sync)?;
@@ -330,6 +335,8 @@ fn run(i: &Init) -> Result<Infallible> {
     cloexec_from(3 + i.preserve_fds)?;
     i.plan.enter_cwd()?;
     let exe = i.plan.resolve_exe()?;
+    // While we still have the capabilities a real-time class or policy may need.
+    i.placement.apply_privileged()?;
     i.plan.apply_identity()?;
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
@@ -366,6 +373,7 @@ fn run(i: &Init) -> Result<Infallible> {
             &i.plan.env,
         )?;
     }
+    i.placement.apply_final()?;
     let _ = i.sync.as_raw_fd();
     match &i.dmz {
         Some(dmz) => Err(i.plan.exec_via_dmz(dmz, &exe)),

@@ -57,6 +57,7 @@ mod init;
 mod kill;
 mod list;
 mod pause;
+mod placement;
 mod process;
 mod ps;
 mod run;

@@ -10,7 +10,7 @@ use virtkit_namespaces::rootfs::{
     default_devices, propagation_flags, DeviceNode, MountSpec, RootfsConfig,
 };
 
-use crate::error::{Context, Result};
+use crate::error::{bail, Context, Result};
 use crate::host::Host;
 use crate::state::Container;
 
@@ -209,6 +209,32 @@ pub(crate) fn new_pid_namespace(spec: &Spec) -> bool {
             .flatten()
             .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
     })
+}
+
+/// `linux.timeOffsets` as the lines of `/proc/self/timens_offsets` (`monotonic` and
+/// `boottime`, seconds and nanoseconds); an error for another clock or bad nanoseconds.
+pub(crate) fn time_offsets(spec: &Spec) -> Result<Option<String>> {
+    let Some(offsets) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().as_ref())
+    else {
+        return Ok(None);
+    };
+    let mut out = String::new();
+    let mut clocks: Vec<_> = offsets.iter().collect();
+    clocks.sort_by(|a, b| a.0.cmp(b.0));
+    for (clock, off) in clocks {
+        if clock != "monotonic" && clock != "boottime" {
+            bail!("linux.timeOffsets: unknown clock {clock:?} (monotonic or boottime)");
+        }
+        let nanos = off.nanosecs().unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            bail!("linux.timeOffsets.{clock}.nanosecs {nanos}: must be below one second");
+        }
+        out.push_str(&format!("{clock} {} {nanos}\n", off.secs().unwrap_or(0)));
+    }
+    Ok((!out.is_empty()).then_some(out))
 }
 
 /// The index of the first of `mounts` that needs the container's cgroup: a bind of one

@@ -252,3 +252,80 @@ fn root_tmpcopyup_starts_the_tmpfs_with_the_images_files() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn root_process_placement_fields_are_honoured() {
+    let _g = lock();
+    require_root_and_busybox();
+    let script = "ionice -p $$; cat /proc/self/personality; \
+                  cut -d' ' -f19,41 /proc/self/stat; \
+                  grep -m1 -o 'bind:[0-9]*' /proc/self/numa_maps; \
+                  cut -d. -f1 /proc/uptime";
+    let b = Bundle::new(&["sh", "-c", script], |c| {
+        c["process"]["ioPriority"] =
+            serde_json::json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
+        c["process"]["scheduler"] = serde_json::json!({"policy": "SCHED_BATCH", "nice": 5});
+        c["linux"]["personality"] = serde_json::json!({"domain": "LINUX32"});
+        c["linux"]["memoryPolicy"] = serde_json::json!({"mode": "MPOL_BIND", "nodes": "0"});
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "time"}));
+        c["linux"]["timeOffsets"] =
+            serde_json::json!({"boottime": {"secs": 10_000_000, "nanosecs": 0}});
+    });
+    let bundle = b.path().to_str().unwrap().to_string();
+    let out = b.ok(&["run", "--bundle", &bundle, "vk-placement"]);
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], "idle", "ioPriority: {out}");
+    assert_eq!(l[1], "00000008", "personality LINUX32: {out}");
+    assert_eq!(l[2], "5 3", "nice 5, SCHED_BATCH (3): {out}");
+    assert_eq!(l[3], "bind:0", "memoryPolicy MPOL_BIND: {out}");
+    let up: u64 = l[4].parse().unwrap();
+    assert!(
+        up >= 10_000_000,
+        "boottime offset in the time namespace: {out}"
+    );
+
+    // execCPUAffinity: for exec's processes.
+    let b = Bundle::new(&["sleep", "100"], |_| {});
+    let id = "vk-affinity";
+    b.create(id);
+    b.ok(&["start", id]);
+    let p = b.path().join("proc.json");
+    std::fs::write(
+        &p,
+        r#"{"cwd": "/", "args": ["grep", "Cpus_allowed_list", "/proc/self/status"],
+            "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0},
+            "execCPUAffinity": {"initial": "0", "final": "1"}}"#,
+    )
+    .unwrap();
+    let out = b.ok(&["exec", "--process", p.to_str().unwrap(), id]);
+    assert_eq!(out.split_whitespace().last(), Some("1"), "{out}");
+    b.ok(&["delete", "--force", id]);
+
+    // Bad values: a clear error before anything starts.
+    for (edit, want) in [
+        (
+            serde_json::json!({"process": {"ioPriority": {"class": "IOPRIO_CLASS_BE", "priority": 9}}}),
+            "ioPriority.priority 9",
+        ),
+        (
+            serde_json::json!({"linux": {"timeOffsets": {"monotonic": {"secs": 1}}}}),
+            "needs a new time namespace",
+        ),
+    ] {
+        let b = Bundle::new(&["true"], |c| {
+            for (k, v) in edit.as_object().unwrap() {
+                for (k2, v2) in v.as_object().unwrap() {
+                    c[k][k2] = v2.clone();
+                }
+            }
+        });
+        let bundle = b.path().to_str().unwrap().to_string();
+        let o = b.rt(&["run", "--bundle", &bundle, "vk-placement-bad"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{want}: {err}");
+        assert!(!b.state_root.join("vk-placement-bad").exists());
+    }
+}
