@@ -18,8 +18,8 @@ use crate::spec::{
 };
 use crate::state::{check_id, Container, Saved};
 use crate::sys::{clone_fork, mkfifo, open_ns, open_path, setns_self, write_pid_file};
-use crate::util::{self, recv_msg, send_msg};
-use crate::{cgroup, cloned, dmz, process, Runtime};
+use crate::util::{self, recv_msg, recv_msg_fd, send_msg};
+use crate::{cgroup, cloned, dmz, notify, process, Runtime};
 
 /// Options of `create` and `run`.
 #[derive(Debug, Clone)]
@@ -190,6 +190,7 @@ pub(crate) fn create_with(
         _ => None,
     };
     let plan = process::plan(&p, linux.seccomp().as_ref())?;
+    let listener = notify::listener(linux.seccomp().as_ref(), plan.seccomp_listener)?;
     // execCPUAffinity is for `exec`'s processes only (the spec: not the init process).
     let mut for_init = p.clone();
     for_init.set_exec_cpu_affinity(None);
@@ -354,8 +355,14 @@ pub(crate) fn create_with(
     }
     send_go(sock)?;
     loop {
-        let m = recv_msg(sock)?;
+        let (m, passed) = recv_msg_fd(sock)?;
         match m.as_slice() {
+            b"seccomp" => {
+                let (Some(fd), Some(l)) = (passed, &listener) else {
+                    bail!("init sent a seccomp listener without a descriptor or a listenerPath");
+                };
+                l.send(&fd, pid, c.oci_state(rt.host()))?;
+            }
             b"hooks" => {
                 let st = hook_state(rt.host(), &c, "creating");
                 rt.host()

@@ -12,8 +12,8 @@ use crate::placement::Placement;
 use crate::spec::load_spec;
 use crate::state::Status;
 use crate::sys::{clone_fork, open_ns, setns_self, wait_child, write_pid_file};
-use crate::util::{self, recv_msg, send_msg};
-use crate::{process, Runtime};
+use crate::util::{self, recv_msg, recv_msg_fd, send_msg};
+use crate::{notify, process, Runtime};
 
 /// Options of `exec`.
 #[derive(Debug, Clone, Default)]
@@ -166,6 +166,7 @@ impl Runtime {
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let plan = process::plan(&p, seccomp.as_ref())?;
         let placement = Placement::from_spec(&p, spec.linux().as_ref())?;
+        let listener = notify::listener(seccomp.as_ref(), plan.seccomp_listener)?;
         let pid = c.saved.pid;
         let mut joins = Vec::new();
         for t in NamespaceType::JOIN_ORDER {
@@ -234,11 +235,18 @@ impl Runtime {
             }
         }
         send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
-        let m = recv_msg(sock).map_err(|e| fail(e.into()))?;
-        match m.as_slice() {
-            b"ready" => {}
-            [b'E', rest @ ..] => return Err(fail(err!("{}", String::from_utf8_lossy(rest)))),
-            _ => return Err(fail(err!("exec process exited during setup"))),
+        loop {
+            let (m, passed) = recv_msg_fd(sock).map_err(|e| fail(e.into()))?;
+            match (m.as_slice(), passed, &listener) {
+                (b"ready", ..) => break,
+                (b"seccomp", Some(fd), Some(l)) => {
+                    l.send(&fd, child, c.oci_state(self.host())).map_err(fail)?;
+                }
+                ([b'E', rest @ ..], ..) => {
+                    return Err(fail(err!("{}", String::from_utf8_lossy(rest))))
+                }
+                _ => return Err(fail(err!("exec process exited during setup"))),
+            }
         }
         // EOF: execve succeeded (the socket was close-on-exec).
         let m = recv_msg(sock)?;

@@ -337,7 +337,10 @@ fn run(i: &Init) -> Result<Infallible> {
     let exe = i.plan.resolve_exe()?;
     // While we still have the capabilities a real-time class or policy may need.
     i.placement.apply_privileged()?;
-    i.plan.apply_identity()?;
+    if let Some(listener) = i.plan.apply_identity()? {
+        // The runtime hands it to linux.seccomp.listenerPath.
+        send_fd(i.sync, listener.as_raw_fd(), b"seccomp").context("send the seccomp listener")?;
+    }
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     send_msg(i.sync, b"ready")?;

@@ -144,6 +144,8 @@ pub struct Plan {
     pub caps: Option<CapSets>,
     /// Compiled seccomp program and flags.
     pub seccomp: Option<virtkit_seccomp::Program>,
+    /// The profile has `SCMP_ACT_NOTIFY` rules: install it with a listener fd.
+    pub seccomp_listener: bool,
     /// `oom_score_adj`.
     pub oom_score_adj: Option<i32>,
     /// Allocate a pty.
@@ -186,9 +188,11 @@ pub fn plan(p: &Process, seccomp: Option<&oci_spec::runtime::LinuxSeccomp>) -> R
         inheritable: cap_mask(c.inheritable()),
         ambient: cap_mask(c.ambient()),
     });
-    let seccomp = seccomp
-        .map(|s| virtkit_seccomp::Profile::from_oci(s).and_then(|p| virtkit_seccomp::compile(&p)))
+    let profile = seccomp
+        .map(virtkit_seccomp::Profile::from_oci)
         .transpose()?;
+    let seccomp_listener = profile.as_ref().is_some_and(|p| p.needs_listener());
+    let seccomp = profile.as_ref().map(virtkit_seccomp::compile).transpose()?;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -210,6 +214,7 @@ pub fn plan(p: &Process, seccomp: Option<&oci_spec::runtime::LinuxSeccomp>) -> R
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         caps,
         seccomp,
+        seccomp_listener,
         oom_score_adj: p.oom_score_adj(),
         terminal: p.terminal().unwrap_or(false),
         console_size: p
@@ -290,15 +295,29 @@ impl Plan {
         Ok(())
     }
 
+    /// Installs the seccomp filter; with `SCMP_ACT_NOTIFY` rules, returns its listener fd.
+    fn install_seccomp(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let Some(prog) = &self.seccomp else {
+            return Ok(None);
+        };
+        if self.seccomp_listener {
+            let fd = virtkit_seccomp::install_with_listener(prog)
+                .context("install seccomp filter with a listener")?;
+            return Ok(Some(fd));
+        }
+        virtkit_seccomp::install(prog).context("install seccomp filter")?;
+        Ok(None)
+    }
+
     /// cwd, user, capabilities, no_new_privs and seccomp, in runc's order. After this
-    /// only [`Plan::exec`] remains.
-    pub fn apply_identity(&self) -> Result<()> {
+    /// only [`Plan::exec`] remains. Returns the seccomp listener fd when the profile
+    /// notifies (for the runtime to hand to `listenerPath`).
+    pub fn apply_identity(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         // Seccomp must be loaded while we still hold CAP_SYS_ADMIN when no_new_privs is
         // off; with no_new_privs it goes last so fewer syscalls need allowing.
+        let mut listener = None;
         if !self.no_new_privileges {
-            if let Some(prog) = &self.seccomp {
-                virtkit_seccomp::install(prog).context("install seccomp filter")?;
-            }
+            listener = self.install_seccomp()?;
         }
         // SAFETY: prctl/setgroups/setres[ug]id take plain integers or valid arrays.
         unsafe {
@@ -366,11 +385,9 @@ impl Plan {
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
                 return Err(os_err("prctl(PR_SET_NO_NEW_PRIVS)"));
             }
-            if let Some(prog) = &self.seccomp {
-                virtkit_seccomp::install(prog).context("install seccomp filter")?;
-            }
+            listener = self.install_seccomp()?;
         }
-        Ok(())
+        Ok(listener)
     }
 
     /// Changes to the working directory and checks it is inside the container

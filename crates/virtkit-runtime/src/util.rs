@@ -200,6 +200,60 @@ pub fn send_fd(sock: RawFd, fd: RawFd, name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Receives one message from `fd` and the descriptor passed with it (SCM_RIGHTS), if
+/// any; the descriptor is close-on-exec. ECONNRESET is handled as in [`recv_msg`].
+pub fn recv_msg_fd(fd: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut buf = vec![0u8; 65536];
+    let space = {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize }
+    };
+    let mut cbuf = vec![0u8; space];
+    let mut reset = false;
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers of the
+        // lengths given.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: `msg` describes valid buffers; the kernel writes within their lengths.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if e.raw_os_error() == Some(libc::ECONNRESET) && !reset {
+                reset = true;
+                continue;
+            }
+            return Err(e);
+        }
+        let mut passed = None;
+        // SAFETY: the kernel filled `msg`'s control buffer; the CMSG macros walk it
+        // within `msg_controllen`, and an SCM_RIGHTS header of our size holds one fd.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if !cmsg.is_null()
+                && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                && (*cmsg).cmsg_len >= libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize
+            {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                passed = Some(OwnedFd::from_raw_fd(raw));
+            }
+        }
+        buf.truncate(r as usize);
+        return Ok((buf, passed));
+    }
+}
+
 /// Connects to the unix socket at `path` (close-on-exec).
 pub fn connect_unix(path: &Path) -> Result<OwnedFd> {
     let s = std::os::unix::net::UnixStream::connect(path)
@@ -246,6 +300,21 @@ mod tests {
         drop(b);
         assert_eq!(recv_msg(a.as_raw_fd()).unwrap(), b"Eboom");
         assert_eq!(recv_msg(a.as_raw_fd()).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_passed_descriptor_arrives_with_its_message() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = seqpacket_pair().unwrap();
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        send_fd(a.as_raw_fd(), f.as_raw_fd(), b"seccomp").unwrap();
+        send_msg(a.as_raw_fd(), b"ready").unwrap();
+        let (m, fd) = recv_msg_fd(b.as_raw_fd()).unwrap();
+        assert_eq!(m, b"seccomp");
+        let fd = fd.expect("a descriptor");
+        assert_ne!(fd.as_raw_fd(), f.as_raw_fd());
+        let (m, fd) = recv_msg_fd(b.as_raw_fd()).unwrap();
+        assert_eq!((m.as_slice(), fd.is_none()), (&b"ready"[..], true));
     }
 
     #[test]

@@ -248,6 +248,24 @@ pub fn compile(profile: &Profile) -> Result<Program, Error> {
 /// # Errors
 /// The `seccomp(2)` failure, or [`Error::TooLong`].
 pub fn install(prog: &Program) -> Result<(), Error> {
+    install_flags(prog, prog.flags).map(drop)
+}
+
+/// Installs `prog` as [`install`] does, with `SECCOMP_FILTER_FLAG_NEW_LISTENER`: returns
+/// the listener fd on which the calls the filter sends to [`Action::Notify`] wait for
+/// an answer (`SECCOMP_IOCTL_NOTIF_RECV`/`SEND`). Closing every copy of it makes those
+/// calls fail with `ENOSYS`.
+///
+/// # Errors
+/// The `seccomp(2)` failure, or [`Error::TooLong`].
+pub fn install_with_listener(prog: &Program) -> Result<std::os::fd::OwnedFd, Error> {
+    const NEW_LISTENER: u32 = 1 << 3;
+    let fd = install_flags(prog, prog.flags | NEW_LISTENER)?;
+    // SAFETY: with NEW_LISTENER, seccomp(2) returns a new fd that nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+fn install_flags(prog: &Program, flags: u32) -> Result<libc::c_long, Error> {
     let len = u16::try_from(prog.insns.len())
         .ok()
         .filter(|&n| usize::from(n) <= MAX_INSNS)
@@ -263,12 +281,12 @@ pub fn install(prog: &Program) -> Result<(), Error> {
         libc::syscall(
             libc::SYS_seccomp,
             1, // SECCOMP_SET_MODE_FILTER
-            prog.flags,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };
     if r < 0 {
         return Err(Error::Install(std::io::Error::last_os_error()));
     }
-    Ok(())
+    Ok(r)
 }

@@ -46,16 +46,19 @@ pub mod table;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 
-pub use bpf::{compile, install, op, Insn, Program, AUDIT_ARCH_X86_64, MAX_INSNS, X32_SYSCALL_BIT};
+pub use bpf::{
+    compile, install, install_with_listener, op, Insn, Program, AUDIT_ARCH_X86_64, MAX_INSNS,
+    X32_SYSCALL_BIT,
+};
 pub use interp::SeccompData;
 pub use profile::{ret, Action, ArgCmp, CmpOp, Profile, Rule};
 
 /// What can go wrong compiling, installing or running a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `SCMP_ACT_NOTIFY` needs a listener, which is not supported.
-    #[error("seccomp action SCMP_ACT_NOTIFY needs a listener, which is not supported")]
-    Notify,
+    /// `SCMP_ACT_NOTIFY` as the default action (every call would wait on the listener).
+    #[error("seccomp defaultAction SCMP_ACT_NOTIFY is not allowed (use it in rules)")]
+    NotifyDefault,
     /// An `errnoRet` that does not fit the 16-bit action data.
     #[error("seccomp errnoRet {0} is over 65535")]
     ErrnoRange(u32),

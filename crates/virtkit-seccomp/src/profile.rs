@@ -19,6 +19,8 @@ pub mod ret {
     pub const ERRNO: u32 = 0x0005_0000;
     /// Notify a ptrace tracer with the low 16 bits as the message.
     pub const TRACE: u32 = 0x7ff0_0000;
+    /// Stop the call and notify the user-space listener (`SECCOMP_RET_USER_NOTIF`).
+    pub const USER_NOTIF: u32 = 0x7fc0_0000;
     /// Allow after logging.
     pub const LOG: u32 = 0x7ffc_0000;
     /// Allow.
@@ -40,6 +42,9 @@ pub enum Action {
     Errno(u16),
     /// Stop for a ptrace tracer, with this message.
     Trace(u16),
+    /// Stop the call and ask the listener (the fd from
+    /// [`install_with_listener`](crate::install_with_listener)) what it returns.
+    Notify,
     /// Allow the call and log it.
     Log,
     /// Allow the call.
@@ -55,6 +60,7 @@ impl Action {
             Action::Trap => ret::TRAP,
             Action::Errno(e) => ret::ERRNO | u32::from(e),
             Action::Trace(m) => ret::TRACE | u32::from(m),
+            Action::Notify => ret::USER_NOTIF,
             Action::Log => ret::LOG,
             Action::Allow => ret::ALLOW,
         }
@@ -64,7 +70,6 @@ impl Action {
     /// runc does for both `SCMP_ACT_ERRNO` and `SCMP_ACT_TRACE`).
     ///
     /// # Errors
-    /// [`Error::Notify`] for `SCMP_ACT_NOTIFY` (it needs a listener), and
     /// [`Error::ErrnoRange`] for an `errnoRet` over 65535.
     pub fn from_oci(action: LinuxSeccompAction, errno_ret: Option<u32>) -> Result<Self, Error> {
         let data = || -> Result<u16, Error> {
@@ -81,7 +86,7 @@ impl Action {
             LinuxSeccompAction::ScmpActTrace => Action::Trace(data()?),
             LinuxSeccompAction::ScmpActLog => Action::Log,
             LinuxSeccompAction::ScmpActAllow => Action::Allow,
-            LinuxSeccompAction::ScmpActNotify => return Err(Error::Notify),
+            LinuxSeccompAction::ScmpActNotify => Action::Notify,
         })
     }
 }
@@ -176,6 +181,12 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Whether some rule notifies a listener (`SCMP_ACT_NOTIFY`): the filter must then
+    /// be installed with [`install_with_listener`](crate::install_with_listener).
+    pub fn needs_listener(&self) -> bool {
+        self.rules.iter().any(|r| r.action == Action::Notify)
+    }
+
     /// A profile with only a default action.
     pub fn new(default: Action) -> Self {
         Profile {
@@ -192,6 +203,9 @@ impl Profile {
     /// `SCMP_ACT_NOTIFY`, an `errnoRet` over 65535, an argument index over 5.
     pub fn from_oci(s: &LinuxSeccomp) -> Result<Self, Error> {
         let default = Action::from_oci(s.default_action(), s.default_errno_ret())?;
+        if default == Action::Notify {
+            return Err(Error::NotifyDefault);
+        }
         let mut rules = Vec::new();
         for r in s.syscalls().iter().flatten() {
             let action = Action::from_oci(r.action(), r.errno_ret())?;
@@ -239,6 +253,10 @@ impl Profile {
     /// # Errors
     /// [`Error::ArgIndex`] for an argument index over 5.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.default == Action::Notify {
+            // As libseccomp (and so runc): every other call would wait on the listener.
+            return Err(Error::NotifyDefault);
+        }
         for r in &self.rules {
             if let Some(a) = r.args.iter().find(|a| a.index > 5) {
                 return Err(Error::ArgIndex {

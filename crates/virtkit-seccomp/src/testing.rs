@@ -48,6 +48,7 @@ fn scmp_action(a: Action) -> ScmpAction {
         Action::Trap => ScmpAction::Trap,
         Action::Errno(e) => ScmpAction::Errno(i32::from(e)),
         Action::Trace(m) => ScmpAction::Trace(m),
+        Action::Notify => ScmpAction::Notify,
         Action::Log => ScmpAction::Log,
         Action::Allow => ScmpAction::Allow,
     }

@@ -138,3 +138,20 @@ fn invalid_profiles_are_refused() {
     );
     assert!(compile(&profile(&json)).is_err());
 }
+
+#[test]
+fn notify_rules_return_user_notif_as_libseccomp_does() {
+    let p = profile(
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+    );
+    assert!(p.needs_listener());
+    assert_eq!(run(&p, 83, [0; 6]), virtkit_seccomp::ret::USER_NOTIF); // mkdir
+    assert_eq!(run(&p, 0, [0; 6]), Action::Allow.ret()); // read
+    agrees_with_model(&p);
+    let diffs =
+        virtkit_seccomp::testing::differences(&p, &virtkit_seccomp::testing::inputs_for(&p))
+            .unwrap();
+    assert!(diffs.is_empty(), "libseccomp decides otherwise: {diffs:?}");
+    assert!(!profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).needs_listener());
+}
