@@ -53,6 +53,9 @@ impl Bytes<'_> {
             3 => Action::Errno(u16::from(self.u8())),
             4 => Action::Trace(u16::from(self.u8())),
             5 => Action::Log,
+            // As a default action Notify is refused by both compilers (decoded, then
+            // skipped); in rules it is compared.
+            7 => Action::Notify,
             _ => Action::Allow,
         }
     }
