@@ -36,11 +36,14 @@ pub struct CreateOpts {
     pub no_pivot: bool,
     /// Extra fds passed to the container after stdio.
     pub preserve_fds: u32,
+    /// Join a new session keyring `_ses.<id>` (runc's default; false is
+    /// `--no-new-keyring`).
+    pub new_keyring: bool,
 }
 
 impl CreateOpts {
     /// Options for container `id` from the bundle directory `bundle`: no pid file, no
-    /// console socket, pivot_root, no extra fds.
+    /// console socket, pivot_root, no extra fds, a new session keyring.
     pub fn new(id: impl Into<String>, bundle: impl Into<PathBuf>) -> Self {
         CreateOpts {
             id: id.into(),
@@ -49,6 +52,7 @@ impl CreateOpts {
             console_socket: None,
             no_pivot: false,
             preserve_fds: 0,
+            new_keyring: true,
         }
     }
 }
@@ -300,6 +304,7 @@ pub(crate) fn create_with(
         },
         dmz,
         placement,
+        session_keyring: o.new_keyring.then(|| format!("_ses.{}", o.id)),
     };
 
     let init_joins_itself = init.join_cgroup.is_some();

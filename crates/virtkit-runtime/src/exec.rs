@@ -211,6 +211,8 @@ impl Runtime {
             mode: Mode::Exec,
             dmz: None,
             placement,
+            // `exec` keeps the runtime's session keyring, as runc's does.
+            session_keyring: None,
         };
         let joins_itself = init.join_cgroup.is_some();
         let child = clone_fork(0)?;

@@ -121,6 +121,25 @@ pub struct Init {
     pub dmz: Option<OwnedFd>,
     /// I/O priority, scheduler, CPU affinity, memory policy and personality.
     pub placement: Placement,
+    /// The name of a new session keyring to join (`_ses.<id>`), unless runc's
+    /// `--no-new-keyring` (then the runtime's is inherited).
+    pub session_keyring: Option<String>,
+}
+
+/// Joins a new session keyring named `name` (as runc does for each container, so its
+/// processes do not share the runtime's keys). A kernel without keyrings is no error.
+fn join_session_keyring(name: &str) -> Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    let c = CString::new(name)?;
+    // SAFETY: keyctl(JOIN_SESSION_KEYRING) reads one NUL-terminated string.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, c.as_ptr()) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e).with_context(|| format!("join session keyring {name}"));
+        }
+    }
+    Ok(())
 }
 
 /// The child's entry point; never returns.
@@ -273,6 +292,9 @@ fn run(i: &Init) -> Result<Infallible> {
                 );
             }
         }
+    }
+    if let Some(name) = &i.session_keyring {
+        join_session_keyring(name)?;
     }
     i.plan.apply_early()?;
     let mut state_for_start = Vec::new();

@@ -50,18 +50,8 @@ struct Cli {
 enum Cmd {
     /// Create a container (init waits for `start`).
     Create {
-        #[arg(short = 'b', long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
+        #[command(flatten)]
+        args: CreateArgs,
         id: String,
     },
     /// Start a created container.
@@ -83,18 +73,8 @@ enum Cmd {
     },
     /// Create and start a container, wait for it and delete it.
     Run {
-        #[arg(short = 'b', long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
+        #[command(flatten)]
+        args: CreateArgs,
         #[arg(short = 'd', long)]
         detach: bool,
         id: String,
@@ -179,6 +159,43 @@ enum Cmd {
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
     },
+}
+
+/// The flags `create` and `run` share.
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// The bundle directory (config.json and the root filesystem).
+    #[arg(short = 'b', long, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the container init's pid here.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Send the pty master to this unix socket (with process.terminal).
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// MS_MOVE + chroot instead of pivot_root.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Keep the caller's session keyring instead of a new one per container.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    /// Pass this many fds after stdio on to the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+}
+
+impl CreateArgs {
+    fn opts(self, id: String) -> CreateOpts {
+        CreateOpts {
+            id,
+            bundle: self.bundle,
+            pid_file: self.pid_file,
+            console_socket: self.console_socket,
+            no_pivot: self.no_pivot,
+            preserve_fds: self.preserve_fds,
+            new_keyring: !self.no_new_keyring,
+        }
+    }
 }
 
 /// runc `update`'s individual flags.
@@ -356,46 +373,14 @@ fn real_main(cli: Cli) -> Result<i32> {
         bail!("no command given (see --help)");
     };
     match cmd {
-        Cmd::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            preserve_fds,
-            id,
-            ..
-        } => {
+        Cmd::Create { args, id } => {
             cloned::ensure()?;
-            let o = CreateOpts {
-                id,
-                bundle,
-                pid_file,
-                console_socket,
-                no_pivot,
-                preserve_fds,
-            };
-            rt.create(&o)?;
+            rt.create(&args.opts(id))?;
         }
-        Cmd::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            preserve_fds,
-            detach,
-            id,
-            ..
-        } => {
+        Cmd::Run { args, detach, id } => {
             // `run` guards against CVE-2019-5736 once it has read the config: through
             // the exec DMZ where that suffices, else by the re-exec (see `dmz`).
-            let o = CreateOpts {
-                id,
-                bundle,
-                pid_file,
-                console_socket,
-                no_pivot,
-                preserve_fds,
-            };
+            let o = args.opts(id);
             return Ok(rt.run(&o, detach)?);
         }
         Cmd::Start { id } => rt.start(&id)?,

@@ -329,3 +329,36 @@ fn root_process_placement_fields_are_honoured() {
         assert!(!b.state_root.join("vk-placement-bad").exists());
     }
 }
+
+#[test]
+fn root_each_container_gets_its_own_session_keyring_unless_no_new_keyring() {
+    let _g = lock();
+    require_root_and_busybox();
+    // The default config masks /proc/keys: unmask it to look.
+    let b = Bundle::new(
+        &["sh", "-c", "grep -o '_ses[.a-z0-9-]*' /proc/keys | sort -u"],
+        |c| {
+            c["linux"]["maskedPaths"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|p| p != "/proc/keys");
+        },
+    );
+    let bundle = b.path().to_str().unwrap().to_string();
+    let out = b.ok(&["run", "--bundle", &bundle, "vk-keyring"]);
+    assert!(
+        out.lines().any(|l| l == "_ses.vk-keyring"),
+        "no keyring of its own: {out}"
+    );
+    let out = b.ok(&[
+        "run",
+        "--no-new-keyring",
+        "--bundle",
+        &bundle,
+        "vk-keyring-no",
+    ]);
+    assert!(
+        !out.contains("_ses.vk-keyring-no"),
+        "--no-new-keyring made one: {out}"
+    );
+}
