@@ -11,6 +11,7 @@ use virtkit_namespaces::LinuxSyscalls;
 
 use crate::error::{bail, Context, Error, Result};
 use crate::init::{self, GoAt, Init, Mode};
+use crate::lsm::Lsm;
 use crate::placement::Placement;
 use crate::spec::{
     dmz_suffices, first_cgroup_mount, hook_state, id_maps, load_spec, ns_type, rootfs_config,
@@ -199,6 +200,7 @@ pub(crate) fn create_with(
     let mut for_init = p.clone();
     for_init.set_exec_cpu_affinity(None);
     let placement = Placement::from_spec(&for_init, Some(linux))?;
+    let lsm = Lsm::from_spec(&p, Some(linux), Path::new("/"))?;
 
     // Namespaces: new ones become clone flags; paths are joined (pid and time by us,
     // since they apply to our children; the rest by the child).
@@ -305,6 +307,7 @@ pub(crate) fn create_with(
         dmz,
         placement,
         session_keyring: o.new_keyring.then(|| format!("_ses.{}", o.id)),
+        lsm,
     };
 
     let init_joins_itself = init.join_cgroup.is_some();

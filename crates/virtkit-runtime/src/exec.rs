@@ -8,6 +8,7 @@ use virtkit_namespaces::namespace::NamespaceType;
 
 use crate::error::{bail, err, Context, Error, Result};
 use crate::init::{self, GoAt, Init, Mode};
+use crate::lsm::Lsm;
 use crate::placement::Placement;
 use crate::spec::load_spec;
 use crate::state::Status;
@@ -47,6 +48,10 @@ pub struct ExecOpts {
     pub additional_gids: Vec<u32>,
     /// `--no-new-privs`.
     pub no_new_privs: bool,
+    /// `--apparmor`: the AppArmor profile (over the process's).
+    pub apparmor: Option<String>,
+    /// `--process-label`: the SELinux label (over the process's).
+    pub process_label: Option<String>,
 }
 
 /// Sets `KEY=value` entries over `env`: a key already there takes the new value (runc's
@@ -109,6 +114,12 @@ fn apply_exec_flags(p: &mut Process, o: &ExecOpts) -> Result<()> {
     if o.no_new_privs {
         p.set_no_new_privileges(Some(true));
     }
+    if let Some(a) = &o.apparmor {
+        p.set_apparmor_profile(Some(a.clone()));
+    }
+    if let Some(l) = &o.process_label {
+        p.set_selinux_label(Some(l.clone()));
+    }
     Ok(())
 }
 
@@ -167,6 +178,7 @@ impl Runtime {
         let plan = process::plan(&p, seccomp.as_ref())?;
         let placement = Placement::from_spec(&p, spec.linux().as_ref())?;
         let listener = notify::listener(seccomp.as_ref(), plan.seccomp_listener)?;
+        let lsm = Lsm::from_spec(&p, None, std::path::Path::new("/"))?;
         let pid = c.saved.pid;
         let mut joins = Vec::new();
         for t in NamespaceType::JOIN_ORDER {
@@ -213,6 +225,7 @@ impl Runtime {
             placement,
             // `exec` keeps the runtime's session keyring, as runc's does.
             session_keyring: None,
+            lsm,
         };
         let joins_itself = init.join_cgroup.is_some();
         let child = clone_fork(0)?;

@@ -42,6 +42,7 @@ use virtkit_namespaces::rootfs::{
 };
 use virtkit_namespaces::{LinuxSyscalls, Syscalls};
 
+use crate::lsm::Lsm;
 use crate::placement::Placement;
 use crate::process::{cloexec_from, Plan};
 use crate::util::{raw_stderr, recv_msg, send_fd, send_msg};
@@ -121,6 +122,8 @@ pub struct Init {
     pub dmz: Option<OwnedFd>,
     /// I/O priority, scheduler, CPU affinity, memory policy and personality.
     pub placement: Placement,
+    /// AppArmor profile for the execve.
+    pub lsm: Lsm,
     /// The name of a new session keyring to join (`_ses.<id>`), unless runc's
     /// `--no-new-keyring` (then the runtime's is inherited).
     pub session_keyring: Option<String>,
@@ -399,6 +402,7 @@ fn run(i: &Init) -> Result<Infallible> {
         )?;
     }
     i.placement.apply_final()?;
+    i.lsm.apply()?;
     let _ = i.sync.as_raw_fd();
     match &i.dmz {
         Some(dmz) => Err(i.plan.exec_via_dmz(dmz, &exe)),

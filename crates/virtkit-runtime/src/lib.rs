@@ -56,6 +56,7 @@ pub mod host;
 mod init;
 mod kill;
 mod list;
+mod lsm;
 mod notify;
 mod pause;
 mod placement;

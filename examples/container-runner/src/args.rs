@@ -97,6 +97,12 @@ pub(crate) enum Cmd {
         /// Additional group ids; repeatable.
         #[arg(short = 'g', long = "additional-gids")]
         additional_gids: Vec<u32>,
+        /// AppArmor profile for the process (AppArmor must be enabled).
+        #[arg(long)]
+        apparmor: Option<String>,
+        /// SELinux label for the process (refused: SELinux labels are not supported).
+        #[arg(long = "process-label")]
+        process_label: Option<String>,
         /// Set no_new_privs for the process.
         #[arg(long = "no-new-privs")]
         no_new_privs: bool,

@@ -160,6 +160,8 @@ fn real_main(cli: Cli) -> Result<i32> {
             cap,
             additional_gids,
             no_new_privs,
+            apparmor,
+            process_label,
             id,
             args,
         } => {
@@ -168,6 +170,8 @@ fn real_main(cli: Cli) -> Result<i32> {
                 caps: cap,
                 additional_gids,
                 no_new_privs,
+                apparmor,
+                process_label,
                 id,
                 process,
                 args,

@@ -362,3 +362,56 @@ fn root_each_container_gets_its_own_session_keyring_unless_no_new_keyring() {
         "--no-new-keyring made one: {out}"
     );
 }
+
+#[test]
+fn root_lsm_settings_are_refused_where_the_host_lacks_them() {
+    let _g = lock();
+    require_root_and_busybox();
+    let apparmor_on = std::fs::read("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|b| b.first() == Some(&b'Y'))
+        && std::path::Path::new("/sys/kernel/security/apparmor").exists();
+    if apparmor_on {
+        // With AppArmor on, a profile is applied: "unconfined" always exists.
+        let b = Bundle::new(&["cat", "/proc/self/attr/current"], |c| {
+            c["process"]["apparmorProfile"] = "unconfined".into()
+        });
+        let bundle = b.path().to_str().unwrap().to_string();
+        let out = b.ok(&["run", "--bundle", &bundle, "vk-lsm-aa"]);
+        assert!(out.contains("unconfined"), "{out}");
+    }
+    let mut refused = vec![(
+        "selinuxLabel",
+        "system_u:system_r:container_t:s0",
+        "SELinux",
+    )];
+    if !apparmor_on {
+        refused.push((
+            "apparmorProfile",
+            "docker-default",
+            "AppArmor is not enabled",
+        ));
+    }
+    for (field, value, want) in refused {
+        let b = Bundle::new(&["true"], |c| c["process"][field] = value.into());
+        let bundle = b.path().to_str().unwrap().to_string();
+        let o = b.rt(&["run", "--bundle", &bundle, "vk-lsm"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{field}: {err}");
+        assert!(!b.state_root.join("vk-lsm").exists());
+    }
+    let b = Bundle::new(&["sleep", "100"], |_| {});
+    b.create("vk-lsm-exec");
+    b.ok(&["start", "vk-lsm-exec"]);
+    let mut bad_flags = vec![&["--process-label", "y"][..]];
+    if !apparmor_on {
+        bad_flags.push(&["--apparmor", "x"][..]);
+    }
+    for flags in bad_flags {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["vk-lsm-exec", "true"]);
+        let o = b.rt(&args);
+        assert!(!o.status.success(), "{flags:?} was accepted");
+    }
+    b.ok(&["delete", "--force", "vk-lsm-exec"]);
+}
