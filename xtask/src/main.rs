@@ -56,6 +56,8 @@ const TEST_PACKAGES: &[&str] = &[
     "iperf3",
     "podman",
     "conmon",
+    "docker.io",
+    "containerd",
     "libc6-dev",
 ];
 
