@@ -52,6 +52,32 @@ pub struct ExecOpts {
     pub apparmor: Option<String>,
     /// `--process-label`: the SELinux label (over the process's).
     pub process_label: Option<String>,
+    /// `--cgroup`: run the process in this existing sub-cgroup of the container's
+    /// cgroup (a path relative to it; runc's per-controller `controller:path` form is
+    /// refused).
+    pub sub_cgroup: Option<String>,
+}
+
+/// The cgroup an exec'd process joins: the container's, or `sub` below it (`--cgroup`).
+fn exec_cgroup_path(container: &str, sub: Option<&str>) -> Result<Option<String>> {
+    let Some(sub) = sub else {
+        return Ok((!container.is_empty()).then(|| container.to_string()));
+    };
+    if container.is_empty() {
+        bail!("exec --cgroup: the container has no cgroup");
+    }
+    if sub.contains(':') {
+        bail!("exec --cgroup {sub:?}: the controller:path form is not supported (give a path)");
+    }
+    let rel = sub.trim_matches('/');
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        bail!("exec --cgroup {sub:?}: a relative path below the container's cgroup");
+    }
+    Ok(Some(format!("{}/{rel}", container.trim_end_matches('/'))))
 }
 
 /// Sets `KEY=value` entries over `env`: a key already there takes the new value (runc's
@@ -199,10 +225,16 @@ impl Runtime {
         if !self.host().alive(pid, c.saved.start_time) {
             bail!("container {} is not running", o.id);
         }
-        let cg = if c.saved.cgroup_path.is_empty() {
-            None
-        } else {
-            Some(self.host().cgroup(&c.saved.cgroup_path)?)
+        let cg_path = exec_cgroup_path(&c.saved.cgroup_path, o.sub_cgroup.as_deref())?;
+        let cg = match &cg_path {
+            None => None,
+            Some(p) => {
+                let cg = self.host().cgroup(p)?;
+                if o.sub_cgroup.is_some() && !cg.exists() {
+                    bail!("exec --cgroup: cgroup {p} does not exist (create it first)");
+                }
+                Some(cg)
+            }
         };
         let (parent_sock, child_sock) = util::seqpacket_pair()?;
         let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
@@ -212,9 +244,9 @@ impl Runtime {
             plan,
             console: console.as_ref().map(|c| c.as_raw_fd()),
             preserve_fds: o.preserve_fds,
-            join_cgroup: match &c.saved.cgroup_path {
-                p if p.is_empty() || joins_user => None,
-                p => Some(self.host().cgroup(p)?),
+            join_cgroup: match &cg_path {
+                Some(p) if !joins_user => Some(self.host().cgroup(p)?),
+                _ => None,
             },
             userns: joins_user,
             new_cgroupns: false,
@@ -276,5 +308,29 @@ impl Runtime {
             return Ok(0);
         }
         wait_child(child)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_cgroup_path;
+
+    #[test]
+    fn sub_cgroups_stay_below_the_containers() {
+        assert_eq!(
+            exec_cgroup_path("virtkit/c", None).unwrap().as_deref(),
+            Some("virtkit/c")
+        );
+        assert_eq!(exec_cgroup_path("", None).unwrap(), None);
+        assert_eq!(
+            exec_cgroup_path("virtkit/c", Some("/a/b/"))
+                .unwrap()
+                .as_deref(),
+            Some("virtkit/c/a/b")
+        );
+        for bad in ["..", "a/../../x", "cpu:a", "", "a//b"] {
+            assert!(exec_cgroup_path("virtkit/c", Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(exec_cgroup_path("", Some("a")).is_err());
     }
 }

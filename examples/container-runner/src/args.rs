@@ -100,6 +100,9 @@ pub(crate) enum Cmd {
         /// AppArmor profile for the process (AppArmor must be enabled).
         #[arg(long)]
         apparmor: Option<String>,
+        /// Run the process in this existing sub-cgroup of the container's cgroup.
+        #[arg(long = "cgroup")]
+        cgroup: Option<String>,
         /// SELinux label for the process (refused: SELinux labels are not supported).
         #[arg(long = "process-label")]
         process_label: Option<String>,

@@ -162,6 +162,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             no_new_privs,
             apparmor,
             process_label,
+            cgroup,
             id,
             args,
         } => {
@@ -172,6 +173,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 no_new_privs,
                 apparmor,
                 process_label,
+                sub_cgroup: cgroup,
                 id,
                 process,
                 args,

@@ -88,3 +88,53 @@ fn root_exec_flags_as_runc() {
     b.wait_status(id, "stopped", 5);
     b.ok(&["delete", id]);
 }
+
+#[test]
+fn root_exec_into_a_sub_cgroup() {
+    let _g = lock();
+    require_root_and_busybox();
+    let b = Bundle::new(&["sleep", "1000"], |_| {});
+    let id = "vk-exec-subcg";
+    b.create(id);
+    b.ok(&["start", id]);
+    // Not there yet: a clear error.
+    let o = b.rt(&["exec", "--cgroup", "sub", id, "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("does not exist"),
+        "{err}"
+    );
+    // Make it in every hierarchy the container has, then exec into it.
+    let mut made = 0;
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let dir = entry.path().join("virtkit").join(id);
+        if dir.is_dir() {
+            std::fs::create_dir(dir.join("sub")).unwrap();
+            // A new v1 cpuset starts empty: give it the parent's CPUs and nodes.
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(dir.join(f)) {
+                    std::fs::write(dir.join("sub").join(f), v.trim()).unwrap();
+                }
+            }
+            made += 1;
+        }
+    }
+    assert!(made > 0, "the container has no cgroup directories");
+    let out = b.ok(&["exec", "--cgroup", "sub", id, "cat", "/proc/self/cgroup"]);
+    let pids_line = out
+        .lines()
+        .find(|l| l.contains(":pids:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(pids_line.ends_with("/sub"), "not in the sub-cgroup: {out}");
+    for bad in ["cpu:sub", "../other"] {
+        assert!(
+            !b.rt(&["exec", "--cgroup", bad, id, "true"])
+                .status
+                .success(),
+            "{bad}"
+        );
+    }
+    // delete removes the sub-cgroup with the container's.
+    b.ok(&["delete", "--force", id]);
+    assert!(!common::cgroup_dir("pids", id).exists());
+}
