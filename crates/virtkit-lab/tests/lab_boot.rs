@@ -95,6 +95,18 @@ fn batch() -> &'static Batch {
                 "./bzImage",
                 "./initrd",
             ));
+            // The same guest printing its kernel log after the marker (`virtkit.dmesg`),
+            // for the calibration test.
+            let mut dmesg = GuestBoot::new(
+                "vm-runner-dmesg-1cpu-128m",
+                Vmm::VmRunner,
+                1,
+                128,
+                "./vmlinux",
+                "./initrd",
+            );
+            dmesg.cmdline.push_str(" virtkit.dmesg");
+            boots.push(dmesg);
             let mut bad = GuestBoot::new(
                 "vm-runner-no-init",
                 Vmm::VmRunner,
@@ -293,4 +305,40 @@ fn lab_timeout_is_reported_as_a_lab_failure() {
         "{err}"
     );
     assert!(err.is_lab_failure());
+}
+
+/// Issue #18: the guest takes what the VMM tells it (TSC frequency through kvmclock and
+/// CPUID, the TSC-deadline timer, a preset `lpj`) instead of calibrating against the PIT
+/// or a delay loop, so a later change cannot silently bring that slower boot back.
+#[test]
+#[cfg_attr(virtkit_skip_lab, ignore = "VIRTKIT_SKIP_LAB=1")]
+fn lab_vm_runner_guest_does_not_calibrate_what_the_vmm_tells_it() {
+    let r = boot("vm-runner-dmesg-1cpu-128m");
+    let log = &r.console;
+    assert_eq!(r.check_status, Some(0), "the guest's check failed: {log}");
+    let has = |s: &str| log.lines().any(|l| l.contains(s));
+    assert!(
+        has("tsc: Detected"),
+        "no TSC frequency in the kernel log: {log}"
+    );
+    for bad in [
+        "Fast TSC calibration",
+        "TSC calibration using PIT",
+        "Unable to calibrate against PIT",
+        "tsc: Refined TSC clocksource calibration",
+    ] {
+        assert!(!has(bad), "the guest calibrated the TSC ({bad}): {log}");
+    }
+    assert!(
+        has("Calibrating delay loop (skipped)"),
+        "the guest ran the delay-loop calibration: {log}"
+    );
+    assert!(
+        has("TSC deadline timer available"),
+        "no TSC-deadline timer (the LAPIC timer would be calibrated): {log}"
+    );
+    assert!(
+        has("Switched to clocksource kvm-clock"),
+        "the guest does not use kvmclock: {log}"
+    );
 }
