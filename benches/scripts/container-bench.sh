@@ -114,6 +114,28 @@ for i in range(warmup + n):
             times[name].append(dt)
             cpu[name].append(run_one.cpu)
 
+# The path podman and containerd take: `create`, `start`, then `delete --force` (the
+# process is `true`: usually gone by then), three runtime processes per container.
+def csd_one(exe, name, cid):
+    root = f"{work}/state/root-{name}"
+    bundle = f"{work}/bundle"
+    t0 = time.perf_counter()
+    rcs = []
+    for args in (["create", "--bundle", bundle, cid], ["start", cid], ["delete", "--force", cid]):
+        rcs.append(subprocess.run([exe, "--root", root] + args, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode)
+    return time.perf_counter() - t0, max(rcs)
+
+csd = {k: [] for k in rts}
+for i in range(warmup + n):
+    for name, exe in rts.items():
+        dt, rc = csd_one(exe, name, f"c{i}")
+        if rc != 0:
+            errors[name] += 1
+            continue
+        if i >= warmup:
+            csd[name].append(dt)
+
 # Peak RSS: ru_maxrss from wait4 on a direct child would include the memory of the
 # forked Python before exec, so measure through GNU time (a small C program) instead:
 # the runtime's own peak, or that of the processes it waits for (runc's init), whichever
@@ -142,7 +164,11 @@ for name in rts:
     print(f"{name:20} {ms(statistics.median(t)):>10} {ms(t[0]):>7} {ms(t[int(len(t) * 0.9) - 1]):>8} "
           f"{ms(statistics.mean(t)):>8} {sum(t):>8.2f} {ms(statistics.median(cpu[name])):>7} "
           f"{rss[name]:>13} {errors[name]:>7}")
+for name in rts:
+    if csd[name]:
+        print(f"{name:20} create+start+delete median {ms(statistics.median(csd[name]))} ms")
 m = {k: statistics.median(v) for k, v in times.items() if v}
+mc = {k: statistics.median(v) for k, v in csd.items() if v}
 mn = {k: min(v) for k, v in times.items() if v}
 c = {k: statistics.median(v) for k, v in cpu.items() if v}
 for ours in ("container-runner", "container-runner ro"):
@@ -171,6 +197,8 @@ result("run-median-vs-crun", "container-runner", "crun", m, "<=0.7", "run of bus
 result("run-min-vs-crun", "container-runner", "crun", mn, "", "run of busybox true, min wall time")
 result("run-cpu-vs-crun", "container-runner", "crun", c, "", "run of busybox true, median CPU time")
 result("run-median-vs-runc", "container-runner", "runc", m, "", "run of busybox true, median wall time")
+result("create-start-delete-median-vs-crun", "container-runner", "crun", mc, "<=0.7",
+       "create + start + delete --force of busybox true, median wall time")
 result("run-median-ro-vs-crun", "container-runner ro", "crun", m, "", "run of busybox true from a read-only mount, median wall time")
 EOF
 
