@@ -1,0 +1,139 @@
+//! `create` on the recording host: every error found before the container's init is
+//! cloned (bad id, bundle, config, spec fields) is reported clearly and leaves nothing:
+//! no state directory, no cgroup, no host call beyond opening managers. No root needed.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use virtkit_runtime::testing::{Call, CgroupOp, RecordingHost};
+use virtkit_runtime::{CreateOpts, Runtime};
+
+/// A bundle with a config from `config` (JSON, merged over a valid minimal one).
+fn bundle(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    let mut cfg = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]},
+    });
+    edit(&mut cfg);
+    std::fs::write(b.join("config.json"), cfg.to_string()).unwrap();
+    b
+}
+
+/// Runs `create` of `id` on `bundle` and checks the error mentions `want` and that
+/// nothing was made.
+fn refused(id: &str, bundle_dir: &Path, want: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("state");
+    let host = RecordingHost::new();
+    let rt = Runtime::with_host(&root, Arc::new(host.clone()));
+    let e = rt
+        .create(&CreateOpts::new(id, bundle_dir))
+        .expect_err("create should have failed");
+    let msg = virtkit_runtime::error::chain(&e);
+    assert!(msg.contains(want), "{id}: wanted {want:?} in {msg:?}");
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{want}: state left behind: {left:?}");
+    assert!(
+        !host.calls().iter().any(|c| matches!(
+            c,
+            Call::Cgroup {
+                op: CgroupOp::Create,
+                ..
+            } | Call::Kill { .. }
+        )),
+        "{want}: {:?}",
+        host.calls()
+    );
+}
+
+#[test]
+fn bad_ids_and_bundles_are_refused_before_anything_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = bundle(tmp.path(), |_| {});
+    refused("../escape", &good, "invalid container id");
+    refused("c1", &tmp.path().join("missing"), "bundle");
+    let b = tmp.path().join("broken");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("config.json"), b"{not json").unwrap();
+    refused("c1", &b, "config.json");
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_is_made() {
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+        (
+            "no linux section",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("linux");
+            }),
+        ),
+        (
+            "process.args is empty",
+            Box::new(|c| c["process"]["args"] = serde_json::json!([])),
+        ),
+        (
+            "not absolute",
+            Box::new(|c| c["process"]["cwd"] = "relative".into()),
+        ),
+        (
+            "must ask for a mount namespace",
+            Box::new(|c| c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}])),
+        ),
+        (
+            "ioPriority.priority 9",
+            Box::new(|c| {
+                c["process"]["ioPriority"] =
+                    serde_json::json!({"class": "IOPRIO_CLASS_BE", "priority": 9})
+            }),
+        ),
+        (
+            "listenerPath is not set",
+            Box::new(|c| {
+                c["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]})
+            }),
+        ),
+        (
+            "needs a new time namespace",
+            Box::new(|c| c["linux"]["timeOffsets"] = serde_json::json!({"monotonic": {"secs": 1}})),
+        ),
+        (
+            "SELinux",
+            Box::new(|c| c["process"]["selinuxLabel"] = "a:b:c:s0".into()),
+        ),
+        (
+            "unknown mount propagation",
+            Box::new(|c| c["linux"]["rootfsPropagation"] = "sideways".into()),
+        ),
+    ];
+    for (want, edit) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = bundle(tmp.path(), edit);
+        refused("c1", &b, want);
+    }
+}
+
+#[test]
+fn an_id_already_taken_is_refused_and_the_other_container_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle(tmp.path(), |c| c["process"]["args"] = serde_json::json!([]));
+    let root = tmp.path().join("state");
+    std::fs::create_dir_all(root.join("c1")).unwrap();
+    std::fs::write(root.join("c1/state.json"), b"{}").unwrap();
+    let host = RecordingHost::new();
+    let rt = Runtime::with_host(&root, Arc::new(host.clone()));
+    let e = rt.create(&CreateOpts::new("c1", &b)).unwrap_err();
+    assert!(
+        matches!(e.kind(), virtkit_runtime::Error::Exists { .. }),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(root.join("c1/state.json")).unwrap(), b"{}");
+}
