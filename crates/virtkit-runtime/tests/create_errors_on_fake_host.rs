@@ -65,9 +65,12 @@ fn bad_ids_and_bundles_are_refused_before_anything_is_made() {
     refused("c1", &b, "config.json");
 }
 
+/// A change to the valid config.
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 #[test]
 fn bad_configs_are_refused_before_anything_is_made() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "no linux section",
             Box::new(|c| {
