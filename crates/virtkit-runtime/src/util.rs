@@ -146,29 +146,8 @@ pub fn send_msg(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 
 /// Receives one message (empty on EOF).
 pub fn recv_msg(fd: RawFd) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 65536];
-    let mut reset = false;
-    loop {
-        // SAFETY: valid writable buffer of the given length.
-        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // A peer that closed with our message unread in its queue (init failing
-            // before it read "go") makes the kernel report ECONNRESET once, ahead of
-            // what the peer sent before closing: read on, so its last words (an error
-            // message) are not lost. The next read returns them, or end-of-file.
-            if e.raw_os_error() == Some(libc::ECONNRESET) && !reset {
-                reset = true;
-                continue;
-            }
-            return Err(e);
-        }
-        buf.truncate(r as usize);
-        return Ok(buf);
-    }
+    // A descriptor passed with a message nobody expects one with is closed here.
+    recv_msg_fd(fd).map(|(m, _)| m)
 }
 
 /// Sends `fd` over the unix socket `sock` with SCM_RIGHTS (as runc sends the pty master
@@ -201,7 +180,10 @@ pub fn send_fd(sock: RawFd, fd: RawFd, name: &[u8]) -> io::Result<()> {
 }
 
 /// Receives one message from `fd` and the descriptor passed with it (SCM_RIGHTS), if
-/// any; the descriptor is close-on-exec. ECONNRESET is handled as in [`recv_msg`].
+/// any; the descriptor is close-on-exec. A peer that closed with our message unread in
+/// its queue (init failing before it read "go") makes the kernel report ECONNRESET once,
+/// ahead of what the peer sent before closing: we read on, so its last words (an error
+/// message) are not lost; the next read returns them, or end-of-file.
 pub fn recv_msg_fd(fd: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
     let mut buf = vec![0u8; 65536];
     let space = {
