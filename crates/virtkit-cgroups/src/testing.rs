@@ -1,7 +1,7 @@
 //! Fuzzing entry points (feature `test-utils`).
 //!
 //! `fuzz/fuzz_targets/cgroup_parsers.rs` calls [`parsers`] and
-//! `fuzz/fuzz_targets/oci_config.rs` calls [`oci_spec`] (feature `oci` too); the
+//! `fuzz/fuzz_targets/oci_config.rs` calls [`oci_spec()`] (feature `oci` too); the
 //! crate's `tests/fuzz_corpus.rs` replays every committed corpus input through
 //! them, so an input that once crashed a parser stays covered on stable Rust.
 
