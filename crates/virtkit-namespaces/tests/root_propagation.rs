@@ -61,6 +61,10 @@ struct HostRun {
 /// Runs `run` in a "host" namespace with a shared `/`. Returns (exit code, stdout,
 /// stderr); stdout ends with `leaked: [..]` (the host's mounts under the rootfs) and, with
 /// `watch`, `back: [..]`.
+/// One test at a time: each forks children, and a child of one inherits the other's
+/// short-lived write fds (see `busybox_rootfs`).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn on_shared_host(run: HostRun) -> (i32, String, String) {
     let mut cmd = Command::new("/bin/true");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -151,6 +155,7 @@ fn container(run: &HostRun) -> i32 {
 
 #[test]
 fn root_every_rootfs_propagation_on_a_shared_host_pivots_and_leaks_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root_and_busybox();
     for prop in [
         "rslave",
@@ -194,6 +199,7 @@ fn root_every_rootfs_propagation_on_a_shared_host_pivots_and_leaks_nothing() {
 
 #[test]
 fn root_rshared_volume_propagates_back_to_the_host_but_the_setup_does_not() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Docker's `-v src:dst:rshared`: a mount made inside the container under the volume
     // shows on the host under the volume's source; nothing else from the container does.
     require_root_and_busybox();
