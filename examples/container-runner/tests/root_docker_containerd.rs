@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{busybox_rootfs, lock, require_root_and_busybox};
+use common::{busybox_tar, lock, require_root_and_busybox};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -68,23 +68,6 @@ impl Drop for Leftovers {
             let _ = std::fs::remove_dir_all(p);
         }
     }
-}
-
-/// A busybox root filesystem as a tar file, for `docker import`.
-fn busybox_tar(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("img-rootfs");
-    busybox_rootfs(&rootfs);
-    let tar = dir.join("busybox.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tar
 }
 
 /// The sha256 of `data`, hex (coreutils' sha256sum: no hashing crate for a test).

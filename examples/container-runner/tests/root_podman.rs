@@ -57,18 +57,7 @@ struct Podman {
 impl Podman {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("rootfs");
-        busybox_rootfs(&rootfs);
-        let tar = dir.path().join("busybox.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let tar = busybox_tar(dir.path());
         let p = Podman { dir };
         let o = p.cmd(
             &which("runc"),

@@ -45,6 +45,24 @@ pub fn busybox_rootfs(r: &Path) {
     std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
 }
 
+/// A busybox root filesystem as a tar file in `dir` (`busybox.tar`), for `podman import`
+/// and `docker import`.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("img-rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = dir.join("busybox.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tar
+}
+
 impl Bundle {
     /// A bundle whose config.json comes from `container-runner spec`, with `args`,
     /// no terminal, and `edit` applied to the JSON.
