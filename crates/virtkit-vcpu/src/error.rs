@@ -57,6 +57,14 @@ pub enum VcpuError {
     /// The thread could not be spawned.
     #[error("cannot spawn vCPU thread: {0}")]
     Spawn(std::io::Error),
+    /// The thread's set-up step ([`crate::ThreadOptions::on_start`]) failed.
+    #[error("vCPU {id}: thread set-up: {why}")]
+    ThreadSetup {
+        /// vCPU id.
+        id: u8,
+        /// What failed.
+        why: String,
+    },
     /// The vCPU thread panicked.
     #[error("vCPU {0} thread panicked")]
     Panicked(u8),

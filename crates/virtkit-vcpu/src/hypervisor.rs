@@ -139,4 +139,9 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Creates an empty VM (with its interrupt controllers when the hypervisor has them).
     fn create_vm(&self) -> Result<Arc<dyn Vm>, VmError>;
+    /// The ioctl request numbers this backend issues, for seccomp filters that check
+    /// them (none for a backend that issues no ioctls, such as the fake).
+    fn ioctls(&self) -> crate::ioctls::HypervisorIoctls {
+        crate::ioctls::HypervisorIoctls::default()
+    }
 }

@@ -61,6 +61,7 @@ mod error;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 pub mod hypervisor;
+pub mod ioctls;
 mod kvm_state;
 pub mod regs;
 pub mod state;
@@ -72,7 +73,7 @@ pub use bus::{Bus, BusDevice, BusError, Buses, SharedDevice};
 pub use error::{SystemEvent, VcpuError, VcpuOutcome, VmError};
 pub use hypervisor::{Hypervisor, Kick, Vcpu, Vm, VmExit};
 pub use state::{VcpuState, VmState};
-pub use thread::{kick_signal, run_once, start_vcpu, ThreadOptions, VcpuHandle};
+pub use thread::{kick_signal, run_once, start_vcpu, ThreadOptions, ThreadSetup, VcpuHandle};
 pub use vcpu::KvmVcpu;
 pub use vm::{KvmHypervisor, KvmVm, VmConfig, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 pub use vmm_sys_util::eventfd::EventFd;

@@ -61,6 +61,9 @@ fn service(id: u8, exit: VmExit<'_>, buses: &Buses) -> Option<VcpuOutcome> {
     }
 }
 
+/// A set-up step run first on a vCPU's thread ([`ThreadOptions::on_start`]).
+pub type ThreadSetup = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
 /// Starts `vcpu`'s thread. It runs until an outcome, or until stopped.
 pub fn start_vcpu(
     mut vcpu: Box<dyn Vcpu>,
@@ -85,9 +88,13 @@ pub fn start_vcpu(
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            let setup = opts.on_start.map_or(Ok(()), |f| f());
             c.lock().tid = Some(current_thread());
             c.cv.notify_all();
-            let result = run_loop(&mut *vcpu, &buses, &c, opts.on_first_run, opts.stop_flag);
+            let result = match setup {
+                Ok(()) => run_loop(&mut *vcpu, &buses, &c, opts.on_first_run, opts.stop_flag),
+                Err(why) => Err(VcpuError::ThreadSetup { id, why }),
+            };
             {
                 let mut st = c.lock();
                 st.exited = true;
@@ -218,6 +225,9 @@ pub struct ThreadOptions {
     pub exit_evt: Option<EventFd>,
     /// Called on the vCPU thread right before its first KVM_RUN.
     pub on_first_run: Option<Box<dyn FnOnce() + Send>>,
+    /// Called first on the new thread, before anything else (a seccomp filter for the
+    /// thread); an error ends the thread with [`VcpuError::ThreadSetup`].
+    pub on_start: Option<ThreadSetup>,
     /// Checked after every exit: once set (by a device that ends the VM), the thread
     /// stops without entering the guest again.
     pub stop_flag: Option<Arc<AtomicBool>>,
@@ -231,6 +241,7 @@ impl std::fmt::Debug for ThreadOptions {
         f.debug_struct("ThreadOptions")
             .field("exit_evt", &self.exit_evt)
             .field("on_first_run", &self.on_first_run.is_some())
+            .field("on_start", &self.on_start.is_some())
             .field("stop_flag", &self.stop_flag)
             .field("start_paused", &self.start_paused)
             .finish()

@@ -55,6 +55,10 @@ impl Hypervisor for KvmHypervisor {
     fn create_vm(&self) -> Result<Arc<dyn Vm>, VmError> {
         Ok(Arc::new(KvmVm::new(self.config)?))
     }
+
+    fn ioctls(&self) -> crate::ioctls::HypervisorIoctls {
+        crate::ioctls::KVM
+    }
 }
 
 /// The memory a VM was given: the slots, and the RAM they point into (kept alive here).

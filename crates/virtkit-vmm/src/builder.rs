@@ -9,6 +9,7 @@ use virtkit_vcpu::{Hypervisor, Vcpu, Vm};
 
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::SerialOut;
+use crate::seccomp::SeccompMode;
 use crate::snapshot::{MachineState, SnapshotError};
 use crate::vmm::{Vmm, VmmError};
 
@@ -20,6 +21,7 @@ pub struct VmmBuilder {
     pub(crate) on_first_run: Option<Box<dyn FnOnce() + Send>>,
     pub(crate) restore: Option<Restore>,
     pub(crate) resume_after_restore: bool,
+    pub(crate) seccomp: SeccompMode,
 }
 
 /// What a restore brings: the saved machine state and the guest memory.
@@ -106,6 +108,14 @@ impl VmmBuilder {
     /// Calls `f` on the boot vCPU's thread right before it first enters the guest.
     pub fn on_first_run(mut self, f: Box<dyn FnOnce() + Send>) -> Self {
         self.on_first_run = Some(f);
+        self
+    }
+
+    /// Installs the seccomp filters of [`crate::seccomp`] in `mode` when the VM runs: each
+    /// vCPU thread's first, then the event loop's on the thread that called
+    /// [`Vmm::run`] (which can then make only the loop's calls). Off by default.
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
         self
     }
 

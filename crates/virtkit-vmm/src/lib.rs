@@ -12,6 +12,8 @@
 //! * [`control`]: pause, resume, shutdown, power button and `info` while the VM runs.
 //! * [`api`]: Cloud Hypervisor's REST API on a Unix socket over all of the above
 //!   ([`api::serve`]).
+//! * [`seccomp`]: a filter per thread kind (event loop, vCPU, API), as data, with `ioctl`
+//!   requests checked ([`VmmBuilder::seccomp`]).
 //!
 //! ```no_run
 //! use virtkit_vmm::{DiskConfig, ImageType, Vmm, VmConfig};
@@ -44,6 +46,7 @@ pub mod control;
 pub mod devices;
 mod event_loop;
 pub mod migration;
+pub mod seccomp;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

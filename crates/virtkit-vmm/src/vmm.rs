@@ -17,6 +17,7 @@ use crate::config::{ConfigError, ConsoleMode, VmConfig};
 use crate::control::{VmController, VmState};
 use crate::devices::{open_disk, DeviceError, DeviceManager, ExitNotifier, GuestExit, SerialOut};
 use crate::event_loop::{ConsoleInput, ExitWatcher, RawTerminal};
+use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::snapshot::{SnapshotContext, SnapshotError, Snapshotter};
 
 /// Errors from building or running a VM.
@@ -57,6 +58,9 @@ pub enum VmmError {
     /// A snapshot could not be read or does not fit.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The VM ended and nothing said why.
     #[error("VM ended without a reason")]
     NoReason,
@@ -106,6 +110,7 @@ pub struct Vmm {
     exit_evt: EventFd,
     controller: VmController,
     on_first_run: Option<Box<dyn FnOnce() + Send>>,
+    seccomp: SeccompMode,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -155,6 +160,7 @@ impl Vmm {
             hypervisor: Arc::new(KvmHypervisor::default()),
             serial_out: None,
             on_first_run: None,
+            seccomp: crate::seccomp::SeccompMode::Off,
             restore: None,
             resume_after_restore: false,
         }
@@ -274,6 +280,7 @@ impl Vmm {
             exit_evt,
             controller,
             on_first_run: b.on_first_run,
+            seccomp: b.seccomp,
         })
     }
 
@@ -368,20 +375,31 @@ impl Vmm {
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
         let mut hook = self.on_first_run.take();
         // Start the APs first so the boot vCPU's first run is the last step of start-up.
+        let ioctls = self.hypervisor.ioctls();
+        let mode = self.seccomp;
         let started = (|| {
             for vcpu in std::mem::take(&mut self.vcpus).into_iter().rev() {
                 let on_first_run = if vcpu.id() == 0 { hook.take() } else { None };
+                let on_start: Option<virtkit_vcpu::ThreadSetup> = match mode {
+                    SeccompMode::Off => None,
+                    _ => Some(Box::new(move || {
+                        seccomp::apply(ThreadKind::Vcpu, mode, &ioctls).map_err(|e| e.to_string())
+                    })),
+                };
                 handles.push(start_vcpu(
                     vcpu,
                     buses.clone(),
                     ThreadOptions {
                         exit_evt: Some(clone(&vcpu_exit)?),
                         on_first_run,
+                        on_start,
                         stop_flag: Some(self.exit.stop_flag()),
                         start_paused: self.start_paused,
                     },
                 )?);
             }
+            // The loop's own filter, once the threads it starts are started.
+            seccomp::apply(ThreadKind::Vmm, mode, &ioctls)?;
             Ok::<(), VmmError>(())
         })();
         self.controller.set_vcpus(handles);

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use virtkit_net::NetSpec;
+use virtkit_vmm::seccomp::SeccompMode;
 use virtkit_vmm::{
     ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
     PayloadConfig, VmConfig,
@@ -27,7 +28,8 @@ use virtkit_vmm::{
 /// `resume=on|off` says otherwise.
 ///
 /// Exit status 0 when the guest powers off or reboots (or on `vmm.shutdown`); 1 with a
-/// one-line reason on any VMM error; 2 on a usage error. `RUST_LOG` sets the log level;
+/// one-line reason on any VMM error; 2 on a usage error; 159 when a seccomp filter caught a
+/// forbidden system call. `RUST_LOG` sets the log level;
 /// `VM_RUNNER_STARTUP_STATS=1` prints the process CPU time right before the first KVM_RUN.
 #[derive(Debug, Parser)]
 #[command(name = "vm-runner")]
@@ -66,6 +68,11 @@ pub struct Args {
     /// A network interface: `tap=NAME[,mac=MAC][,bridge=BR][,mtu=N]`; repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     pub net: Vec<NetConfig>,
+    /// Seccomp filters per thread (event loop, vCPUs, API): `on` (a forbidden system call
+    /// ends vm-runner with status 159 and a line naming the call and the thread), `log`
+    /// (allowed, logged by the kernel), `trap` (SIGSYS's default: a core dump), `off`.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: SeccompMode,
 }
 
 fn at_least_one(flag: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::Parser;
 use virtkit_vcpu::KvmHypervisor;
 use virtkit_vmm::api::ApiServer;
+use virtkit_vmm::seccomp::SeccompMode;
 use virtkit_vmm::{VmConfig, Vmm, VmmBuilder};
 
 fn startup_stats_hook() -> Option<Box<dyn FnOnce() + Send>> {
@@ -34,26 +35,29 @@ fn with_startup_stats(builder: VmmBuilder) -> VmmBuilder {
     }
 }
 
-fn run(config: VmConfig) -> anyhow::Result<String> {
+fn run(config: VmConfig, seccomp: SeccompMode) -> anyhow::Result<String> {
     let hv = Arc::new(KvmHypervisor::default());
-    let builder = with_startup_stats(Vmm::builder(config).hypervisor(hv));
+    let builder = with_startup_stats(Vmm::builder(config).hypervisor(hv)).seccomp(seccomp);
     Ok(builder.build()?.run()?.to_string())
 }
 
 /// Restores the snapshot in `dir` and runs it (without an API, it can only run: `resume`
 /// is ignored there and the VM resumes at once).
-fn restore(dir: &Path) -> anyhow::Result<String> {
+fn restore(dir: &Path, seccomp: SeccompMode) -> anyhow::Result<String> {
     let hv = Arc::new(KvmHypervisor::default());
     let builder = VmmBuilder::from_snapshot(dir)?
         .hypervisor(hv)
-        .resume_after_restore();
+        .resume_after_restore()
+        .seccomp(seccomp);
     Ok(builder.build()?.run()?.to_string())
 }
 
 /// Serves the API (booting `config` at once when given) until the VM ends or `vmm.shutdown`.
-fn serve(socket: &Path, config: Option<VmConfig>) -> anyhow::Result<String> {
+fn serve(socket: &Path, config: Option<VmConfig>, seccomp: SeccompMode) -> anyhow::Result<String> {
     let hv = Arc::new(KvmHypervisor::default());
-    let server = ApiServer::bind(socket, hv)?.configure_vmm(with_startup_stats);
+    let server = ApiServer::bind(socket, hv)?
+        .configure_vmm(with_startup_stats)
+        .seccomp(seccomp);
     Ok(match server.serve(config)? {
         Some(end) => end.to_string(),
         None => "VMM shut down through the API".to_string(),
@@ -61,9 +65,15 @@ fn serve(socket: &Path, config: Option<VmConfig>) -> anyhow::Result<String> {
 }
 
 /// Serves the API with the snapshot `r` restored (paused unless `resume=on`).
-fn serve_restored(socket: &Path, r: &args::RestoreSpec) -> anyhow::Result<String> {
+fn serve_restored(
+    socket: &Path,
+    r: &args::RestoreSpec,
+    seccomp: SeccompMode,
+) -> anyhow::Result<String> {
     let hv = Arc::new(KvmHypervisor::default());
-    let server = ApiServer::bind(socket, hv)?.configure_vmm(with_startup_stats);
+    let server = ApiServer::bind(socket, hv)?
+        .configure_vmm(with_startup_stats)
+        .seccomp(seccomp);
     Ok(
         match server.serve_restored(&r.dir, r.resume.unwrap_or(false))? {
             Some(end) => end.to_string(),
@@ -77,15 +87,16 @@ fn main() {
         .format_timestamp_micros()
         .init();
     let args = args::Args::parse();
+    let seccomp = args.seccomp;
     let result = match (&args.api_socket, &args.restore, args.vm_config()) {
-        (Some(socket), Some(r), _) => serve_restored(socket, r),
-        (Some(socket), None, config) => serve(socket, config),
+        (Some(socket), Some(r), _) => serve_restored(socket, r, seccomp),
+        (Some(socket), None, config) => serve(socket, config, seccomp),
         (None, Some(r), _) if r.resume == Some(false) => {
             eprintln!("vm-runner: error: resume=off needs --api-socket to resume it later");
             std::process::exit(2);
         }
-        (None, Some(r), _) => restore(&r.dir),
-        (None, None, Some(config)) => run(config),
+        (None, Some(r), _) => restore(&r.dir, seccomp),
+        (None, None, Some(config)) => run(config, seccomp),
         (None, None, None) => {
             eprintln!("vm-runner: error: --kernel or --restore is required (see --help)");
             std::process::exit(2);

@@ -61,11 +61,15 @@ pub use slot::{SlotError, STOP_TIMEOUT};
 
 use crate::builder::VmmBuilder;
 use crate::config::VmConfig;
+use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::vmm::VmEnd;
 
 /// Errors that end (or prevent) the API server.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The API threads' seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(SeccompError),
     /// A server already answers on the socket path.
     #[error("API socket {0}: another server is listening there")]
     InUse(PathBuf),
@@ -114,6 +118,7 @@ pub struct ApiServer {
     hypervisor: Arc<dyn Hypervisor>,
     limits: Limits,
     configure: Option<slot::Configure>,
+    seccomp: SeccompMode,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -169,7 +174,16 @@ impl ApiServer {
             hypervisor,
             limits: Limits::default(),
             configure: None,
+            seccomp: SeccompMode::Off,
         })
+    }
+
+    /// Filters every thread in `mode` (see [`crate::seccomp`]): the API's threads with
+    /// [`ThreadKind::Api`] from the moment it serves, and each VM it builds as
+    /// [`VmmBuilder::seccomp`] does. Off by default.
+    pub fn seccomp(mut self, mode: SeccompMode) -> Self {
+        self.seccomp = mode;
+        self
     }
 
     /// Serves with these limits instead of the defaults.
@@ -213,11 +227,18 @@ impl ApiServer {
         let wake = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| ApiError::Server(ServerError::EventLoop(e)))?;
         let wake = Arc::new(wake);
-        let vms = slot::VmSlot::new(
-            self.hypervisor.clone(),
-            self.configure.clone(),
-            wake.clone(),
-        );
+        let mode = self.seccomp;
+        let configure: Option<slot::Configure> = match (self.configure.clone(), mode) {
+            (configure, SeccompMode::Off) => configure,
+            (inner, mode) => Some(Arc::new(move |b: VmmBuilder| {
+                match &inner {
+                    Some(f) => f(b),
+                    None => b,
+                }
+                .seccomp(mode)
+            })),
+        };
+        let vms = slot::VmSlot::new(self.hypervisor.clone(), configure, wake.clone());
         let shared = Arc::new(server::Shared::new(vms, self.limits.clone(), wake));
         let result = (|| {
             match start {
@@ -233,6 +254,8 @@ impl ApiServer {
                     .and_then(|()| if resume { shared.slot.resume() } else { Ok(()) })
                     .map_err(ApiError::Boot)?,
             }
+            seccomp::apply(ThreadKind::Api, mode, &self.hypervisor.ioctls())
+                .map_err(ApiError::Seccomp)?;
             match server::run(&self.listener, &shared)? {
                 server::Outcome::Shutdown => Ok(None),
                 server::Outcome::VmEnded(Ok(end)) => Ok(Some(end)),

@@ -1,0 +1,261 @@
+//! The allow lists, as data: one list per [`ThreadKind`], each entry a system call with,
+//! where it matters, a check of one argument. Everything else is refused.
+//!
+//! How the lists were made and are kept right: each thread kind runs its filter in every
+//! `kvm_` test of vm-runner (tiny guests on `/dev/kvm`) and in the lab test that boots a
+//! Linux guest with a disk, a network and the API exercised (`lab_jail.rs`); any call
+//! outside its list kills the VMM with a message naming it, so a new call fails CI.
+
+use virtkit_vcpu::ioctls::HypervisorIoctls;
+
+use super::ThreadKind;
+
+/// One entry of an allow list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allow {
+    /// The system call, whatever its arguments.
+    Any(&'static str),
+    /// The system call when argument `index` is one of `values`.
+    ArgIn {
+        /// The system call.
+        name: &'static str,
+        /// The argument, 0 to 5.
+        index: u8,
+        /// The values allowed.
+        values: Vec<u64>,
+    },
+    /// The system call when `argument & mask == value`.
+    Masked {
+        /// The system call.
+        name: &'static str,
+        /// The argument, 0 to 5.
+        index: u8,
+        /// The bits looked at.
+        mask: u64,
+        /// What they must be.
+        value: u64,
+    },
+}
+
+const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
+
+// ioctls that are not the hypervisor's.
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+const TCSETSW: u64 = 0x5403;
+const FIONBIO: u64 = 0x5421;
+const FIOCLEX: u64 = 0x5451;
+const TUNSETIFF: u64 = 0x4004_54ca;
+const TUNGETFEATURES: u64 = 0x8004_54cf;
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+const TUNGETVNETHDRSZ: u64 = 0x8004_54d7;
+const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+const SIOCGIFFLAGS: u64 = 0x8913;
+const SIOCSIFFLAGS: u64 = 0x8914;
+const SIOCGIFMTU: u64 = 0x8921;
+const SIOCSIFMTU: u64 = 0x8922;
+const SIOCSIFHWADDR: u64 = 0x8924;
+const SIOCGIFINDEX: u64 = 0x8933;
+
+/// What every thread does: memory, locks, signals (the vCPU kick, the SIGSYS handler's
+/// own write and exit), time, and the ends of a thread.
+const COMMON: &[&str] = &[
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "close",
+    "futex",
+    "madvise",
+    "munmap",
+    "mremap",
+    "brk",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sigaltstack",
+    "exit",
+    "exit_group",
+    "sched_yield",
+    "clock_gettime",
+    "clock_nanosleep",
+    "nanosleep",
+    "getrandom",
+    "gettid",
+    "getpid",
+    "tgkill",
+    "restart_syscall",
+    "fcntl",
+    "fstat",
+    "newfstatat",
+    "statx",
+    "lseek",
+];
+
+/// The event loop: virtio devices (disk and network I/O, eventfds, epoll), the serial
+/// output, snapshots (files in the snapshot directory) and migrations (a socket).
+const VMM: &[&str] = &[
+    "epoll_create1",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "eventfd2",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "fsync",
+    "fdatasync",
+    "fallocate",
+    "ftruncate",
+    "copy_file_range",
+    "openat",
+    "mkdir",
+    "mkdirat",
+    "unlinkat",
+    "renameat",
+    "renameat2",
+    "fchmod",
+    "dup",
+    "poll",
+    "ppoll",
+    "socket",
+    "connect",
+    "sendto",
+    "sendmsg",
+    "recvfrom",
+    "recvmsg",
+    "shutdown",
+    "setsockopt",
+    "getsockopt",
+    "getsockname",
+    "getpeername",
+];
+
+/// A vCPU: `KVM_RUN` and the exits it serves (serial output, eventfd writes, a virtio
+/// device activated or reset from an MMIO write), and its own snapshot state.
+const VCPU: &[&str] = &[
+    "getrusage",
+    "epoll_ctl",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "fsync",
+    "fdatasync",
+];
+
+/// The API: it builds, restores and receives VMs, so it may do what building does
+/// (open images and devices, map memory, create taps and talk to rtnetlink), start
+/// threads (never processes) and serve its socket.
+const API: &[&str] = &[
+    "accept4",
+    "bind",
+    "listen",
+    "openat",
+    "unlinkat",
+    "unlink",
+    "mkdirat",
+    "readlink",
+    "readlinkat",
+    "getdents64",
+    "ftruncate",
+    "fallocate",
+    "memfd_create",
+    "mlock",
+    "munlock",
+    "rt_sigaction",
+    "set_robust_list",
+    "rseq",
+    "sched_getaffinity",
+    "getuid",
+    "geteuid",
+    "getcwd",
+    "uname",
+    "sysinfo",
+];
+
+/// The ioctls of `kind` on a hypervisor issuing `hv`.
+fn ioctls(kind: ThreadKind, hv: &HypervisorIoctls) -> Vec<u64> {
+    let mut v: Vec<u64> = match kind {
+        ThreadKind::Vcpu => [hv.vcpu_thread, hv.vm_runtime].concat(),
+        ThreadKind::Vmm => [hv.vm_runtime, hv.vcpu_thread].concat(),
+        ThreadKind::Api => [hv.vm_runtime, hv.vcpu_thread, hv.build].concat(),
+    };
+    v.extend_from_slice(match kind {
+        ThreadKind::Vcpu => &[TUNSETOFFLOAD][..],
+        ThreadKind::Vmm => &[TCGETS, TCSETS, TCSETSW, FIONBIO, FIOCLEX, TUNSETOFFLOAD][..],
+        ThreadKind::Api => &[
+            TCGETS,
+            TCSETS,
+            TCSETSW,
+            FIONBIO,
+            FIOCLEX,
+            TUNSETIFF,
+            TUNGETFEATURES,
+            TUNSETOFFLOAD,
+            TUNGETVNETHDRSZ,
+            TUNSETVNETHDRSZ,
+            SIOCGIFFLAGS,
+            SIOCSIFFLAGS,
+            SIOCGIFMTU,
+            SIOCSIFMTU,
+            SIOCSIFHWADDR,
+            SIOCGIFINDEX,
+        ][..],
+    });
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The allow list of `kind` on a hypervisor issuing `hv`.
+pub fn allow_list(kind: ThreadKind, hv: &HypervisorIoctls) -> Vec<Allow> {
+    let own: &[&[&str]] = match kind {
+        ThreadKind::Vcpu => &[COMMON, VCPU],
+        ThreadKind::Vmm => &[COMMON, VMM],
+        // The API builds VMs whose threads inherit its filter: it holds the other two.
+        ThreadKind::Api => &[COMMON, VMM, VCPU, API],
+    };
+    let mut names: Vec<&'static str> = own.iter().flat_map(|l| l.iter().copied()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut list: Vec<Allow> = names.into_iter().map(Allow::Any).collect();
+    list.push(Allow::ArgIn {
+        name: "ioctl",
+        index: 1,
+        values: ioctls(kind, hv),
+    });
+    // Memory is never made executable.
+    for name in ["mmap", "mprotect"] {
+        list.push(Allow::Masked {
+            name,
+            index: 2,
+            mask: PROT_EXEC,
+            value: 0,
+        });
+    }
+    if kind == ThreadKind::Api {
+        // Threads only: a clone without CLONE_THREAD (a new process) is refused.
+        list.push(Allow::Masked {
+            name: "clone",
+            index: 0,
+            mask: CLONE_THREAD,
+            value: CLONE_THREAD,
+        });
+        // Threads it starts name themselves and add their own filter on top of this one.
+        list.push(Allow::ArgIn {
+            name: "prctl",
+            index: 0,
+            values: vec![libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+        });
+        list.push(Allow::ArgIn {
+            name: "seccomp",
+            index: 0,
+            values: vec![1], // SECCOMP_SET_MODE_FILTER
+        });
+    }
+    list
+}
