@@ -295,6 +295,27 @@ impl VmConfig {
         self.net.as_deref().unwrap_or_default()
     }
 
+    /// The host files a VM of this config opens, with whether it only reads them: the
+    /// kernel and initramfs, each disk, the serial output file, `/dev/kvm` and, with a
+    /// network, `/dev/net/tun` (what a jail must hold; see virtkit-jail). A qcow2 disk's
+    /// backing files are not listed (`backing_files` reads them by name).
+    pub fn host_files(&self) -> Vec<(PathBuf, bool)> {
+        let mut v = Vec::new();
+        v.extend(self.payload.kernel.iter().map(|k| (k.clone(), true)));
+        v.extend(self.payload.initramfs.iter().map(|i| (i.clone(), true)));
+        for d in self.disks() {
+            v.extend(d.path.iter().map(|p| (p.clone(), d.readonly)));
+        }
+        if self.serial.mode == ConsoleMode::File {
+            v.extend(self.serial.file.iter().map(|f| (f.clone(), false)));
+        }
+        v.push((PathBuf::from("/dev/kvm"), false));
+        if !self.nets().is_empty() {
+            v.push((PathBuf::from("/dev/net/tun"), false));
+        }
+        v
+    }
+
     /// Checks what can be checked without building the VM: a kernel that exists, sizes in
     /// range, well-formed devices. `max_cpus` is the hypervisor's limit.
     pub fn validate(&self, max_cpus: u32) -> Result<(), ConfigError> {

@@ -329,6 +329,11 @@ impl Vmm {
         self.controller.clone()
     }
 
+    /// The config the VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
     /// The devices (buses, DSDT entries, command-line additions).
     pub fn devices(&self) -> &DeviceManager {
         &self.devices

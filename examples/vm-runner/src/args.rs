@@ -73,6 +73,46 @@ pub struct Args {
     /// (allowed, logged by the kernel), `trap` (SIGSYS's default: a core dump), `off`.
     #[arg(long, value_name = "MODE", default_value = "on")]
     pub seccomp: SeccompMode,
+    /// The jail (`--jail DIR` and its options).
+    #[command(flatten)]
+    pub jail: JailArgs,
+}
+
+/// `--jail`: vm-runner runs in a jail of its own (see virtkit-jail).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JailArgs {
+    /// Run jailed, with DIR as the root (created, or an empty directory): new mount, PID,
+    /// IPC and UTS namespaces, only the kernel, initrd, disks, serial file, /dev/kvm and
+    /// /dev/net/tun inside, a cgroup `virtkit-jail/ID`, and the `--jail-user` identity with
+    /// no capabilities once the devices are open. `--api-socket` must then lie in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    /// The jail's id (cgroup name and hostname); default `vm-runner-PID`.
+    #[arg(long, value_name = "ID", requires = "jail")]
+    pub jail_id: Option<String>,
+    /// The uid and gid the VMM drops to.
+    #[arg(long, value_name = "UID:GID", default_value = "65534:65534", value_parser = parse_ids)]
+    pub jail_user: (u32, u32),
+    /// A new network namespace (only `lo` and the VM's taps; no bridge from the host).
+    #[arg(long, requires = "jail")]
+    pub jail_netns: bool,
+    /// The jail's memory limit, in MiB (the guest's memory must fit, with room for the VMM).
+    #[arg(long, value_name = "MiB", requires = "jail")]
+    pub jail_memory: Option<u64>,
+    /// The jail's CPU limit, in CPUs (fractions allowed).
+    #[arg(long, value_name = "N", requires = "jail")]
+    pub jail_cpus: Option<f64>,
+    /// The jail's task limit.
+    #[arg(long, value_name = "N", requires = "jail")]
+    pub jail_pids: Option<u64>,
+}
+
+fn parse_ids(v: &str) -> Result<(u32, u32), String> {
+    let (u, g) = v.split_once(':').unwrap_or((v, v));
+    match (u.parse(), g.parse()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(format!("expected UID:GID (numbers), not {v:?}")),
+    }
 }
 
 fn at_least_one(flag: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {

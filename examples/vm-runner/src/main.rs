@@ -3,6 +3,7 @@
 //! (`--api-socket`). See `vm-runner --help`.
 
 mod args;
+mod jail;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -82,12 +83,34 @@ fn serve_restored(
     )
 }
 
+/// Prints how the VM ended (or the error, on one line); the exit status.
+fn report(result: anyhow::Result<String>) -> i32 {
+    match result {
+        Ok(end) => {
+            eprintln!("vm-runner: {end}");
+            0
+        }
+        Err(e) => {
+            // One line: the whole context chain joined.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("vm-runner: error: {msg}");
+            1
+        }
+    }
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_micros()
         .init();
     let args = args::Args::parse();
     let seccomp = args.seccomp;
+    if let Some(root) = &args.jail.jail {
+        match jail::run(&args, root, args.vm_config()) {
+            Ok(status) => std::process::exit(status),
+            Err(e) => std::process::exit(report(Err(e))),
+        }
+    }
     let result = match (&args.api_socket, &args.restore, args.vm_config()) {
         (Some(socket), Some(r), _) => serve_restored(socket, r, seccomp),
         (Some(socket), None, config) => serve(socket, config, seccomp),
@@ -102,16 +125,5 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match result {
-        Ok(end) => {
-            eprintln!("vm-runner: {end}");
-            std::process::exit(0);
-        }
-        Err(e) => {
-            // One line: the whole context chain joined.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("vm-runner: error: {msg}");
-            std::process::exit(1);
-        }
-    }
+    std::process::exit(report(result));
 }

@@ -62,7 +62,7 @@ pub use slot::{SlotError, STOP_TIMEOUT};
 use crate::builder::VmmBuilder;
 use crate::config::VmConfig;
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
-use crate::vmm::VmEnd;
+use crate::vmm::{VmEnd, Vmm};
 
 /// Errors that end (or prevent) the API server.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +223,13 @@ impl ApiServer {
         })
     }
 
+    /// Starts `vmm`, already built (as a jailed VMM does, before it drops its
+    /// privileges), then serves as [`ApiServer::serve`] does. The VM keeps the seccomp
+    /// mode it was built with.
+    pub fn serve_vmm(self, vmm: Vmm) -> Result<Option<VmEnd>, ApiError> {
+        self.serve_from(Start::Built(Box::new(vmm)))
+    }
+
     fn serve_from(self, start: Start<'_>) -> Result<Option<VmEnd>, ApiError> {
         let wake = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| ApiError::Server(ServerError::EventLoop(e)))?;
@@ -248,6 +255,7 @@ impl ApiServer {
                     .create(config)
                     .and_then(|()| shared.slot.boot())
                     .map_err(ApiError::Boot)?,
+                Start::Built(vmm) => shared.slot.adopt(*vmm).map_err(ApiError::Boot)?,
                 Start::Restore { dir, resume } => shared
                     .slot
                     .restore(dir)
@@ -274,6 +282,7 @@ impl ApiServer {
 enum Start<'a> {
     Empty,
     Boot(VmConfig),
+    Built(Box<Vmm>),
     Restore { dir: &'a Path, resume: bool },
 }
 

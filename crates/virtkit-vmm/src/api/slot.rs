@@ -204,6 +204,18 @@ impl VmSlot {
         }
     }
 
+    /// Starts `vmm`, built by the caller, as this slot's VM; only when there is no VM.
+    pub(crate) fn adopt(&self, vmm: Vmm) -> Result<(), SlotError> {
+        let mut st = self.lock();
+        if !matches!(&*st, State::Empty) {
+            return Err(SlotError::AlreadyCreated);
+        }
+        let config = vmm.config().clone();
+        let booted = self.start_vmm(&config, vmm)?;
+        *st = State::Booted(booted);
+        Ok(())
+    }
+
     /// `vm.boot`: builds and starts the created VM; on a paused VM, resumes it (as Cloud
     /// Hypervisor does).
     pub(crate) fn boot(&self) -> Result<(), SlotError> {
