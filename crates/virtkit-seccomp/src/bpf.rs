@@ -225,15 +225,43 @@ pub fn compile(profile: &Profile) -> Result<Program, Error> {
     a.op(op::JEQ_K, T::L(native), T::Next, u32::MAX);
     a.ret(Action::Errno(libc::ENOSYS as u16).ret());
     a.bind(native);
-    for (rule, nr) in profile.effective_rules() {
-        let next = a.label();
-        a.ld(0);
-        a.op(op::JEQ_K, T::Next, T::L(next), nr);
-        for c in &rule.args {
-            emit_arg(&mut a, c, next)?;
+    // Consecutive rules for one number share its test: a call with another number jumps
+    // over the whole run at once (runs are cut where an 8-bit jump could not cross them).
+    // The accumulator holds the number here and after a failed number test; it is loaded
+    // again only where a condition may have loaded an argument.
+    let mut a_holds_nr = true;
+    let rules = profile.effective_rules();
+    let mut i = 0;
+    while i < rules.len() {
+        let nr = rules[i].1;
+        let mut end = i;
+        let mut cost = 0;
+        while end < rules.len() && rules[end].1 == nr {
+            let c = 1 + 6 * rules[end].0.args.len();
+            if end > i && cost + c > 240 {
+                break;
+            }
+            cost += c;
+            end += 1;
         }
-        a.ret(rule.action.ret());
-        a.bind(next);
+        let group_end = a.label();
+        if !a_holds_nr {
+            a.ld(0);
+        }
+        a.op(op::JEQ_K, T::Next, T::L(group_end), nr);
+        // Each rule's conditions load the arguments they test; a failed one goes on to
+        // the next rule of the run, the last one's to the run's end.
+        for (rule, _) in &rules[i..end] {
+            let next = a.label();
+            for c in &rule.args {
+                emit_arg(&mut a, c, next)?;
+            }
+            a.ret(rule.action.ret());
+            a.bind(next);
+        }
+        a.bind(group_end);
+        a_holds_nr = rules[end - 1].0.args.is_empty();
+        i = end;
     }
     a.ret(default);
     Ok(Program {
