@@ -12,8 +12,11 @@ use std::time::Instant;
 
 use virtkit_vmm::seccomp::{apply, SeccompMode, ThreadKind};
 
+/// One iteration of a measured call, given an eventfd.
+type Call = Box<dyn Fn(i32) + Send + Sync>;
+
 /// The calls measured: (name, what one iteration does).
-fn calls() -> Vec<(&'static str, Box<dyn Fn(i32) + Send + Sync>)> {
+fn calls() -> Vec<(&'static str, Call)> {
     vec![
         (
             "eventfd write+read (irqfd/ioeventfd)",
