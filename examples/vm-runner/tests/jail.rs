@@ -289,6 +289,18 @@ fn root_kvm_bad_jail_input_fails_before_anything_starts() {
         "must lie inside the jail root",
     );
     std::fs::create_dir(&root).unwrap();
+    // A root on a read-only file system (a tmpfs mounted read-only in a mount namespace
+    // of this check's own, so nothing reaches the host).
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o ro tmpfs {rp} && exec {} --kernel {kp} --jail {rp}",
+            env!("CARGO_BIN_EXE_vm-runner")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not writable"), "{}", stderr(&o));
     std::fs::write(root.join("stray"), "x").unwrap();
     fails(&["--kernel", kp, "--jail", rp], "is not empty");
     assert!(cgroup_procs("vm-runner").is_none());
