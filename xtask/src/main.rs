@@ -59,6 +59,7 @@ const TEST_PACKAGES: &[&str] = &[
     "docker.io",
     "containerd",
     "libc6-dev",
+    "attr",
 ];
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -1,0 +1,44 @@
+//! Container images for virtkit: a content-addressed store of blobs and unpacked layers,
+//! and OCI layer unpacking that never writes outside its directory.
+//!
+//! - [`Digest`]: `sha256:<hex>`, parsed strictly; [`digest::HashingReader`] hashes,
+//!   counts and caps what passes through it.
+//! - [`Store`]: blobs under `blobs/sha256/`, each verified against its digest when it is
+//!   written (a temporary file renamed into place, so concurrent writers of one blob are
+//!   safe) and again when it is read; layers unpacked once under `layers/sha256/`, made in
+//!   a temporary directory and renamed, so a failed unpack leaves nothing; pruning.
+//! - [`unpack::unpack`]: a layer (tar, gzip or zstd) into a directory: `..` refused,
+//!   absolute names and symbolic links kept inside (`openat2(RESOLVE_IN_ROOT)` for every
+//!   parent, `*at` calls that never follow the last component), hard links only to files
+//!   of the layer, owners, modes, times, `user.*` and `security.capability` xattrs, device
+//!   nodes; OCI whiteouts as overlayfs whiteouts or applied.
+//!
+//! ```
+//! use virtkit_image::{Digest, Store};
+//!
+//! # fn main() -> Result<(), virtkit_image::ImageError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path())?;
+//! let config = br#"{"architecture":"amd64","os":"linux"}"#;
+//! let digest = Digest::of(config);
+//! store.put_blob(&config[..], &digest)?;
+//! assert_eq!(store.read_blob(&digest)?, config);
+//! // The same bytes under another digest are refused, and nothing is kept.
+//! let wrong = Digest::of(b"something else");
+//! assert!(store.put_blob(&config[..], &wrong).is_err());
+//! assert!(!store.has_blob(&wrong));
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod digest;
+mod error;
+mod fsops;
+mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::ImageError;
+pub use store::Store;
+pub use unpack::{UnpackOptions, UnpackStats, Whiteouts};
