@@ -36,6 +36,8 @@ pub mod digest;
 mod error;
 mod fsops;
 mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod unpack;
 
 pub use digest::Digest;

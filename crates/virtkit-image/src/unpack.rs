@@ -247,8 +247,15 @@ impl Unpacker<'_> {
                     EntryType::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                let major = h.device_major().map_err(ImageError::Archive)?.unwrap_or(0);
-                let minor = h.device_minor().map_err(ImageError::Archive)?.unwrap_or(0);
+                // A FIFO has no device number (some writers leave the fields empty).
+                let (major, minor) = if ty == libc::S_IFIFO {
+                    (0, 0)
+                } else {
+                    (
+                        h.device_major().map_err(ImageError::Archive)?.unwrap_or(0),
+                        h.device_minor().map_err(ImageError::Archive)?.unwrap_or(0),
+                    )
+                };
                 fsops::remove_at(p, &name)?;
                 match fsops::mknod(p, &name, ty | (mode & 0o7777), libc::makedev(major, minor)) {
                     Ok(()) => fsops::set_meta(p, &name, owner, Some(mode), mtime)?,
