@@ -26,6 +26,9 @@ pub enum ImageError {
         /// The limit.
         limit: u64,
     },
+    /// An image config, or flags on top of it, that make no container.
+    #[error("image config: {0}")]
+    BadConfig(String),
     /// A blob the store does not hold.
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),

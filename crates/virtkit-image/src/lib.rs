@@ -12,6 +12,9 @@
 //!   parent, `*at` calls that never follow the last component), hard links only to files
 //!   of the layer, owners, modes, times, `user.*` and `security.capability` xattrs, device
 //!   nodes; OCI whiteouts as overlayfs whiteouts or applied.
+//! - [`config::runtime_spec`]: an image config and `docker run`'s flags made into an OCI
+//!   runtime spec (Entrypoint/Cmd, Env, WorkingDir, User resolved in the image's own
+//!   `/etc/passwd`, StopSignal, ExposedPorts and Volumes as annotations).
 //!
 //! ```
 //! use virtkit_image::{Digest, Store};
@@ -32,6 +35,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod config;
 pub mod digest;
 mod error;
 mod fsops;
@@ -40,6 +44,7 @@ mod store;
 pub mod testing;
 pub mod unpack;
 
+pub use config::{runtime_spec, RunOptions};
 pub use digest::Digest;
 pub use error::ImageError;
 pub use store::Store;
