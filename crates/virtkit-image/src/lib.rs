@@ -12,6 +12,8 @@
 //!   parent, `*at` calls that never follow the last component), hard links only to files
 //!   of the layer, owners, modes, times, `user.*` and `security.capability` xattrs, device
 //!   nodes; OCI whiteouts as overlayfs whiteouts or applied.
+//! - [`layout`]: OCI image layouts and docker-archive tarballs imported into the store,
+//!   every blob verified; image names in `refs.json` ([`Store::tag`], [`Store::images`]).
 //! - [`config::runtime_spec`]: an image config and `docker run`'s flags made into an OCI
 //!   runtime spec (Entrypoint/Cmd, Env, WorkingDir, User resolved in the image's own
 //!   `/etc/passwd`, StopSignal, ExposedPorts and Volumes as annotations).
@@ -39,6 +41,8 @@ pub mod config;
 pub mod digest;
 mod error;
 mod fsops;
+pub mod layout;
+mod refs;
 mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;

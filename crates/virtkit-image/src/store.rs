@@ -96,6 +96,29 @@ impl Store {
         result
     }
 
+    /// Stores what `reader` gives under the digest of its bytes (for formats that name no
+    /// digest, as a docker-archive's files); returns the digest and the size.
+    pub fn put_blob_computed(&self, reader: impl Read) -> Result<(Digest, u64), ImageError> {
+        let tmp = self.tmp("computed");
+        let result = (|| {
+            let mut f =
+                std::fs::File::create_new(&tmp).map_err(ImageError::io("cannot create", &tmp))?;
+            let mut r = HashingReader::new(reader, MAX_BLOB);
+            let n = std::io::copy(&mut r, &mut f).map_err(ImageError::io("cannot write", &tmp))?;
+            let d = r
+                .finish()
+                .map_err(ImageError::io("cannot read the blob for", &tmp))?;
+            f.sync_all().map_err(ImageError::io("cannot sync", &tmp))?;
+            let dest = self.blob_path(&d);
+            std::fs::rename(&tmp, &dest).map_err(ImageError::io("cannot rename into", &dest))?;
+            Ok((d, n))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// The blob `d`, verified against its digest (a blob changed on disk is an error).
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, ImageError> {
         let p = self.blob_path(d);

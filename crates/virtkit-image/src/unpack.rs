@@ -144,6 +144,16 @@ struct Unpacker<'a> {
     made: HashSet<PathBuf>,
 }
 
+/// A numeric header field; an empty one (only NULs and spaces) reads as 0, as Go's
+/// archive/tar (Docker, podman) reads it.
+fn numeric(parsed: std::io::Result<u64>, raw: &[u8]) -> Result<u64, ImageError> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(e) => Err(ImageError::Archive(e)),
+    }
+}
+
 fn bad(path: &Path, why: impl Into<String>) -> ImageError {
     ImageError::BadEntry {
         path: path.display().to_string(),
@@ -174,17 +184,19 @@ impl Unpacker<'_> {
             return self.whiteout(parent.as_fd(), OsStr::new(hidden));
         }
         let h = e.header();
+        let old = h.as_old();
         let owner = if self.opts.same_owner {
             Some((
-                u32::try_from(h.uid().map_err(ImageError::Archive)?)
+                u32::try_from(numeric(h.uid(), &old.uid)?)
                     .map_err(|_| bad(&rel, "uid out of range"))?,
-                u32::try_from(h.gid().map_err(ImageError::Archive)?)
+                u32::try_from(numeric(h.gid(), &old.gid)?)
                     .map_err(|_| bad(&rel, "gid out of range"))?,
             ))
         } else {
             None
         };
-        let mode = h.mode().map_err(ImageError::Archive)?;
+        let mode = u32::try_from(numeric(h.mode().map(u64::from), &old.mode)?)
+            .map_err(|_| bad(&rel, "mode out of range"))?;
         let mtime = h.mtime().ok();
         let kind = h.entry_type();
         let p = parent.as_fd();
