@@ -14,6 +14,8 @@
 //!   nodes; OCI whiteouts as overlayfs whiteouts or applied.
 //! - [`layout`]: OCI image layouts and docker-archive tarballs imported into the store,
 //!   every blob verified; image names in `refs.json` ([`Store::tag`], [`Store::images`]).
+//! - [`Store::create_bundle`]: an OCI runtime bundle for a container of a stored image:
+//!   an overlayfs root over its layers and the merged `config.json`.
 //! - [`config::runtime_spec`]: an image config and `docker run`'s flags made into an OCI
 //!   runtime spec (Entrypoint/Cmd, Env, WorkingDir, User resolved in the image's own
 //!   `/etc/passwd`, StopSignal, ExposedPorts and Volumes as annotations).
@@ -37,6 +39,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bundle;
 pub mod config;
 pub mod digest;
 mod error;

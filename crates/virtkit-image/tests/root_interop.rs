@@ -224,3 +224,161 @@ fn root_a_tampered_layout_is_refused_and_leaves_nothing_named() {
     let e = store.import_docker_archive(&tar, Some("x")).unwrap_err();
     assert!(e.to_string().contains("not a docker-archive"), "{e}");
 }
+
+/// runc runs the bundle in the foreground; its output.
+fn runc_run(bundle: &Path, id: &str) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(state.path())
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runc");
+    assert!(
+        out.status.success(),
+        "runc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tar layer of (path, body) files; a body of `None` is a whiteout of that path.
+fn layer(files: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let (name, data) = match body {
+            Some(d) => (path.to_string(), *d),
+            None => {
+                let p = Path::new(path);
+                let wh = format!(".wh.{}", p.file_name().unwrap().to_string_lossy());
+                (p.parent().unwrap().join(wh).display().to_string(), &b""[..])
+            }
+        };
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name.trim_start_matches('/'), data)
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn root_a_bundle_of_a_stored_image_runs_under_runc_with_its_layers_overlaid() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path().join("store")).unwrap();
+    // Two layers: busybox and two files, then one file deleted and one replaced.
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let lower = layer(&[
+        ("bin/busybox", Some(&busybox)),
+        ("etc/keep", Some(b"lower\n")),
+        ("etc/gone", Some(b"lower\n")),
+        ("etc/changed", Some(b"lower\n")),
+    ]);
+    let upper = layer(&[("etc/gone", None), ("etc/changed", Some(b"upper\n"))]);
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in [&lower, &upper] {
+        let dg = virtkit_image::Digest::of(l);
+        store.put_blob(&l[..], &dg).unwrap();
+        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": dg.to_string(), "size": l.len()}));
+        diff_ids.push(dg.to_string());
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/bin/busybox", "sh", "-c"],
+                   "Cmd": ["cat /etc/keep /etc/changed; ls /etc; echo $GREETING; pwd"],
+                   "Env": ["GREETING=from-the-image"], "WorkingDir": "/etc"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    }))
+    .unwrap();
+    let cd = virtkit_image::Digest::of(&config);
+    store.put_blob(&config[..], &cd).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+        "layers": layers
+    }))
+    .unwrap();
+    let md = virtkit_image::Digest::of(&manifest);
+    store.put_blob(&manifest[..], &md).unwrap();
+    store.tag("local/two-layers:1", &md).unwrap();
+
+    let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let bdir = d.path().join("bundle");
+    let b = store
+        .create_bundle(
+            "local/two-layers:1",
+            &bdir,
+            oci_spec::runtime::Spec::default(),
+            &RunOptions::default(),
+        )
+        .unwrap();
+    let out = runc_run(&bdir, "vk-image-bundle");
+    assert_eq!(out, "lower\nupper\nchanged\nkeep\nfrom-the-image\n/etc\n");
+    // The container's writes stay in its upper directory; the shared layers are untouched.
+    let b2 = d.path().join("bundle2");
+    let second = store
+        .create_bundle(
+            "local/two-layers:1",
+            &b2,
+            oci_spec::runtime::Spec::default(),
+            &RunOptions {
+                args: vec!["echo written > /etc/keep; cat /etc/keep".into()],
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(runc_run(&b2, "vk-image-bundle2"), "written\n");
+    assert_eq!(
+        std::fs::read(b2.join("upper/etc/keep")).unwrap(),
+        b"written\n"
+    );
+    for l in [&lower, &upper] {
+        let p = store.layer_path(&virtkit_image::Digest::of(l));
+        assert!(p.is_dir());
+    }
+    assert_eq!(
+        std::fs::read(
+            store
+                .layer_path(&virtkit_image::Digest::of(&lower))
+                .join("etc/keep")
+        )
+        .unwrap(),
+        b"lower\n"
+    );
+    second.remove().unwrap();
+    b.remove().unwrap();
+    assert!(!bdir.exists() && !b2.exists());
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        before,
+        "a mount is left"
+    );
+    // A bundle directory that exists is refused, and an unknown image too.
+    std::fs::create_dir(&bdir).unwrap();
+    assert!(store
+        .create_bundle(
+            "local/two-layers:1",
+            &bdir,
+            oci_spec::runtime::Spec::default(),
+            &RunOptions::default()
+        )
+        .is_err());
+    let e = store
+        .create_bundle(
+            "nope:1",
+            &d.path().join("b3"),
+            oci_spec::runtime::Spec::default(),
+            &RunOptions::default(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("no image named"), "{e}");
+    assert!(!d.path().join("b3").exists());
+}
