@@ -60,6 +60,10 @@ const TEST_PACKAGES: &[&str] = &[
     "containerd",
     "libc6-dev",
     "attr",
+    "docker-registry",
+    "skopeo",
+    "apache2-utils",
+    "openssl",
 ];
 
 fn cargo(args: &[&str]) -> Result<()> {

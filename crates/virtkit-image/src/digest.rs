@@ -21,6 +21,11 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
+    /// The digest a finished hasher computed.
+    pub(crate) fn from_sha256(h: Sha256) -> Digest {
+        Digest::from_hasher(h)
+    }
+
     fn from_hasher(h: Sha256) -> Digest {
         let sum = h.finalize();
         let mut hex = String::with_capacity(64);

@@ -29,6 +29,9 @@ pub enum ImageError {
     /// An image config, or flags on top of it, that make no container.
     #[error("image config: {0}")]
     BadConfig(String),
+    /// A registry that could not be reached, refused, or answered an error.
+    #[error("registry: {0}")]
+    Registry(String),
     /// A blob the store does not hold.
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),

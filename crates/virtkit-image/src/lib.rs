@@ -16,6 +16,8 @@
 //!   every blob verified; image names in `refs.json` ([`Store::tag`], [`Store::images`]).
 //! - [`Store::create_bundle`]: an OCI runtime bundle for a container of a stored image:
 //!   an overlayfs root over its layers and the merged `config.json`.
+//! - [`Store::pull`] ([`registry`]): an image from an OCI distribution registry (tags,
+//!   digests, indexes, OCI and Docker manifests), every blob verified and resumable.
 //! - [`config::runtime_spec`]: an image config and `docker run`'s flags made into an OCI
 //!   runtime spec (Entrypoint/Cmd, Env, WorkingDir, User resolved in the image's own
 //!   `/etc/passwd`, StopSignal, ExposedPorts and Volumes as annotations).
@@ -46,6 +48,7 @@ mod error;
 mod fsops;
 pub mod layout;
 mod refs;
+pub mod registry;
 mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -54,5 +57,5 @@ pub mod unpack;
 pub use config::{runtime_spec, RunOptions};
 pub use digest::Digest;
 pub use error::ImageError;
-pub use store::Store;
+pub use store::{BlobWriter, Store};
 pub use unpack::{UnpackOptions, UnpackStats, Whiteouts};

@@ -96,6 +96,43 @@ impl Store {
         result
     }
 
+    /// A writer for the blob `expected` that resumes an interrupted one: its bytes go to
+    /// `tmp/partial-<hex>`, locked (`flock`) against another process writing the same
+    /// blob, which waits and then finds the blob stored. [`BlobWriter::offset`] says
+    /// how much an earlier attempt already wrote; [`BlobWriter::commit`] verifies the
+    /// whole and renames it into place.
+    pub fn blob_writer(&self, expected: &Digest) -> Result<BlobWriter, ImageError> {
+        use std::os::fd::AsRawFd;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("partial-{}", expected.hex()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(ImageError::io("cannot open", &tmp))?;
+        // SAFETY: flock on a file we own; released when it is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ImageError::io("cannot lock", &tmp)(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let mut hasher = sha2::Sha256::default();
+        let offset = std::io::copy(&mut (&mut file).take(MAX_BLOB), &mut HashWrite(&mut hasher))
+            .map_err(ImageError::io("cannot read", &tmp))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            expected: expected.clone(),
+            tmp,
+            file,
+            hasher,
+            offset,
+        })
+    }
+
     /// Stores what `reader` gives under the digest of its bytes (for formats that name no
     /// digest, as a docker-archive's files); returns the digest and the size.
     pub fn put_blob_computed(&self, reader: impl Read) -> Result<(Digest, u64), ImageError> {
@@ -229,7 +266,7 @@ impl Store {
             // Names are WHAT-PID-N: the work of a live process is left alone.
             let name = e.file_name().to_string_lossy().into_owned();
             let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<i32>().ok());
-            if pid.is_some_and(alive) {
+            if pid.is_some_and(alive) || locked(&e.path()) {
                 continue;
             }
             let p = e.path();
@@ -243,10 +280,102 @@ impl Store {
     }
 }
 
+/// Whether another process holds the `flock` of `path` (a blob being pulled).
+fn locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a file we own; released when it is closed.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
 /// Whether process `pid` exists.
 fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// `io::Write` into a hasher.
+struct HashWrite<'a>(&'a mut sha2::Sha256);
+
+impl Write for HashWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A blob being written into the store ([`Store::blob_writer`]).
+#[derive(Debug)]
+pub struct BlobWriter {
+    store: Store,
+    expected: Digest,
+    tmp: PathBuf,
+    file: std::fs::File,
+    hasher: sha2::Sha256,
+    offset: u64,
+}
+
+impl BlobWriter {
+    /// Bytes already written (by this writer or an interrupted one).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the blob is already in the store (another writer finished it).
+    pub fn done(&self) -> bool {
+        self.store.has_blob(&self.expected)
+    }
+
+    /// Starts again from nothing (the source could not resume).
+    pub fn restart(&mut self) -> Result<(), ImageError> {
+        self.file
+            .set_len(0)
+            .map_err(ImageError::io("cannot truncate", &self.tmp))?;
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(0))
+            .map_err(ImageError::io("cannot seek", &self.tmp))?;
+        self.hasher = sha2::Sha256::default();
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.offset = self.offset.saturating_add(bytes.len() as u64);
+        if self.offset > MAX_BLOB {
+            return Err(ImageError::TooLarge {
+                what: "a blob",
+                limit: MAX_BLOB,
+            });
+        }
+        sha2::Digest::update(&mut self.hasher, bytes);
+        self.file
+            .write_all(bytes)
+            .map_err(ImageError::io("cannot write", &self.tmp))
+    }
+
+    /// Checks the digest of everything written and moves the blob into place; a
+    /// mismatch discards the partial file (a later pull starts over).
+    pub fn commit(self) -> Result<u64, ImageError> {
+        let actual = crate::digest::Digest::from_sha256(self.hasher);
+        if actual != self.expected {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(ImageError::DigestMismatch {
+                expected: self.expected,
+                actual,
+            });
+        }
+        self.file
+            .sync_all()
+            .map_err(ImageError::io("cannot sync", &self.tmp))?;
+        let dest = self.store.blob_path(&self.expected);
+        std::fs::rename(&self.tmp, &dest).map_err(ImageError::io("cannot rename into", &dest))?;
+        Ok(self.offset)
+    }
 }

@@ -1,0 +1,325 @@
+//! Pulls from a real registry: Debian's `docker-registry` (the CNCF distribution) started
+//! by the test on 127.0.0.1, plain HTTP and then TLS with a self-signed CA and htpasswd
+//! basic auth, images pushed into it with `skopeo` from OCI layouts made here. Needs
+//! `docker-registry`, `skopeo`, `apache2-utils` and `openssl` (`.ci/run` installs them).
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use virtkit_image::registry::RegistryOptions;
+use virtkit_image::{Digest, ImageError, Store, UnpackOptions};
+
+/// A registry process, killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn registry(dir: &Path, tls_auth: bool) -> Registry {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let data = dir.join("data");
+    let mut cfg = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+        data.display()
+    );
+    if tls_auth {
+        cfg.push_str(&format!(
+            "  tls:\n    certificate: {0}/cert.pem\n    key: {0}/key.pem\nauth:\n  htpasswd:\n    realm: virtkit\n    path: {0}/htpasswd\n",
+            dir.display()
+        ));
+    }
+    std::fs::write(dir.join("config.yml"), cfg).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (apt-get install docker-registry; .ci/run does)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry { child, addr, data }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes `bytes` as a blob of the layout at `dir`; its descriptor.
+fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let d = Digest::of(bytes);
+    std::fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+    json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()})
+}
+
+fn gz_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (p, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(body.len() as u64);
+        b.append_data(&mut h, p, *body).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// An OCI layout holding an index with a linux/amd64 and a linux/arm64 image; returns the
+/// layout and the amd64 image's (manifest, config) digests and its layer's bytes.
+fn layout(dir: &Path) -> (PathBuf, Digest, Digest, Vec<u8>) {
+    let l = dir.join("layout");
+    std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
+    std::fs::write(l.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let big: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let layer = gz_layer(&[
+        ("etc/hello", b"hello from the registry\n"),
+        ("data/big", &big),
+    ]);
+    let ld = blob(&l, "application/vnd.oci.image.layer.v1.tar+gzip", &layer);
+    let diff = {
+        let mut d = flate2::read::GzDecoder::new(&layer[..]);
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut v).unwrap();
+        Digest::of(&v).to_string()
+    };
+    let mut manifests = Vec::new();
+    let mut amd64 = None;
+    for arch in ["amd64", "arm64"] {
+        let cfg = serde_json::to_vec(&json!({"architecture": arch, "os": "linux",
+            "config": {"Cmd": ["/bin/true"], "Env": [format!("ARCH={arch}")]},
+            "rootfs": {"type": "layers", "diff_ids": [diff]}}))
+        .unwrap();
+        let cd = blob(&l, "application/vnd.oci.image.config.v1+json", &cfg);
+        let m = serde_json::to_vec(&json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": cd, "layers": [ld]}))
+        .unwrap();
+        let mut md = blob(&l, "application/vnd.oci.image.manifest.v1+json", &m);
+        md["platform"] = json!({"architecture": arch, "os": "linux"});
+        if arch == "amd64" {
+            amd64 = Some((Digest::of(&m), Digest::of(&cfg)));
+        }
+        manifests.push(md);
+    }
+    let idx = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}))
+    .unwrap();
+    let mut id = blob(&l, "application/vnd.oci.image.index.v1+json", &idx);
+    id["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    std::fs::write(
+        l.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [id]})).unwrap(),
+    )
+    .unwrap();
+    let (m, c) = amd64.unwrap();
+    (l, m, c, layer)
+}
+
+fn push(layout: &Path, dest: &str, extra: &[&str]) {
+    run(Command::new("skopeo")
+        .args(["copy", "--all", "--quiet"])
+        .args(extra)
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{dest}")));
+}
+
+fn plain() -> RegistryOptions {
+    RegistryOptions::default()
+}
+
+#[test]
+fn pull_from_a_plain_http_registry_on_the_loopback() {
+    let d = tempfile::tempdir().unwrap();
+    let reg = registry(d.path(), false);
+    let (l, manifest, config, layer) = layout(d.path());
+    push(
+        &l,
+        &format!("{}/vk/app:1", reg.addr),
+        &["--dest-tls-verify=false"],
+    );
+    let store = Store::open(d.path().join("store")).unwrap();
+    let image = format!("{}/vk/app:1", reg.addr);
+    let got = store.pull(&image, &plain()).unwrap();
+    // The index resolved to linux/amd64.
+    assert_eq!(got.manifest, manifest);
+    assert_eq!(got.parsed.config.digest, config.to_string());
+    assert_eq!(store.resolve(&image).unwrap(), manifest);
+    let ld: Digest = got.parsed.layers[0].digest.parse().unwrap();
+    let dir = store.unpack_layer(&ld, &UnpackOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("etc/hello")).unwrap(),
+        b"hello from the registry\n"
+    );
+    // By digest too, and a second pull fetches nothing new.
+    let by_digest = format!("{}/vk/app@{manifest}", reg.addr);
+    assert_eq!(store.pull(&by_digest, &plain()).unwrap().manifest, manifest);
+
+    // A pull interrupted half-way resumes: plant a half blob whose bytes are wrong; the
+    // resumed pull keeps them (a range request for the rest) and the digest check
+    // catches it, then a fresh pull succeeds.
+    let s2 = Store::open(d.path().join("store2")).unwrap();
+    let half = layer.len() / 2;
+    std::fs::write(
+        s2.root().join("tmp").join(format!("partial-{}", ld.hex())),
+        vec![0u8; half],
+    )
+    .unwrap();
+    let e = s2.pull(&image, &plain()).unwrap_err();
+    assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
+    assert!(s2.images().unwrap().is_empty());
+    // The right first half resumes into the right blob.
+    std::fs::write(
+        s2.root().join("tmp").join(format!("partial-{}", ld.hex())),
+        &layer[..half],
+    )
+    .unwrap();
+    s2.pull(&image, &plain()).unwrap();
+    assert_eq!(std::fs::read(s2.blob_path(&ld)).unwrap(), layer);
+
+    // Bad input: unknown tag, unknown repository, a registry that is down, a bad name.
+    let err = |image: &str| store.pull(image, &plain()).unwrap_err().to_string();
+    let e = err(&format!("{}/vk/app:nope", reg.addr));
+    assert!(
+        e.contains("registry") && e.to_lowercase().contains("manifest"),
+        "{e}"
+    );
+    let e = err(&format!("{}/vk/none:1", reg.addr));
+    assert!(e.contains("registry"), "{e}");
+    let e = err(&format!("127.0.0.1:{}/vk/app:1", free_port()));
+    assert!(e.contains("registry"), "{e}");
+    let e = err("127.0.0.1:5000/vk/app:bad tag!");
+    assert!(e.contains("image reference"), "{e}");
+    // A layer corrupted in the registry's storage is refused, nothing named, no blob.
+    let data = reg
+        .data
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&ld.hex()[..2])
+        .join(ld.hex())
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let s3 = Store::open(d.path().join("store3")).unwrap();
+    let e = s3.pull(&image, &plain()).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("digest"), "{e}");
+    assert!(s3.images().unwrap().is_empty() && !s3.has_blob(&ld));
+}
+
+#[test]
+fn pull_over_tls_with_a_custom_ca_and_basic_auth() {
+    let d = tempfile::tempdir().unwrap();
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(d.path().join("key.pem"))
+        .arg("-out")
+        .arg(d.path().join("cert.pem")));
+    let h = Command::new("htpasswd")
+        .args(["-Bbn", "vkuser", "s3cret"])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    std::fs::write(d.path().join("htpasswd"), h.stdout).unwrap();
+    let reg = registry(d.path(), true);
+    let certs = d.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(d.path().join("cert.pem"), certs.join("ca.crt")).unwrap();
+    let (l, manifest, _, _) = layout(d.path());
+    let image = format!("{}/vk/secure:1", reg.addr);
+    push(
+        &l,
+        &image,
+        &[
+            "--dest-cert-dir",
+            certs.to_str().unwrap(),
+            "--dest-creds",
+            "vkuser:s3cret",
+        ],
+    );
+    let store = Store::open(d.path().join("store")).unwrap();
+    let ok = RegistryOptions {
+        tls_verify: None,
+        ca_file: Some(d.path().join("cert.pem")),
+        credentials: Some(("vkuser".into(), "s3cret".into())),
+    };
+    assert_eq!(store.pull(&image, &ok).unwrap().manifest, manifest);
+    // Wrong password, no password, no CA: each refused, nothing named.
+    let s2 = Store::open(d.path().join("store2")).unwrap();
+    for (what, opts) in [
+        (
+            "a wrong password",
+            RegistryOptions {
+                credentials: Some(("vkuser".into(), "nope".into())),
+                ..ok.clone()
+            },
+        ),
+        (
+            "no credentials",
+            RegistryOptions {
+                credentials: None,
+                ..ok.clone()
+            },
+        ),
+        (
+            "no CA",
+            RegistryOptions {
+                ca_file: None,
+                tls_verify: Some(true),
+                ..ok.clone()
+            },
+        ),
+    ] {
+        let e = s2.pull(&image, &opts).unwrap_err();
+        assert!(e.to_string().contains("registry"), "{what}: {e}");
+        assert!(s2.images().unwrap().is_empty(), "{what}");
+    }
+}
