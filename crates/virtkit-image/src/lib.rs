@@ -16,7 +16,7 @@
 //!   every blob verified; image names in `refs.json` ([`Store::tag`], [`Store::images`]).
 //! - [`Store::create_bundle`]: an OCI runtime bundle for a container of a stored image:
 //!   an overlayfs root over its layers and the merged `config.json`.
-//! - [`Store::pull`] ([`registry`]): an image from an OCI distribution registry (tags,
+//! - `Store::pull` (`registry`, default feature `registry`): an image from an OCI distribution registry (tags,
 //!   digests, indexes, OCI and Docker manifests), every blob verified and resumable.
 //! - [`config::runtime_spec`]: an image config and `docker run`'s flags made into an OCI
 //!   runtime spec (Entrypoint/Cmd, Env, WorkingDir, User resolved in the image's own
@@ -48,6 +48,7 @@ mod error;
 mod fsops;
 pub mod layout;
 mod refs;
+#[cfg(feature = "registry")]
 pub mod registry;
 mod store;
 #[cfg(feature = "test-utils")]
