@@ -4,79 +4,12 @@
 //! `docker-registry`, `skopeo`, `apache2-utils` and `openssl` (`.ci/run` installs them).
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use virtkit_image::registry::RegistryOptions;
 use virtkit_image::{Digest, ImageError, Store, UnpackOptions};
-
-/// A registry process, killed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    data: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn registry(dir: &Path, tls_auth: bool) -> Registry {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let data = dir.join("data");
-    let mut cfg = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-        data.display()
-    );
-    if tls_auth {
-        cfg.push_str(&format!(
-            "  tls:\n    certificate: {0}/cert.pem\n    key: {0}/key.pem\nauth:\n  htpasswd:\n    realm: virtkit\n    path: {0}/htpasswd\n",
-            dir.display()
-        ));
-    }
-    std::fs::write(dir.join("config.yml"), cfg).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry (apt-get install docker-registry; .ci/run does)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the registry did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Registry { child, addr, data }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use virtkit_lab::registry::{closed_addr, TestRegistry, TlsAuth};
 
 /// Writes `bytes` as a blob of the layout at `dir`; its descriptor.
 fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
@@ -153,14 +86,6 @@ fn layout(dir: &Path) -> (PathBuf, Digest, Digest, Vec<u8>) {
     (l, m, c, layer)
 }
 
-fn push(layout: &Path, dest: &str, extra: &[&str]) {
-    run(Command::new("skopeo")
-        .args(["copy", "--all", "--quiet"])
-        .args(extra)
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{dest}")));
-}
-
 fn plain() -> RegistryOptions {
     RegistryOptions::default()
 }
@@ -168,13 +93,9 @@ fn plain() -> RegistryOptions {
 #[test]
 fn pull_from_a_plain_http_registry_on_the_loopback() {
     let d = tempfile::tempdir().unwrap();
-    let reg = registry(d.path(), false);
+    let reg = TestRegistry::start(d.path(), None).unwrap();
     let (l, manifest, config, layer) = layout(d.path());
-    push(
-        &l,
-        &format!("{}/vk/app:1", reg.addr),
-        &["--dest-tls-verify=false"],
-    );
+    reg.push(&l, "v1", "vk/app:1", None).unwrap();
     let store = Store::open(d.path().join("store")).unwrap();
     let image = format!("{}/vk/app:1", reg.addr);
     let got = store.pull(&image, &plain()).unwrap();
@@ -223,7 +144,7 @@ fn pull_from_a_plain_http_registry_on_the_loopback() {
     );
     let e = err(&format!("{}/vk/none:1", reg.addr));
     assert!(e.contains("registry"), "{e}");
-    let e = err(&format!("127.0.0.1:{}/vk/app:1", free_port()));
+    let e = err(&format!("{}/vk/app:1", closed_addr().unwrap()));
     assert!(e.contains("registry"), "{e}");
     let e = err("127.0.0.1:5000/vk/app:bad tag!");
     assert!(e.contains("image reference"), "{e}");
@@ -247,48 +168,16 @@ fn pull_from_a_plain_http_registry_on_the_loopback() {
 #[test]
 fn pull_over_tls_with_a_custom_ca_and_basic_auth() {
     let d = tempfile::tempdir().unwrap();
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(d.path().join("key.pem"))
-        .arg("-out")
-        .arg(d.path().join("cert.pem")));
-    let h = Command::new("htpasswd")
-        .args(["-Bbn", "vkuser", "s3cret"])
-        .output()
-        .expect("htpasswd (apache2-utils)");
-    std::fs::write(d.path().join("htpasswd"), h.stdout).unwrap();
-    let reg = registry(d.path(), true);
-    let certs = d.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::copy(d.path().join("cert.pem"), certs.join("ca.crt")).unwrap();
+    let tls = TlsAuth::make(d.path(), "vkuser", "s3cret").unwrap();
+    let reg = TestRegistry::start(d.path(), Some(&tls)).unwrap();
     let (l, manifest, _, _) = layout(d.path());
     let image = format!("{}/vk/secure:1", reg.addr);
-    push(
-        &l,
-        &image,
-        &[
-            "--dest-cert-dir",
-            certs.to_str().unwrap(),
-            "--dest-creds",
-            "vkuser:s3cret",
-        ],
-    );
+    reg.push(&l, "v1", "vk/secure:1", Some((&tls, "vkuser:s3cret")))
+        .unwrap();
     let store = Store::open(d.path().join("store")).unwrap();
     let ok = RegistryOptions {
         tls_verify: None,
-        ca_file: Some(d.path().join("cert.pem")),
+        ca_file: Some(tls.cert()),
         credentials: Some(("vkuser".into(), "s3cret".into())),
     };
     assert_eq!(store.pull(&image, &ok).unwrap().manifest, manifest);

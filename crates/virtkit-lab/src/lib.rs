@@ -37,6 +37,7 @@ mod guest;
 mod lab;
 mod lab_kernel;
 mod payload;
+pub mod registry;
 pub mod soak;
 mod static_bin;
 mod util;
