@@ -228,6 +228,10 @@ const DEMO_PARTS: &[DemoPart] = &[
         demo_net,
     ),
     ("run a container with container-runner", demo_container),
+    (
+        "pull an image from a registry and run it (virtkit)",
+        demo_image,
+    ),
 ];
 
 /// Boots the guest with vm-runner and `check` as its script, after `setup` ran in the
@@ -384,6 +388,54 @@ fn demo_container() -> Result<()> {
         );
     }
     eprintln!("xtask: container-runner ran the container (venue {venue})");
+    Ok(())
+}
+
+/// A busybox image pushed into a local registry (Debian's docker-registry, skopeo), then
+/// `virtkit pull` and `virtkit run` with container-runner, on the host.
+fn demo_image() -> Result<()> {
+    virtkit_lab::ensure_packages(&["docker-registry", "skopeo", "busybox-static"])?;
+    let runner = virtkit_lab::static_binary("container-runner", "container-runner")?;
+    cargo(&["build", "-q", "-p", "virtkit"])?;
+    let virtkit = virtkit_lab::workspace_root()?.join("target/debug/virtkit");
+    let dir = tempfile::tempdir()?;
+    let reg = virtkit_lab::registry::TestRegistry::start(dir.path(), None)?;
+    let layout = virtkit_lab::registry::busybox_layout(
+        dir.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            "echo image: hello from $WHO, pulled and run by virtkit",
+        ],
+        &["WHO=busybox"],
+    )?;
+    reg.push(&layout, "v1", "demo/busybox:1", None)?;
+    let image = format!("{}/demo/busybox:1", reg.addr);
+    let root = dir.path().join("state");
+    let vk = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&virtkit)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("virtkit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    vk(&["pull", &image])?;
+    eprint!("{}", vk(&["images"])?);
+    let out = vk(&[
+        "run",
+        "--rm",
+        "--runtime",
+        &runner.to_string_lossy(),
+        &image,
+    ])?;
+    eprint!("{out}");
+    if !out.contains("image: hello from busybox") {
+        bail!("the image's container printed {out:?}");
+    }
     Ok(())
 }
 

@@ -180,3 +180,70 @@ impl TestRegistry {
         Ok(())
     }
 }
+
+/// `sha256:<hex>` of `bytes`.
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let sum = sha2::Sha256::digest(bytes);
+    let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Writes `bytes` as a blob of the layout at `dir`; its descriptor.
+fn put(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
+    let d = digest(bytes);
+    let p = dir.join("blobs/sha256").join(&d[7..]);
+    std::fs::write(&p, bytes).map_err(LabError::io("writing", &p))?;
+    Ok(serde_json::json!({"mediaType": media_type, "digest": d, "size": bytes.len()}))
+}
+
+/// An OCI image layout at `dir/layout` holding one image, reference `v1`: one
+/// uncompressed layer with the host's static busybox as `/bin/busybox` and `sh`, `echo`,
+/// `cat`, `id` linked to it; its config runs `cmd` with `env` in `/bin`.
+pub fn busybox_layout(dir: &Path, cmd: &[&str], env: &[&str]) -> Result<PathBuf> {
+    let l = dir.join("layout");
+    let blobs = l.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(LabError::io("creating", &blobs))?;
+    let write = |p: PathBuf, b: &[u8]| std::fs::write(&p, b).map_err(LabError::io("writing", p));
+    write(l.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_path_with_name("/bin/busybox", "bin/busybox")
+        .map_err(LabError::io(
+            "adding",
+            "/bin/busybox (apt-get install busybox-static)",
+        ))?;
+    for link in ["sh", "echo", "cat", "id"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        b.append_link(&mut h, format!("bin/{link}"), "busybox")
+            .map_err(LabError::io("adding", link))?;
+    }
+    let layer = b
+        .into_inner()
+        .map_err(LabError::io("finishing", "the layer"))?;
+    let ld = put(&l, "application/vnd.oci.image.layer.v1.tar", &layer)?;
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd, "Env": env, "WorkingDir": "/bin"},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}});
+    let cd = put(
+        &l,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    )?;
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": [ld]});
+    let mut md = put(
+        &l,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    )?;
+    md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "v1"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [md]});
+    write(l.join("index.json"), index.to_string().as_bytes())?;
+    Ok(l)
+}

@@ -4,11 +4,10 @@
 //! leaves no container behind.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::json;
-use virtkit_lab::registry::TestRegistry;
+use virtkit_lab::registry::{busybox_layout, TestRegistry};
 
 fn virtkit(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_virtkit"))
@@ -27,58 +26,17 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let d = virtkit_image::Digest::of(bytes);
-    std::fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-    json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()})
-}
-
-/// An OCI layout with a busybox image whose Cmd prints a greeting.
-fn busybox_layout(dir: &Path) -> PathBuf {
-    let l = dir.join("layout");
-    std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
-    std::fs::write(l.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_path_with_name("/bin/busybox", "bin/busybox")
-        .unwrap();
-    for link in ["sh", "echo", "cat", "id"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(0);
-        b.append_link(&mut h, format!("bin/{link}"), "busybox")
-            .unwrap();
-    }
-    let layer = b.into_inner().unwrap();
-    let diff = virtkit_image::Digest::of(&layer).to_string();
-    let ld = blob(&l, "application/vnd.oci.image.layer.v1.tar", &layer);
-    let cfg = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh", "-c", "echo hello from $WHO"], "Env": ["WHO=the-image"], "WorkingDir": "/bin"},
-        "rootfs": {"type": "layers", "diff_ids": [diff]}}))
-    .unwrap();
-    let cd = blob(&l, "application/vnd.oci.image.config.v1+json", &cfg);
-    let m = serde_json::to_vec(&json!({"schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": [ld]}))
-    .unwrap();
-    let mut md = blob(&l, "application/vnd.oci.image.manifest.v1+json", &m);
-    md["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
-    std::fs::write(
-        l.join("index.json"),
-        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [md]})).unwrap(),
-    )
-    .unwrap();
-    l
-}
-
 #[test]
 fn root_pull_images_run_rmi_and_prune() {
     let d = tempfile::tempdir().unwrap();
     let reg = TestRegistry::start(d.path(), None).unwrap();
-    reg.push(&busybox_layout(d.path()), "v1", "vk/busybox:1", None)
-        .unwrap();
+    let layout = busybox_layout(
+        d.path(),
+        &["/bin/sh", "-c", "echo hello from $WHO"],
+        &["WHO=the-image"],
+    )
+    .unwrap();
+    reg.push(&layout, "v1", "vk/busybox:1", None).unwrap();
     let root = d.path().join("state");
     let image = format!("{}/vk/busybox:1", reg.addr);
     let o = virtkit(&root, &["pull", &image]);
