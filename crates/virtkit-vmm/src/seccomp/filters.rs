@@ -231,7 +231,8 @@ const HOT: &[&str] = &[
 ];
 
 /// The allow list of `kind` on a hypervisor issuing `hv`, the hottest calls first:
-/// `ioctl` (its most frequent request first: `KVM_RUN` on a vCPU), then [`HOT`].
+/// `ioctl` (its most frequent request first: `KVM_RUN` on a vCPU), then the calls made on
+/// every exit or virtio request.
 pub fn allow_list(kind: ThreadKind, hv: &HypervisorIoctls) -> Vec<Allow> {
     let own: &[&[&str]] = match kind {
         ThreadKind::Vcpu => &[COMMON, VCPU],
