@@ -69,7 +69,20 @@ impl Store {
     /// hashed on the way, synced, and renamed into place only when the digest matches
     /// (a blob already there is kept). Returns the blob's size.
     pub fn put_blob(&self, reader: impl Read, expected: &Digest) -> Result<u64, ImageError> {
-        let tmp = self.tmp(expected.hex());
+        self.store_verified(reader, expected.hex(), Some(expected))
+            .map(|(_, n)| n)
+    }
+
+    /// Writes what `reader` gives to a temporary file, hashing it, and renames it into
+    /// place under its digest once synced, if that is `expected` (when given); removes the
+    /// temporary file on any failure.
+    fn store_verified(
+        &self,
+        reader: impl Read,
+        what: &str,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, u64), ImageError> {
+        let tmp = self.tmp(what);
         let result = (|| {
             let mut f =
                 std::fs::File::create_new(&tmp).map_err(ImageError::io("cannot create", &tmp))?;
@@ -78,17 +91,17 @@ impl Store {
             let actual = r
                 .finish()
                 .map_err(ImageError::io("cannot read the blob for", &tmp))?;
-            if &actual != expected {
+            if let Some(e) = expected.filter(|e| **e != actual) {
                 return Err(ImageError::DigestMismatch {
-                    expected: expected.clone(),
+                    expected: e.clone(),
                     actual,
                 });
             }
             f.flush().map_err(ImageError::io("cannot write", &tmp))?;
             f.sync_all().map_err(ImageError::io("cannot sync", &tmp))?;
-            let dest = self.blob_path(expected);
+            let dest = self.blob_path(&actual);
             std::fs::rename(&tmp, &dest).map_err(ImageError::io("cannot rename into", &dest))?;
-            Ok(n)
+            Ok((actual, n))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -136,24 +149,7 @@ impl Store {
     /// Stores what `reader` gives under the digest of its bytes (for formats that name no
     /// digest, as a docker-archive's files); returns the digest and the size.
     pub fn put_blob_computed(&self, reader: impl Read) -> Result<(Digest, u64), ImageError> {
-        let tmp = self.tmp("computed");
-        let result = (|| {
-            let mut f =
-                std::fs::File::create_new(&tmp).map_err(ImageError::io("cannot create", &tmp))?;
-            let mut r = HashingReader::new(reader, MAX_BLOB);
-            let n = std::io::copy(&mut r, &mut f).map_err(ImageError::io("cannot write", &tmp))?;
-            let d = r
-                .finish()
-                .map_err(ImageError::io("cannot read the blob for", &tmp))?;
-            f.sync_all().map_err(ImageError::io("cannot sync", &tmp))?;
-            let dest = self.blob_path(&d);
-            std::fs::rename(&tmp, &dest).map_err(ImageError::io("cannot rename into", &dest))?;
-            Ok((d, n))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        self.store_verified(reader, "computed", None)
     }
 
     /// The blob `d`, verified against its digest (a blob changed on disk is an error).

@@ -47,6 +47,30 @@ fn rootfs_tar(dir: &Path) -> std::path::PathBuf {
     p
 }
 
+/// `podman import`s the rootfs tarball as `name` with `changes` (Dockerfile lines), then
+/// `podman save`s it as an OCI layout; the layout's directory.
+fn podman_image(d: &Path, tar: &Path, name: &str, changes: &[&str]) -> std::path::PathBuf {
+    let mut args = vec!["import"];
+    for c in changes {
+        args.extend(["--change", c]);
+    }
+    args.extend([tar.to_str().unwrap(), name]);
+    podman(d, &args);
+    let oci = d.join("oci");
+    podman(
+        d,
+        &[
+            "save",
+            "--format",
+            "oci-dir",
+            "-o",
+            oci.to_str().unwrap(),
+            name,
+        ],
+    );
+    oci
+}
+
 fn check(store: &Store, name: &str) {
     let m = store.manifest(&store.resolve(name).unwrap()).unwrap();
     let cfg_bytes = store.read_blob(&m.config.digest.parse().unwrap()).unwrap();
@@ -96,30 +120,14 @@ fn check(store: &Store, name: &str) {
 fn root_images_saved_by_podman_import_verify_and_unpack() {
     let d = tempfile::tempdir().unwrap();
     let tar = rootfs_tar(d.path());
-    podman(
+    let oci = podman_image(
         d.path(),
+        &tar,
+        "localhost/vk-interop:1",
         &[
-            "import",
-            "--change",
             r#"CMD ["/bin/sh", "-c", "cat /etc/hello"]"#,
-            "--change",
             "ENV FOO=bar",
-            "--change",
             "WORKDIR /etc",
-            tar.to_str().unwrap(),
-            "localhost/vk-interop:1",
-        ],
-    );
-    let oci = d.path().join("oci");
-    podman(
-        d.path(),
-        &[
-            "save",
-            "--format",
-            "oci-dir",
-            "-o",
-            oci.to_str().unwrap(),
-            "localhost/vk-interop:1",
         ],
     );
     let archive = d.path().join("docker.tar");
@@ -171,27 +179,11 @@ fn root_images_saved_by_podman_import_verify_and_unpack() {
 fn root_a_tampered_layout_is_refused_and_leaves_nothing_named() {
     let d = tempfile::tempdir().unwrap();
     let tar = rootfs_tar(d.path());
-    podman(
+    let oci = podman_image(
         d.path(),
-        &[
-            "import",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-            tar.to_str().unwrap(),
-            "localhost/vk-tamper:1",
-        ],
-    );
-    let oci = d.path().join("oci");
-    podman(
-        d.path(),
-        &[
-            "save",
-            "--format",
-            "oci-dir",
-            "-o",
-            oci.to_str().unwrap(),
-            "localhost/vk-tamper:1",
-        ],
+        &tar,
+        "localhost/vk-tamper:1",
+        &[r#"CMD ["/bin/sh"]"#],
     );
     // Flip a byte of the biggest blob (the layer).
     let mut blobs: Vec<_> = std::fs::read_dir(oci.join("blobs/sha256"))

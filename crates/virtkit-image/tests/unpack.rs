@@ -214,8 +214,9 @@ fn hostile_layers_never_write_outside_their_directory() {
     outside_is_untouched(&d);
 }
 
-#[test]
-fn whiteouts_applied_over_a_lower_layer() {
+/// A lower layer (`f`, `d/a`, `d/b`, `keep`) and an upper one whiting out `f` and making
+/// `d` opaque with a new `d/c`.
+fn whiteout_layers() -> (Vec<u8>, Vec<u8>) {
     let lower = Layer::new()
         .file("f", b"f", 0o644)
         .file("d/a", b"a", 0o644)
@@ -228,6 +229,12 @@ fn whiteouts_applied_over_a_lower_layer() {
         .file("d/.wh..wh..opq", b"", 0o644)
         .file("d/c", b"c", 0o644)
         .tar();
+    (lower, upper)
+}
+
+#[test]
+fn whiteouts_applied_over_a_lower_layer() {
+    let (lower, upper) = whiteout_layers();
     let d = tempfile::tempdir().unwrap();
     unpack(&lower[..], d.path(), &opts(Whiteouts::Apply)).unwrap();
     unpack(&upper[..], d.path(), &opts(Whiteouts::Apply)).unwrap();
@@ -244,17 +251,7 @@ fn whiteouts_applied_over_a_lower_layer() {
 
 #[test]
 fn root_whiteouts_become_overlayfs_whiteouts_that_overlayfs_honours() {
-    let lower = Layer::new()
-        .file("f", b"f", 0o644)
-        .file("d/a", b"a", 0o644)
-        .file("keep", b"k", 0o644)
-        .tar();
-    let upper = Layer::new()
-        .file(".wh.f", b"", 0o644)
-        .dir("d")
-        .file("d/.wh..wh..opq", b"", 0o644)
-        .file("d/c", b"c", 0o644)
-        .tar();
+    let (lower, upper) = whiteout_layers();
     let d = tempfile::tempdir().unwrap();
     for (name, tar) in [("lower", &lower), ("upper", &upper)] {
         std::fs::create_dir(d.path().join(name)).unwrap();
