@@ -109,6 +109,19 @@ fn pull_from_a_plain_http_registry_on_the_loopback() {
         std::fs::read(dir.join("etc/hello")).unwrap(),
         b"hello from the registry\n"
     );
+    // The same image as Docker schema 2 (a manifest list and v2 manifests).
+    reg.push_with(&l, "v1", "vk/app-docker:1", None, &["--format", "v2s2"])
+        .unwrap();
+    let docker = format!("{}/vk/app-docker:1", reg.addr);
+    let s4 = Store::open(d.path().join("store4")).unwrap();
+    let got4 = s4.pull(&docker, &plain()).unwrap();
+    let raw = s4.read_blob(&got4.manifest).unwrap();
+    assert!(
+        String::from_utf8_lossy(&raw)
+            .contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "not a Docker schema 2 manifest"
+    );
+    assert_eq!(got4.parsed.config.digest, config.to_string());
     // By digest too, and a second pull fetches nothing new.
     let by_digest = format!("{}/vk/app@{manifest}", reg.addr);
     assert_eq!(store.pull(&by_digest, &plain()).unwrap().manifest, manifest);

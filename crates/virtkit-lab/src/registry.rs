@@ -153,8 +153,21 @@ impl TestRegistry {
         dest: &str,
         tls: Option<(&TlsAuth, &str)>,
     ) -> Result<()> {
+        self.push_with(layout, reference, dest, tls, &[])
+    }
+
+    /// [`TestRegistry::push`] with more `skopeo copy` flags (`--format v2s2`: Docker
+    /// schema 2 manifests and manifest lists instead of OCI ones).
+    pub fn push_with(
+        &self,
+        layout: &Path,
+        reference: &str,
+        dest: &str,
+        tls: Option<(&TlsAuth, &str)>,
+        extra: &[&str],
+    ) -> Result<()> {
         let mut c = Command::new("skopeo");
-        c.args(["copy", "--all", "--quiet"]);
+        c.args(["copy", "--all", "--quiet"]).args(extra);
         match tls {
             None => {
                 c.arg("--dest-tls-verify=false");
