@@ -49,6 +49,22 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     /// `--read-only`: the root file system read-only.
     pub read_only: bool,
+    /// `-v HOST:CONTAINER[:ro]`: host directories or files bound into the container (a
+    /// named volume is its directory on the host).
+    pub binds: Vec<Bind>,
+    /// `--tmpfs DIR`: empty tmpfs mounts.
+    pub tmpfs: Vec<String>,
+}
+
+/// A host path bound into the container (`-v`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bind {
+    /// The host path (absolute).
+    pub source: std::path::PathBuf,
+    /// Where in the container (absolute).
+    pub destination: String,
+    /// Read-only.
+    pub read_only: bool,
 }
 
 fn bad(why: String) -> ImageError {
@@ -119,6 +135,42 @@ pub fn runtime_spec(
     process.set_user(user);
     process.set_terminal(Some(run.tty));
     base.set_process(Some(process));
+    let mut mounts = base.mounts().clone().unwrap_or_default();
+    for b in &run.binds {
+        if !b.source.is_absolute() || !b.destination.starts_with('/') {
+            return Err(bad(format!(
+                "volume {}:{}: both paths must be absolute",
+                b.source.display(),
+                b.destination
+            )));
+        }
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        if b.read_only {
+            options.push("ro".into());
+        }
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(b.destination.clone().into());
+        m.set_source(Some(b.source.clone()));
+        m.set_typ(Some("bind".into()));
+        m.set_options(Some(options));
+        mounts.push(m);
+    }
+    for t in &run.tmpfs {
+        if !t.starts_with('/') {
+            return Err(bad(format!("--tmpfs {t}: not an absolute path")));
+        }
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(t.into());
+        m.set_source(Some("tmpfs".into()));
+        m.set_typ(Some("tmpfs".into()));
+        m.set_options(Some(vec![
+            "nosuid".into(),
+            "nodev".into(),
+            "mode=1777".into(),
+        ]));
+        mounts.push(m);
+    }
+    base.set_mounts(Some(mounts));
     let mut root = base.root().clone().unwrap_or_default();
     root.set_path(rootfs.to_path_buf());
     base.set_root(Some(root));
@@ -330,6 +382,46 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.process().as_ref().unwrap().user().uid(), 1000);
+    }
+
+    #[test]
+    fn volumes_and_tmpfs_become_mounts() {
+        let r = rootfs();
+        let o = RunOptions {
+            binds: vec![Bind {
+                source: "/srv/data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            tmpfs: vec!["/scratch".into()],
+            ..RunOptions::default()
+        };
+        let s = runtime_spec(Spec::default(), &image(APACHE), r.path(), &o).unwrap();
+        let m = s.mounts().as_ref().unwrap();
+        let data = m
+            .iter()
+            .find(|m| m.destination() == Path::new("/data"))
+            .unwrap();
+        assert_eq!(data.source().as_deref(), Some(Path::new("/srv/data")));
+        assert_eq!(
+            data.options().as_ref().unwrap(),
+            &["rbind", "rprivate", "ro"]
+        );
+        let t = m
+            .iter()
+            .find(|m| m.destination() == Path::new("/scratch"))
+            .unwrap();
+        assert_eq!(t.typ().as_deref(), Some("tmpfs"));
+        let bad = RunOptions {
+            binds: vec![Bind {
+                source: "relative".into(),
+                destination: "/x".into(),
+                read_only: false,
+            }],
+            ..RunOptions::default()
+        };
+        let e = runtime_spec(Spec::default(), &image(APACHE), r.path(), &bad).unwrap_err();
+        assert!(e.to_string().contains("must be absolute"), "{e}");
     }
 
     #[test]

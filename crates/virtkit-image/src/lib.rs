@@ -55,7 +55,7 @@ mod store;
 pub mod testing;
 pub mod unpack;
 
-pub use config::{runtime_spec, RunOptions};
+pub use config::{runtime_spec, Bind, RunOptions};
 pub use digest::Digest;
 pub use error::ImageError;
 pub use store::{BlobWriter, Store};

@@ -5,7 +5,9 @@
 //! virtkit [--root DIR] pull [--tls-verify=BOOL] [--cert-file PEM] [--creds USER:PASS] IMAGE
 //! virtkit images | rmi IMAGE... | load -i ARCHIVE|LAYOUT [NAME] | image prune
 //! virtkit run [--rm] [--name N] [-e K=V]... [-w DIR] [-u USER] [-t] [--entrypoint CMD]
-//!             [--hostname H] [--read-only] [--runtime PATH] IMAGE [ARG...]
+//!             [--hostname H] [--read-only] [-v SRC:DST[:ro]]... [--tmpfs DIR]...
+//!             [--runtime PATH] IMAGE [ARG...]
+//! virtkit volume create NAME | ls | rm NAME...
 //! ```
 //! State under `/var/lib/virtkit` (`--root` or `VIRTKIT_ROOT`). Exit status: the
 //! container's for `run`, 125 for virtkit's own errors (as Docker).
@@ -69,6 +71,28 @@ enum Cmd {
     },
     /// Runs a command in a new container of an image, in the foreground.
     Run(RunArgs),
+    /// Named volumes (kept under the state directory, surviving containers).
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// Creates a named volume.
+    Create {
+        /// The name.
+        name: String,
+    },
+    /// Lists the named volumes.
+    Ls,
+    /// Removes named volumes and their data.
+    Rm {
+        /// The names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +130,12 @@ struct RunArgs {
     /// A read-only root file system.
     #[arg(long)]
     read_only: bool,
+    /// `HOST_PATH:CONTAINER_PATH[:ro]` or `VOLUME_NAME:CONTAINER_PATH[:ro]`; repeatable.
+    #[arg(short, long = "volume", value_name = "SPEC")]
+    volume: Vec<String>,
+    /// An empty tmpfs at this path; repeatable.
+    #[arg(long, value_name = "DIR")]
+    tmpfs: Vec<String>,
     /// The OCI runtime binary.
     #[arg(long, value_name = "PATH")]
     runtime: Option<PathBuf>,
@@ -141,6 +171,80 @@ fn valid_name(n: &str) -> bool {
         && !n.starts_with('.')
 }
 
+/// The directory of the named volume `name`.
+fn volume_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    if !valid_name(name) {
+        bail!("invalid volume name {name:?}: letters, digits, '-', '_', '.'");
+    }
+    Ok(root.join("volumes").join(name))
+}
+
+/// `-v SPEC` as a bind: a host path, or a named volume (created when missing, as Docker).
+fn bind(root: &Path, spec: &str) -> anyhow::Result<virtkit_image::Bind> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => bail!("-v {spec}: expected SOURCE:DESTINATION[:ro|rw]"),
+    };
+    let source = if src.starts_with('/') {
+        let p = PathBuf::from(src);
+        if !p.exists() {
+            bail!("-v {spec}: {src} does not exist");
+        }
+        p
+    } else {
+        let d = volume_dir(root, src)?.join("_data");
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create volume {src}"))?;
+        d
+    };
+    Ok(virtkit_image::Bind {
+        source,
+        destination: dst.to_string(),
+        read_only: ro,
+    })
+}
+
+fn volume(root: &Path, cmd: VolumeCmd) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCmd::Create { name } => {
+            let d = volume_dir(root, &name)?;
+            if d.exists() {
+                bail!("volume {name:?} already exists");
+            }
+            std::fs::create_dir_all(d.join("_data"))
+                .with_context(|| format!("cannot create volume {name}"))?;
+            println!("{name}");
+        }
+        VolumeCmd::Ls => {
+            println!("VOLUME NAME");
+            let mut names: Vec<String> = std::fs::read_dir(root.join("volumes"))
+                .map(|r| {
+                    r.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            for n in names {
+                println!("{n}");
+            }
+        }
+        VolumeCmd::Rm { names } => {
+            for n in names {
+                let d = volume_dir(root, &n)?;
+                if !d.exists() {
+                    bail!("no volume named {n:?}");
+                }
+                std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove volume {n}"))?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
     let store = store(root)?;
     let id = match &a.name {
@@ -163,7 +267,14 @@ fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
     if dir.exists() {
         bail!("the container name {id:?} is already in use");
     }
+    let binds = a
+        .volume
+        .iter()
+        .map(|v| bind(root, v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = RunOptions {
+        binds,
+        tmpfs: a.tmpfs,
         entrypoint: a.entrypoint.map(|e| vec![e]),
         args: a.args,
         env: a.env,
@@ -260,6 +371,7 @@ fn main_result(cli: Cli) -> anyhow::Result<i32> {
             println!("Deleted {} blobs", removed.len());
         }
         Cmd::Run(a) => return run(&root, a),
+        Cmd::Volume { cmd } => volume(&root, cmd)?,
     }
     Ok(0)
 }

@@ -126,3 +126,69 @@ fn root_pull_images_run_rmi_and_prune() {
     let (out, _) = text(&virtkit(&root, &["images"]));
     assert_eq!(out.lines().count(), 1, "{out}");
 }
+
+#[test]
+fn root_named_volumes_bind_mounts_and_tmpfs() {
+    let d = tempfile::tempdir().unwrap();
+    let reg = TestRegistry::start(d.path(), None).unwrap();
+    let layout = busybox_layout(d.path(), &["/bin/sh"], &[]).unwrap();
+    reg.push(&layout, "v1", "vk/busybox:1", None).unwrap();
+    let root = d.path().join("state");
+    let image = format!("{}/vk/busybox:1", reg.addr);
+    assert_eq!(virtkit(&root, &["pull", &image]).status.code(), Some(0));
+    let runner = virtkit_lab::static_binary("container-runner", "container-runner").unwrap();
+    let rt = runner.to_str().unwrap();
+    let sh = |extra: &[&str], script: &str| {
+        let mut args = vec!["run", "--rm", "--runtime", rt];
+        args.extend_from_slice(extra);
+        args.extend([image.as_str(), "sh", "-c", script]);
+        virtkit(&root, &args)
+    };
+    // A named volume keeps its data across containers.
+    assert_eq!(
+        virtkit(&root, &["volume", "create", "vkdata"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let o = sh(&["-v", "vkdata:/data"], "echo kept > /data/file");
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let o = sh(&["-v", "vkdata:/data"], "cat /data/file");
+    assert_eq!(text(&o).0, "kept\n", "{:?}", text(&o));
+    let (ls, _) = text(&virtkit(&root, &["volume", "ls"]));
+    assert!(ls.contains("vkdata"), "{ls}");
+    // A host directory, read-only; a tmpfs, writable.
+    let host = d.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("in"), "from the host\n").unwrap();
+    let o = sh(
+        &[
+            "-v",
+            &format!("{}:/ro:ro", host.display()),
+            "--tmpfs",
+            "/scratch",
+        ],
+        "cat /ro/in; echo t > /scratch/t && cat /scratch/t; echo no > /ro/out || echo refused",
+    );
+    assert_eq!(text(&o).0, "from the host\nt\nrefused\n", "{:?}", text(&o));
+    assert!(!host.join("out").exists());
+    // Bad specs exit 125.
+    for (spec, needle) in [
+        ("/nonexistent:/x", "does not exist"),
+        ("a:b:c:d", "expected SOURCE"),
+        ("bad/name:/x", "invalid volume name"),
+    ] {
+        let o = sh(&["-v", spec], "true");
+        assert_eq!(o.status.code(), Some(125), "{spec}: {:?}", text(&o));
+        assert!(text(&o).1.contains(needle), "{spec}: {:?}", text(&o));
+    }
+    assert_eq!(
+        virtkit(&root, &["volume", "rm", "vkdata"]).status.code(),
+        Some(0)
+    );
+    assert!(!root.join("volumes/vkdata").exists());
+    assert_eq!(
+        virtkit(&root, &["volume", "rm", "vkdata"]).status.code(),
+        Some(125)
+    );
+}
