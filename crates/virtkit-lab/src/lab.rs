@@ -142,8 +142,34 @@ pub fn run_in(venue: Venue, payload: &Payload) -> Result<LabOutput> {
     eprintln!("virtkit-lab: running payload in venue `{venue}`");
     match venue {
         Venue::Host => run_on_host(payload),
-        Venue::Lab => run_in_lab(payload),
+        Venue::Lab => {
+            // The lab's own KVM (nested SVM on QEMU's TCG) sometimes wedges a vCPU thread
+            // in the kernel (issue #20, docs/testing.md "Lockups in the lab"): a failure
+            // of the lab machinery, not of the test, is retried (LAB_RETRIES times), loudly.
+            let mut attempt = 0;
+            loop {
+                match run_in_lab(payload) {
+                    Err(e) if e.is_lab_failure() && attempt < lab_retries() => {
+                        attempt += 1;
+                        eprintln!(
+                            "virtkit-lab: LAB FAILURE (not a guest failure), retrying the payload ({attempt} of {}): {e}",
+                            lab_retries()
+                        );
+                    }
+                    other => return other,
+                }
+            }
+        }
     }
+}
+
+/// How many times a payload whose lab failed (a timeout, a wedged lab VM) is run again:
+/// `VIRTKIT_LAB_RETRIES`, default 1.
+fn lab_retries() -> u32 {
+    std::env::var("VIRTKIT_LAB_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Output collected from a child's pipes by reader threads.
