@@ -17,7 +17,7 @@ use crate::config::{ConfigError, ConsoleMode, VmConfig};
 use crate::control::{VmController, VmState};
 use crate::devices::{open_disk, DeviceError, DeviceManager, ExitNotifier, GuestExit, SerialOut};
 use crate::event_loop::{ConsoleInput, ExitWatcher, RawTerminal};
-use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
+use crate::seccomp::{self, Filter, SeccompError, SeccompMode, ThreadKind};
 use crate::snapshot::{SnapshotContext, SnapshotError, Snapshotter};
 
 /// Errors from building or running a VM.
@@ -383,14 +383,14 @@ impl Vmm {
         let ioctls = self.hypervisor.ioctls();
         let mode = self.seccomp;
         let started = (|| {
+            // Compiled once; each vCPU thread installs it first thing.
+            let vcpu_filter = Filter::new(ThreadKind::Vcpu, mode, &ioctls)?;
             for vcpu in std::mem::take(&mut self.vcpus).into_iter().rev() {
                 let on_first_run = if vcpu.id() == 0 { hook.take() } else { None };
-                let on_start: Option<virtkit_vcpu::ThreadSetup> = match mode {
-                    SeccompMode::Off => None,
-                    _ => Some(Box::new(move || {
-                        seccomp::apply(ThreadKind::Vcpu, mode, &ioctls).map_err(|e| e.to_string())
-                    })),
-                };
+                let on_start: Option<virtkit_vcpu::ThreadSetup> = vcpu_filter.clone().map(|f| {
+                    Box::new(move || f.install().map_err(|e| e.to_string()))
+                        as virtkit_vcpu::ThreadSetup
+                });
                 handles.push(start_vcpu(
                     vcpu,
                     buses.clone(),

@@ -245,47 +245,74 @@ pub fn program(
         })
 }
 
-/// Installs the filter of `kind` in `mode` on the calling thread (and sets its
-/// `no_new_privs`). In [`SeccompMode::On`] the `SIGSYS` handler is installed first (once
-/// per process) and the thread's name recorded for its message.
+/// A compiled filter for one thread kind and mode, ready to install on as many threads
+/// of that kind as need it (compiled once, not per thread).
+#[derive(Clone, Debug)]
+pub struct Filter {
+    kind: ThreadKind,
+    mode: SeccompMode,
+    prog: Program,
+}
+
+impl Filter {
+    /// The filter of `kind` in `mode` (`None` when off).
+    pub fn new(
+        kind: ThreadKind,
+        mode: SeccompMode,
+        hv: &HypervisorIoctls,
+    ) -> Result<Option<Filter>, SeccompError> {
+        Ok(program(kind, mode, hv)?.map(|prog| Filter { kind, mode, prog }))
+    }
+
+    /// Installs the filter on the calling thread (and sets its `no_new_privs`). In
+    /// [`SeccompMode::On`] the `SIGSYS` handler is installed first (once per process) and
+    /// the thread's name recorded for its message.
+    pub fn install(&self) -> Result<(), SeccompError> {
+        let (kind, mode, prog) = (self.kind, self.mode, &self.prog);
+        if mode == SeccompMode::On {
+            sigsys::install_handler().map_err(|error| SeccompError::Setup {
+                what: "SIGSYS handler",
+                error,
+            })?;
+            sigsys::set_label(kind);
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(SeccompError::Setup {
+                what: "PR_SET_NO_NEW_PRIVS",
+                error: std::io::Error::last_os_error(),
+            });
+        }
+        virtkit_seccomp::install(prog).map_err(|error| SeccompError::Compile {
+            kind: kind.name(),
+            error,
+        })?;
+        log::debug!(
+            "seccomp: {} filter ({} instructions, {mode}) on thread {:?}",
+            kind.name(),
+            prog.insns.len(),
+            std::thread::current().name()
+        );
+        if std::env::var_os(SELFTEST_ENV).is_some_and(|v| v == kind.name()) {
+            // The test hook: a call no list allows.
+            // SAFETY: getppid has no arguments and no effect.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        Ok(())
+    }
+}
+
+/// Compiles the filter of `kind` in `mode` and installs it on the calling thread (see
+/// [`Filter::install`]); nothing when off.
 pub fn apply(
     kind: ThreadKind,
     mode: SeccompMode,
     hv: &HypervisorIoctls,
 ) -> Result<(), SeccompError> {
-    let Some(prog) = program(kind, mode, hv)? else {
-        return Ok(());
-    };
-    if mode == SeccompMode::On {
-        sigsys::install_handler().map_err(|error| SeccompError::Setup {
-            what: "SIGSYS handler",
-            error,
-        })?;
-        sigsys::set_label(kind);
+    match Filter::new(kind, mode, hv)? {
+        Some(f) => f.install(),
+        None => Ok(()),
     }
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(SeccompError::Setup {
-            what: "PR_SET_NO_NEW_PRIVS",
-            error: std::io::Error::last_os_error(),
-        });
-    }
-    virtkit_seccomp::install(&prog).map_err(|error| SeccompError::Compile {
-        kind: kind.name(),
-        error,
-    })?;
-    log::debug!(
-        "seccomp: {} filter ({} instructions, {mode}) on thread {:?}",
-        kind.name(),
-        prog.insns.len(),
-        std::thread::current().name()
-    );
-    if std::env::var_os(SELFTEST_ENV).is_some_and(|v| v == kind.name()) {
-        // The test hook: a call no list allows.
-        // SAFETY: getppid has no arguments and no effect.
-        unsafe { libc::syscall(libc::SYS_getppid) };
-    }
-    Ok(())
 }
 
 #[cfg(test)]
