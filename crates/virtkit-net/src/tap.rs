@@ -21,16 +21,25 @@ const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
 
-// _IOW('T', n, int) and friends from <linux/if_tun.h>.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+// _IOW('T', n, int) and friends from <linux/if_tun.h>; public for seccomp filters that
+// check the ioctls a tap issues.
+/// `TUNSETIFF`.
+pub const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
-const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
-const SIOCGIFMTU: libc::c_ulong = 0x8921;
-const SIOCSIFMTU: libc::c_ulong = 0x8922;
-const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
+/// `TUNSETOFFLOAD` (issued when the guest's driver negotiates its features).
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETVNETHDRSZ`.
+pub const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `SIOCGIFFLAGS`.
+pub const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+/// `SIOCSIFFLAGS`.
+pub const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+/// `SIOCGIFMTU`.
+pub const SIOCGIFMTU: libc::c_ulong = 0x8921;
+/// `SIOCSIFMTU`.
+pub const SIOCSIFMTU: libc::c_ulong = 0x8922;
+/// `SIOCSIFHWADDR`.
+pub const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
 
 /// `TUN_F_*` offload flags for [`Tap::set_offload`]: what the reader of the
 /// tap (the guest) accepts.

@@ -6,6 +6,7 @@
 //! Linux guest with a disk, a network and the API exercised (`lab_jail.rs`); any call
 //! outside its list kills the VMM with a message naming it, so a new call fails CI.
 
+use virtkit_net::tap;
 use virtkit_vcpu::ioctls::HypervisorIoctls;
 
 use super::ThreadKind;
@@ -40,23 +41,24 @@ pub enum Allow {
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 
-// ioctls that are not the hypervisor's.
-const TCGETS: u64 = 0x5401;
-const TCSETS: u64 = 0x5402;
-const TCSETSW: u64 = 0x5403;
-const FIONBIO: u64 = 0x5421;
-const FIOCLEX: u64 = 0x5451;
-const TUNSETIFF: u64 = 0x4004_54ca;
+// ioctls that are not the hypervisor's: the terminal's (libc), the tap's (virtkit-net),
+// and three more a tap's set-up may issue (SIOCGIFINDEX from libc).
+const TCGETS: u64 = libc::TCGETS;
+const TCSETS: u64 = libc::TCSETS;
+const TCSETSW: u64 = libc::TCSETSW;
+const FIONBIO: u64 = libc::FIONBIO;
+const FIOCLEX: u64 = libc::FIOCLEX;
+const TUNSETIFF: u64 = tap::TUNSETIFF;
+const TUNSETOFFLOAD: u64 = tap::TUNSETOFFLOAD;
+const TUNSETVNETHDRSZ: u64 = tap::TUNSETVNETHDRSZ;
+const SIOCGIFFLAGS: u64 = tap::SIOCGIFFLAGS;
+const SIOCSIFFLAGS: u64 = tap::SIOCSIFFLAGS;
+const SIOCGIFMTU: u64 = tap::SIOCGIFMTU;
+const SIOCSIFMTU: u64 = tap::SIOCSIFMTU;
+const SIOCSIFHWADDR: u64 = tap::SIOCSIFHWADDR;
 const TUNGETFEATURES: u64 = 0x8004_54cf;
-const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNGETVNETHDRSZ: u64 = 0x8004_54d7;
-const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
-const SIOCGIFFLAGS: u64 = 0x8913;
-const SIOCSIFFLAGS: u64 = 0x8914;
-const SIOCGIFMTU: u64 = 0x8921;
-const SIOCSIFMTU: u64 = 0x8922;
-const SIOCSIFHWADDR: u64 = 0x8924;
-const SIOCGIFINDEX: u64 = 0x8933;
+const SIOCGIFINDEX: u64 = libc::SIOCGIFINDEX;
 
 /// What every thread does: memory, locks, signals (the vCPU kick, the SIGSYS handler's
 /// own write and exit), time, and the ends of a thread.
