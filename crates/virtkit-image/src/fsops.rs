@@ -87,6 +87,17 @@ pub(crate) fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<u32>, 
     Err(last_err("cannot inspect", name))
 }
 
+/// What the file behind `fd` (an `O_PATH` one too) is; `path` names it in errors.
+pub(crate) fn kind_of(fd: BorrowedFd<'_>, path: &Path) -> Result<u32, ImageError> {
+    // SAFETY: a zeroed stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor we hold, into a stat buffer we own.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(last_err("cannot inspect", path.as_os_str()));
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
 /// Removes whatever sits at `name` in `dir` (a whole tree for a directory), if anything.
 pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), ImageError> {
     match kind_at(dir, name)? {

@@ -241,10 +241,7 @@ impl Unpacker<'_> {
                     0,
                 )
                 .map_err(|e| bad(&rel, format!("hard link target {}: {e}", target.display())))?;
-                let tp = target.parent().unwrap_or(Path::new(""));
-                let tn = target.file_name().unwrap_or_default();
-                let tdir = fsops::dir_in_root(self.root, tp)?;
-                if fsops::kind_at(tdir.as_fd(), tn)? == Some(libc::S_IFDIR) {
+                if fsops::kind_of(t.as_fd(), &target)? == libc::S_IFDIR {
                     return Err(bad(&rel, "a hard link to a directory"));
                 }
                 if target == rel {

@@ -196,6 +196,13 @@ fn hostile_layers_never_write_outside_their_directory() {
         "a hard link through a link reached the host's /etc/passwd"
     );
     outside_is_untouched(&d);
+    // A hard link to a directory.
+    let (r, d) = hostile(Layer::new().dir("d").hardlink("h", "d").tar());
+    assert!(
+        matches!(&r, Err(ImageError::BadEntry { why, .. }) if why.contains("to a directory")),
+        "{r:?}"
+    );
+    outside_is_untouched(&d);
     // A file over a symbolic link replaces the link, never writes through it.
     let victim = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(victim.path(), b"host data").unwrap();
