@@ -60,7 +60,7 @@ fn check(rc: libc::c_int, call: &'static str) -> Result<(), JailError> {
 }
 
 /// The calling process's capability sets and thread count, from `/proc/self/status`.
-fn status() -> Result<(Vec<(String, u64)>, usize), JailError> {
+pub(crate) fn status() -> Result<(Vec<(String, u64)>, usize), JailError> {
     let text = std::fs::read_to_string("/proc/self/status")
         .map_err(JailError::io("cannot read", "/proc/self/status"))?;
     let mut caps = Vec::new();

@@ -155,15 +155,10 @@ impl Jail {
         alive_w: RawFd,
         f: impl FnOnce(&Inside) -> i32,
     ) -> Result<i32, JailError> {
-        let threads = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
-            });
-        if threads.as_deref() != Some("1") {
+        let (_, threads) = crate::inside::status()?;
+        if threads != 1 {
             return Err(JailError::Config(format!(
-                "Jail::run must be called before any thread starts (threads: {threads:?})"
+                "Jail::run must be called before any thread starts ({threads} threads run)"
             )));
         }
         // SAFETY: the process has one thread (checked above); the child only waits,
