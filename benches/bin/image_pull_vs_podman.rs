@@ -22,21 +22,13 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use virtkit_image::registry::RegistryOptions;
 use virtkit_image::{Digest, Store, UnpackOptions};
-use virtkit_lab::registry::TestRegistry;
+use virtkit_lab::registry::{OciLayout, TestRegistry};
 
 const TREES: [&str; 3] = ["/usr/share/locale", "/usr/share/doc", "/usr/lib/python3"];
 
-fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
-    let d = Digest::of(bytes);
-    std::fs::write(dir.join("blobs/sha256").join(d.hex()), bytes)?;
-    Ok(json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()}))
-}
-
 /// The OCI layout of the benchmark image at `dir/layout`.
 fn layout(dir: &Path) -> Result<std::path::PathBuf> {
-    let l = dir.join("layout");
-    std::fs::create_dir_all(l.join("blobs/sha256"))?;
-    std::fs::write(l.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let l = OciLayout::create(&dir.join("layout"))?;
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for tree in TREES {
@@ -48,24 +40,16 @@ fn layout(dir: &Path) -> Result<std::path::PathBuf> {
         diff_ids.push(Digest::of(&raw).to_string());
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &raw)?;
-        layers.push(blob(
-            &l,
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            &gz.finish()?,
-        )?);
+        layers.push(l.blob("application/vnd.oci.image.layer.v1.tar+gzip", &gz.finish()?)?);
     }
     let cfg = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}))?;
-    let cd = blob(&l, "application/vnd.oci.image.config.v1+json", &cfg)?;
+    let cd = l.blob("application/vnd.oci.image.config.v1+json", &cfg)?;
     let m = serde_json::to_vec(&json!({"schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": layers}))?;
-    let mut md = blob(&l, "application/vnd.oci.image.manifest.v1+json", &m)?;
+    let mut md = l.blob("application/vnd.oci.image.manifest.v1+json", &m)?;
     md["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
-    std::fs::write(
-        l.join("index.json"),
-        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [md]}))?,
-    )?;
-    Ok(l)
+    Ok(l.finish(vec![md])?)
 }
 
 /// Writes back what earlier rounds left dirty, so no round pays for another's writes.

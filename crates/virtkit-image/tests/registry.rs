@@ -9,14 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use virtkit_image::registry::RegistryOptions;
 use virtkit_image::{Digest, ImageError, Store, UnpackOptions};
-use virtkit_lab::registry::{closed_addr, TestRegistry, TlsAuth};
-
-/// Writes `bytes` as a blob of the layout at `dir`; its descriptor.
-fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let d = Digest::of(bytes);
-    std::fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-    json!({"mediaType": media_type, "digest": d.to_string(), "size": bytes.len()})
-}
+use virtkit_lab::registry::{closed_addr, OciLayout, TestRegistry, TlsAuth};
 
 fn gz_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -38,15 +31,15 @@ fn gz_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
 /// An OCI layout holding an index with a linux/amd64 and a linux/arm64 image; returns the
 /// layout and the amd64 image's (manifest, config) digests and its layer's bytes.
 fn layout(dir: &Path) -> (PathBuf, Digest, Digest, Vec<u8>) {
-    let l = dir.join("layout");
-    std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
-    std::fs::write(l.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let l = OciLayout::create(&dir.join("layout")).unwrap();
     let big: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let layer = gz_layer(&[
         ("etc/hello", b"hello from the registry\n"),
         ("data/big", &big),
     ]);
-    let ld = blob(&l, "application/vnd.oci.image.layer.v1.tar+gzip", &layer);
+    let ld = l
+        .blob("application/vnd.oci.image.layer.v1.tar+gzip", &layer)
+        .unwrap();
     let diff = {
         let mut d = flate2::read::GzDecoder::new(&layer[..]);
         let mut v = Vec::new();
@@ -60,12 +53,16 @@ fn layout(dir: &Path) -> (PathBuf, Digest, Digest, Vec<u8>) {
             "config": {"Cmd": ["/bin/true"], "Env": [format!("ARCH={arch}")]},
             "rootfs": {"type": "layers", "diff_ids": [diff]}}))
         .unwrap();
-        let cd = blob(&l, "application/vnd.oci.image.config.v1+json", &cfg);
+        let cd = l
+            .blob("application/vnd.oci.image.config.v1+json", &cfg)
+            .unwrap();
         let m = serde_json::to_vec(&json!({"schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": cd, "layers": [ld]}))
         .unwrap();
-        let mut md = blob(&l, "application/vnd.oci.image.manifest.v1+json", &m);
+        let mut md = l
+            .blob("application/vnd.oci.image.manifest.v1+json", &m)
+            .unwrap();
         md["platform"] = json!({"architecture": arch, "os": "linux"});
         if arch == "amd64" {
             amd64 = Some((Digest::of(&m), Digest::of(&cfg)));
@@ -75,15 +72,12 @@ fn layout(dir: &Path) -> (PathBuf, Digest, Digest, Vec<u8>) {
     let idx = serde_json::to_vec(&json!({"schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}))
     .unwrap();
-    let mut id = blob(&l, "application/vnd.oci.image.index.v1+json", &idx);
+    let mut id = l
+        .blob("application/vnd.oci.image.index.v1+json", &idx)
+        .unwrap();
     id["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
-    std::fs::write(
-        l.join("index.json"),
-        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [id]})).unwrap(),
-    )
-    .unwrap();
     let (m, c) = amd64.unwrap();
-    (l, m, c, layer)
+    (l.finish(vec![id]).unwrap(), m, c, layer)
 }
 
 fn plain() -> RegistryOptions {

@@ -202,23 +202,47 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// Writes `bytes` as a blob of the layout at `dir`; its descriptor.
-fn put(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
-    let d = digest(bytes);
-    let p = dir.join("blobs/sha256").join(&d[7..]);
-    std::fs::write(&p, bytes).map_err(LabError::io("writing", &p))?;
-    Ok(serde_json::json!({"mediaType": media_type, "digest": d, "size": bytes.len()}))
+/// An OCI image layout being written (for tests and benchmarks that push images).
+#[derive(Debug)]
+pub struct OciLayout {
+    dir: PathBuf,
+}
+
+impl OciLayout {
+    /// Starts the layout at `dir`: `oci-layout` and an empty `blobs/sha256`.
+    pub fn create(dir: &Path) -> Result<OciLayout> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(LabError::io("creating", &blobs))?;
+        let p = dir.join("oci-layout");
+        std::fs::write(&p, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(LabError::io("writing", &p))?;
+        Ok(OciLayout {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes `bytes` as a blob; its descriptor (media type, digest, size).
+    pub fn blob(&self, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
+        let d = digest(bytes);
+        let p = self.dir.join("blobs/sha256").join(&d[7..]);
+        std::fs::write(&p, bytes).map_err(LabError::io("writing", &p))?;
+        Ok(serde_json::json!({"mediaType": media_type, "digest": d, "size": bytes.len()}))
+    }
+
+    /// Writes `index.json` listing `manifests`; the layout's directory.
+    pub fn finish(self, manifests: Vec<serde_json::Value>) -> Result<PathBuf> {
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+        let p = self.dir.join("index.json");
+        std::fs::write(&p, index.to_string()).map_err(LabError::io("writing", &p))?;
+        Ok(self.dir)
+    }
 }
 
 /// An OCI image layout at `dir/layout` holding one image, reference `v1`: one
 /// uncompressed layer with the host's static busybox as `/bin/busybox` and `sh`, `echo`,
 /// `cat`, `id` linked to it; its config runs `cmd` with `env` in `/bin`.
 pub fn busybox_layout(dir: &Path, cmd: &[&str], env: &[&str]) -> Result<PathBuf> {
-    let l = dir.join("layout");
-    let blobs = l.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(LabError::io("creating", &blobs))?;
-    let write = |p: PathBuf, b: &[u8]| std::fs::write(&p, b).map_err(LabError::io("writing", p));
-    write(l.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let l = OciLayout::create(&dir.join("layout"))?;
     let mut b = tar::Builder::new(Vec::new());
     b.append_path_with_name("/bin/busybox", "bin/busybox")
         .map_err(LabError::io(
@@ -239,24 +263,20 @@ pub fn busybox_layout(dir: &Path, cmd: &[&str], env: &[&str]) -> Result<PathBuf>
     let layer = b
         .into_inner()
         .map_err(LabError::io("finishing", "the layer"))?;
-    let ld = put(&l, "application/vnd.oci.image.layer.v1.tar", &layer)?;
+    let ld = l.blob("application/vnd.oci.image.layer.v1.tar", &layer)?;
     let config = serde_json::json!({"architecture": "amd64", "os": "linux",
         "config": {"Cmd": cmd, "Env": env, "WorkingDir": "/bin"},
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}});
-    let cd = put(
-        &l,
+    let cd = l.blob(
         "application/vnd.oci.image.config.v1+json",
         config.to_string().as_bytes(),
     )?;
     let manifest = serde_json::json!({"schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": [ld]});
-    let mut md = put(
-        &l,
+    let mut md = l.blob(
         "application/vnd.oci.image.manifest.v1+json",
         manifest.to_string().as_bytes(),
     )?;
     md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "v1"});
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [md]});
-    write(l.join("index.json"), index.to_string().as_bytes())?;
-    Ok(l)
+    l.finish(vec![md])
 }
