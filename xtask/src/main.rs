@@ -64,6 +64,8 @@ const TEST_PACKAGES: &[&str] = &[
     "skopeo",
     "apache2-utils",
     "openssl",
+    "nftables",
+    "debootstrap",
 ];
 
 fn cargo(args: &[&str]) -> Result<()> {

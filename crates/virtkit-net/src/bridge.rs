@@ -119,7 +119,7 @@ impl RtNetlink {
 
     /// Send `msg` and collect the replies up to the kernel's ACK. A NACK is
     /// returned as the `io::Error` of its errno.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         op: &'static str,
         name: &str,
@@ -241,7 +241,7 @@ impl RtNetlink {
         })
     }
 
-    fn index_of(&mut self, name: &str) -> Result<u32, BridgeError> {
+    pub(crate) fn index_of(&mut self, name: &str) -> Result<u32, BridgeError> {
         self.link(name)?
             .map(|l| l.index)
             .ok_or_else(|| BridgeError::InterfaceNotFound(name.to_string()))
@@ -288,7 +288,7 @@ impl RtNetlink {
         Ok(())
     }
 
-    fn set_link(
+    pub(crate) fn set_link(
         &mut self,
         op: &'static str,
         name: &str,

@@ -38,14 +38,20 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bridge;
+pub mod container;
 pub mod features;
+pub mod firewall;
 pub mod iovec;
+pub mod ipam;
 pub mod mac;
 pub mod net;
+pub mod netns;
+pub mod ports;
 pub mod spec;
 pub mod tap;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod veth;
 
 pub use iovec::GuestIoVec;
 pub use mac::{MacAddr, MacError};

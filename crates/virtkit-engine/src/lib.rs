@@ -1,0 +1,2 @@
+//! Containers from images (placeholder while the crate is written).
+#![deny(missing_docs)]
