@@ -9,6 +9,7 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::Spec;
 
 use crate::config::{runtime_spec, RunOptions};
+use crate::layout::Descriptor;
 use crate::unpack::{UnpackOptions, Whiteouts};
 use crate::{Digest, ImageError, Store};
 
@@ -105,16 +106,29 @@ impl Store {
             serde_json::from_slice(&self.read_blob(&d)?)
                 .map_err(|e| ImageError::BadConfig(format!("image config {d}: {e}")))?
         };
+        if manifest.layers.is_empty() {
+            return Err(ImageError::BadConfig(format!("image {name} has no layers")));
+        }
+        self.bundle_from_parts(&manifest.layers, &config, dir, base, run)
+    }
+
+    /// [`Store::create_bundle`] for an image given by its layers and config (an image
+    /// being built). With no layers the root starts empty.
+    pub(crate) fn bundle_from_parts(
+        &self,
+        layers: &[Descriptor],
+        config: &ImageConfiguration,
+        dir: &Path,
+        base: Spec,
+        run: &RunOptions,
+    ) -> Result<Bundle, ImageError> {
         let opts = UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             ..UnpackOptions::default()
         };
         let mut lowers = Vec::new();
-        for l in manifest.layers.iter().rev() {
+        for l in layers.iter().rev() {
             lowers.push(self.unpack_layer(&l.digest.parse()?, &opts)?);
-        }
-        if lowers.is_empty() {
-            return Err(ImageError::BadConfig(format!("image {name} has no layers")));
         }
         std::fs::create_dir(dir).map_err(ImageError::io("cannot create the bundle", dir))?;
         let bundle = Bundle {
@@ -126,13 +140,19 @@ impl Store {
                 std::fs::create_dir(dir.join(d))
                     .map_err(ImageError::io("cannot create", dir.join(d)))?;
             }
+            if lowers.is_empty() {
+                // overlayfs needs a lower directory: an empty one.
+                let empty = dir.join("empty");
+                std::fs::create_dir(&empty).map_err(ImageError::io("cannot create", &empty))?;
+                lowers.push(empty);
+            }
             mount_overlay(
                 &lowers,
                 &dir.join("upper"),
                 &dir.join("work"),
                 &bundle.rootfs,
             )?;
-            let mut spec = runtime_spec(base, &config, &bundle.rootfs, run)?;
+            let mut spec = runtime_spec(base, config, &bundle.rootfs, run)?;
             if let Some(mut root) = spec.root().clone() {
                 root.set_path(PathBuf::from("rootfs"));
                 root.set_readonly(Some(run.read_only));
@@ -156,6 +176,17 @@ impl Store {
 impl Bundle {
     /// Unmounts the root and deletes the bundle (the container's changes with it).
     pub fn remove(self) -> Result<(), ImageError> {
+        self.unmount()?;
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ImageError::io("cannot remove", &self.dir)(e)),
+        }
+    }
+
+    /// Unmounts the root (if mounted), leaving the directories: `upper` then holds
+    /// the container's changes, still.
+    pub(crate) fn unmount(&self) -> Result<(), ImageError> {
         let c = cpath(&self.rootfs)?;
         // SAFETY: umount2 with a valid C string; EINVAL means it was not mounted.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
@@ -164,10 +195,6 @@ impl Bundle {
                 return Err(ImageError::io("cannot unmount", &self.rootfs)(e));
             }
         }
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ImageError::io("cannot remove", &self.dir)(e)),
-        }
+        Ok(())
     }
 }

@@ -58,6 +58,32 @@ pub enum ImageError {
         #[source]
         error: std::io::Error,
     },
+    /// A Dockerfile line that cannot be parsed, or an instruction that cannot be built.
+    #[error("Dockerfile line {line}: {why}")]
+    Dockerfile {
+        /// The line (1-based) where the instruction starts.
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// A `RUN` step of a build that exited with a non-zero status.
+    #[error("build step {step} ({instruction}) failed with status {status}")]
+    StepFailed {
+        /// The step's number (1-based, as `docker build` counts).
+        step: usize,
+        /// The instruction as written.
+        instruction: String,
+        /// The exit status the runner reported.
+        status: i32,
+    },
+    /// The [`crate::build::StepRunner`] could not run a step at all.
+    #[error("build step {step}: the runner failed: {why}")]
+    Runner {
+        /// The step's number.
+        step: usize,
+        /// What the runner said.
+        why: String,
+    },
     /// A system call inside the layer directory.
     #[error(transparent)]
     Sys(#[from] virtkit_namespaces::syscalls::SyscallError),

@@ -18,6 +18,12 @@
 //!   an overlayfs root over its layers and the merged `config.json`.
 //! - `Store::pull` (`registry`, default feature `registry`): an image from an OCI distribution registry (tags,
 //!   digests, indexes, OCI and Docker manifests), every blob verified and resumable.
+//! - `Store::push` (`registry`): a stored image to a registry, blobs the registry has
+//!   already skipped.
+//! - [`export`]: a stored image written as an OCI image layout or a docker-archive.
+//! - [`diff`]: an overlayfs upper directory (or any tree) made into a layer, whiteouts
+//!   and opaque directories as OCI's; [`Store::commit`] puts one on top of an image.
+//! - [`mod@build`]: a Dockerfile parsed and built, `RUN` steps through a [`StepRunner`].
 //! - [`config::runtime_spec`]: an image config and `docker run`'s flags made into an OCI
 //!   runtime spec (Entrypoint/Cmd, Env, WorkingDir, User resolved in the image's own
 //!   `/etc/passwd`, StopSignal, ExposedPorts and Volumes as annotations).
@@ -41,12 +47,18 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod build;
 pub mod bundle;
+pub mod commit;
 pub mod config;
+pub mod diff;
 pub mod digest;
 mod error;
+pub mod export;
 mod fsops;
 pub mod layout;
+#[cfg(feature = "registry")]
+pub mod push;
 mod refs;
 #[cfg(feature = "registry")]
 pub mod registry;
@@ -55,7 +67,10 @@ mod store;
 pub mod testing;
 pub mod unpack;
 
+pub use build::{build, BuildOptions, StepRunner};
+pub use commit::CommitChanges;
 pub use config::{runtime_spec, Bind, RunOptions};
+pub use diff::NewLayer;
 pub use digest::Digest;
 pub use error::ImageError;
 pub use store::{BlobWriter, Store};

@@ -29,7 +29,7 @@ pub struct RegistryOptions {
     pub credentials: Option<(String, String)>,
 }
 
-fn registry_err(what: &str, e: impl std::fmt::Display) -> ImageError {
+pub(crate) fn registry_err(what: &str, e: impl std::fmt::Display) -> ImageError {
     ImageError::Registry(format!("{what}: {e}"))
 }
 
@@ -46,7 +46,8 @@ fn loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client, ImageError> {
+/// A client for the registry of `reference`, HTTP or HTTPS as `opts` and the loopback rule say.
+pub(crate) fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client, ImageError> {
     let registry = reference.resolve_registry().to_string();
     let http = match opts.tls_verify {
         Some(false) => true,
@@ -73,6 +74,29 @@ fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client, Image
     Ok(Client::new(cfg))
 }
 
+/// The credentials of `opts` for oci-client.
+pub(crate) fn auth(opts: &RegistryOptions) -> RegistryAuth {
+    match &opts.credentials {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+/// The single-threaded runtime a pull or push runs its requests on.
+pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime, ImageError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| registry_err("cannot start the I/O runtime", e))
+}
+
+/// An image reference parsed (`registry/repository[:tag|@digest]`).
+pub(crate) fn parse_reference(image: &str) -> Result<Reference, ImageError> {
+    image
+        .parse()
+        .map_err(|e| ImageError::BadConfig(format!("image reference {image:?}: {e}")))
+}
+
 const ACCEPT: [&str; 4] = [
     media::MANIFEST,
     media::INDEX,
@@ -92,18 +116,10 @@ impl Store {
     /// Pulls `image` (`registry/repository[:tag|@digest]`) into the store and names it
     /// `image`. Blobs already stored are not fetched again.
     pub fn pull(&self, image: &str, opts: &RegistryOptions) -> Result<Imported, ImageError> {
-        let reference: Reference = image
-            .parse()
-            .map_err(|e| ImageError::BadConfig(format!("image reference {image:?}: {e}")))?;
+        let reference = parse_reference(image)?;
         let client = client(&reference, opts)?;
-        let auth = match &opts.credentials {
-            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-            None => RegistryAuth::Anonymous,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| registry_err("cannot start the I/O runtime", e))?;
+        let auth = auth(opts);
+        let rt = io_runtime()?;
         let imported = rt.block_on(self.pull_async(&client, &reference, &auth))?;
         self.tag(image, &imported.manifest)?;
         Ok(imported)
