@@ -64,3 +64,35 @@ fn assert_empty(dir: &Path) {
     let n = std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0);
     assert_eq!(n, 0, "a layer wrote into {}", dir.display());
 }
+
+/// Parses `data` (as UTF-8, invalid bytes replaced) as a Dockerfile and substitutes
+/// variables in every instruction's text: errors are fine; a panic, or a step whose
+/// line number is outside the file, is a finding. Returns the number of steps parsed.
+pub fn dockerfile_parse(data: &[u8]) -> usize {
+    use crate::build::dockerfile::{parse, substitute};
+    let text = String::from_utf8_lossy(data);
+    let lines = text.lines().count().max(1);
+    let vars = |n: &str| (n.len() % 2 == 0).then(|| n.to_string());
+    let _ = substitute(&text, &vars);
+    match parse(&text) {
+        Ok(steps) => {
+            for s in &steps {
+                assert!(
+                    (1..=lines).contains(&s.line),
+                    "step at line {} of {lines}",
+                    s.line
+                );
+                let _ = substitute(&s.text, &vars);
+            }
+            steps.len()
+        }
+        Err(crate::ImageError::Dockerfile { line, .. }) => {
+            assert!(
+                line >= 1 && line <= lines,
+                "error at line {line} of {lines}"
+            );
+            0
+        }
+        Err(_) => 0,
+    }
+}

@@ -4,7 +4,7 @@
 //! or wrote outside its layer stays covered.
 #![allow(clippy::unwrap_used)]
 
-use virtkit_image::testing::layer_unpack;
+use virtkit_image::testing::{dockerfile_parse, layer_unpack};
 use virtkit_lab::fuzz_corpus::{replay, seed};
 
 #[test]
@@ -23,4 +23,11 @@ fn layer_unpack_seeds_unpack() {
     }
     // The hostile seed may fail or stay inside; it never writes outside (checked inside).
     layer_unpack(&seed("layer_unpack", "hostile-links"));
+}
+
+#[test]
+fn dockerfile_parse_corpus_replays() {
+    replay("dockerfile_parse", dockerfile_parse);
+    // The full seed parses into every instruction it has.
+    assert_eq!(dockerfile_parse(&seed("dockerfile_parse", "full")), 12);
 }
