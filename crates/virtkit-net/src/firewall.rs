@@ -26,13 +26,29 @@ pub const TABLE: &str = "virtkit";
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     /// `nft` is missing, failed or answered nonsense.
-    #[error("nftables ({what}): {source} (is the `nft` tool installed? Debian: apt-get install nftables)")]
+    #[error("nftables ({what}): {detail}")]
     Nft {
         /// What was being done.
         what: String,
+        /// What `nft` said, or why it could not run.
+        detail: String,
+    },
+    /// Another container already publishes the host port.
+    #[error("host port {port} is already in use by container {owner}")]
+    PortTaken {
+        /// The port, as `tcp 8080`.
+        port: String,
+        /// The container's id.
+        owner: String,
+    },
+    /// The lock that serializes rule changes could not be taken.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: String,
         /// The error.
         #[source]
-        source: NftablesError,
+        source: std::io::Error,
     },
     /// A batch we built does not fit the nftables schema (a bug).
     #[error("nftables batch: {0}")]
@@ -50,7 +66,36 @@ pub enum FirewallError {
 
 fn nft_err(what: impl Into<String>) -> impl FnOnce(NftablesError) -> FirewallError {
     let what = what.into();
-    move |source| FirewallError::Nft { what, source }
+    move |e| FirewallError::Nft {
+        what,
+        detail: match e {
+            NftablesError::NftExecution { inner, .. } => format!(
+                "cannot run nft: {inner} (is nftables installed? Debian: apt-get install nftables)"
+            ),
+            NftablesError::NftFailed { stderr, .. } => stderr.trim().to_string(),
+            e => e.to_string(),
+        },
+    }
+}
+
+/// The lock every change to the table takes (the table is the host's, shared by every
+/// state directory and process).
+pub const LOCK: &str = "/run/virtkit-nftables.lock";
+
+fn locked<T>(f: impl FnOnce() -> Result<T, FirewallError>) -> Result<T, FirewallError> {
+    use std::os::fd::AsRawFd;
+    let lock_err = |source| FirewallError::Lock {
+        path: LOCK.into(),
+        source,
+    };
+    let file = std::fs::File::create(LOCK).map_err(lock_err)?;
+    // SAFETY: flock on a descriptor we own; released when `file` is dropped.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(lock_err(std::io::Error::last_os_error()));
+    }
+    let out = f();
+    drop(file);
+    out
 }
 
 fn apply(what: &str, cmds: Vec<Value>) -> Result<(), FirewallError> {
@@ -143,17 +188,25 @@ fn listed_rules() -> Result<Vec<(String, u32, Option<String>)>, FirewallError> {
         .collect())
 }
 
-/// The handles of the rules whose comment is `comment`, by chain.
+/// The handles of the rules whose comment is `comment` or starts with it and a space,
+/// by chain.
 pub fn rules_of(comment: &str) -> Result<Vec<(String, u32)>, FirewallError> {
     Ok(listed_rules()?
         .into_iter()
-        .filter(|(_, _, c)| c.as_deref() == Some(comment))
+        .filter(|(_, _, c)| {
+            c.as_deref()
+                .is_some_and(|c| c == comment || c.starts_with(&format!("{comment} ")))
+        })
         .map(|(chain, h, _)| (chain, h))
         .collect())
 }
 
-/// Removes every rule whose comment is `comment`; the number removed.
+/// Removes every rule of owner `comment` (see [`rules_of`]); the number removed.
 pub fn remove_rules(comment: &str) -> Result<usize, FirewallError> {
+    locked(|| remove_rules_unlocked(comment))
+}
+
+fn remove_rules_unlocked(comment: &str) -> Result<usize, FirewallError> {
     let found = rules_of(comment)?;
     let cmds = found
         .iter()
@@ -181,9 +234,16 @@ pub fn container_comment(id: &str) -> String {
 /// reach it (`route_localnet` on its bridge, which must exist).
 pub fn add_network(net: &Network) -> Result<(), FirewallError> {
     ensure_table()?;
+    locked(|| add_network_unlocked(net))
+}
+
+fn add_network_unlocked(net: &Network) -> Result<(), FirewallError> {
     sysctl(&format!("net/ipv4/conf/{}/route_localnet", net.bridge), "1")?;
     let comment = network_comment(&net.name);
-    remove_rules(&comment)?;
+    if rules_of(&comment)?.len() == 3 {
+        return Ok(());
+    }
+    remove_rules_unlocked(&comment)?;
     let sub = prefix(net.subnet.addr(), net.subnet.prefix());
     let saddr = payload("ip", "saddr");
     let daddr = payload("ip", "daddr");
@@ -231,35 +291,67 @@ pub fn add_ports(id: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), Fi
         return Ok(());
     }
     ensure_table()?;
-    let comment = container_comment(id);
-    let mut cmds = Vec::new();
-    for p in ports {
-        let mut expr = vec![matches(
-            json!({"fib": {"result": "type", "flags": ["daddr"]}}),
-            "==",
-            json!("local"),
-        )];
-        if let Some(h) = p.host_ip {
-            expr.push(matches(payload("ip", "daddr"), "==", json!(h.to_string())));
+    locked(|| {
+        let taken = listed_rules()?;
+        let mut cmds = Vec::new();
+        for p in ports {
+            let key = format!("port {} {}", p.proto.as_str(), p.host_port);
+            for (_, _, c) in &taken {
+                let Some(c) = c.as_deref() else { continue };
+                let mut w = c.split(' ');
+                let (Some("ctr"), Some(owner)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let rest: Vec<&str> = w.collect();
+                // "port PROTO PORT IP"
+                if let ["port", proto, port, their_ip] = rest.as_slice() {
+                    let same_port = format!("port {proto} {port}") == key;
+                    let theirs: Option<Ipv4Addr> = their_ip
+                        .parse()
+                        .ok()
+                        .filter(|a: &Ipv4Addr| !a.is_unspecified());
+                    let overlap = p.host_ip.is_none() || theirs.is_none() || theirs == p.host_ip;
+                    if same_port && overlap {
+                        return Err(FirewallError::PortTaken {
+                            port: format!("{} {}", p.proto.as_str(), p.host_port),
+                            owner: owner.to_string(),
+                        });
+                    }
+                }
+            }
+            let comment = format!(
+                "ctr {id} {key} {}",
+                p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)
+            );
+            let mut expr = vec![matches(
+                json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                "==",
+                json!("local"),
+            )];
+            if let Some(h) = p.host_ip {
+                expr.push(matches(payload("ip", "daddr"), "==", json!(h.to_string())));
+            }
+            expr.push(matches(
+                payload(p.proto.as_str(), "dport"),
+                "==",
+                json!(p.host_port),
+            ));
+            expr.push(json!({"dnat": {"addr": ip.to_string(), "port": p.container_port}}));
+            for chain in ["prerouting", "output"] {
+                cmds.push(rule(chain, &comment, expr.clone()));
+            }
         }
-        expr.push(matches(
-            payload(p.proto.as_str(), "dport"),
-            "==",
-            json!(p.host_port),
-        ));
-        expr.push(json!({"dnat": {"addr": ip.to_string(), "port": p.container_port}}));
-        for chain in ["prerouting", "output"] {
-            cmds.push(rule(chain, &comment, expr.clone()));
-        }
-    }
-    apply(&format!("publish the ports of {id}"), cmds)
+        apply(&format!("publish the ports of {id}"), cmds)
+    })
 }
 
-/// Every rule comment in the table (to find what dead containers left).
+/// Every rule owner in the table (`net NAME`, `ctr ID`), to find what dead containers
+/// left.
 pub fn owners() -> Result<Vec<String>, FirewallError> {
     let mut out: Vec<String> = listed_rules()?
         .into_iter()
         .filter_map(|(_, _, c)| c)
+        .map(|c| c.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
         .collect();
     out.sort();
     out.dedup();

@@ -1,33 +1,44 @@
-//! virtkit: a Docker-like command line over `virtkit-image` (the store, pulls, bundles)
-//! and an OCI runtime binary (`container-runner` by default, as podman drives runc).
+//! virtkit: a Docker-like command line over `virtkit-engine` (containers, networks,
+//! volumes, detached containers with a monitor), `virtkit-image` (the store, pulls) and
+//! an OCI runtime binary (`container-runner` by default, as podman drives runc).
 //!
 //! ```text
 //! virtkit [--root DIR] pull [--tls-verify=BOOL] [--cert-file PEM] [--creds USER:PASS] IMAGE
 //! virtkit images | rmi IMAGE... | load -i ARCHIVE|LAYOUT [NAME] | image prune
-//! virtkit run [--rm] [--name N] [-e K=V]... [-w DIR] [-u USER] [-t] [--entrypoint CMD]
-//!             [--hostname H] [--read-only] [-v SRC:DST[:ro]]... [--tmpfs DIR]...
-//!             [--runtime PATH] IMAGE [ARG...]
+//! virtkit run [-d] [--rm] [--name N] [-p [IP:]HOST:CTR[/udp]]... [--network NET|none|host]
+//!             [--restart no|on-failure|always] [-e K=V]... [-w DIR] [-u USER] [-t] [-i]
+//!             [--entrypoint CMD] [--hostname H] [--read-only] [-v SRC:DST[:ro]]...
+//!             [--tmpfs DIR]... [-m SIZE] [--cpus N] [--pids-limit N] [--runtime PATH]
+//!             IMAGE [ARG...]
+//! virtkit create ... | start | stop [-t S] | restart | kill [-s SIG] | rm [-f] NAME...
+//! virtkit ps [-a] [-q] | logs [-f] NAME | exec [-it] [-e K=V] NAME CMD... | inspect NAME...
+//! virtkit network create [--subnet CIDR] NAME | ls | rm NAME...
 //! virtkit volume create NAME | ls | rm NAME...
 //! ```
 //! State under `/var/lib/virtkit` (`--root` or `VIRTKIT_ROOT`). Exit status: the
-//! container's for `run`, 125 for virtkit's own errors (as Docker).
+//! container's for `run` and `exec`, 125 for virtkit's own errors (as Docker).
+
+mod containers;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use containers::{each, grace, RunArgs};
+use virtkit_engine::Engine;
 use virtkit_image::registry::RegistryOptions;
-use virtkit_image::{RunOptions, Store};
 
 /// A Docker-like command line over the virtkit crates.
 #[derive(Debug, Parser)]
 #[command(name = "virtkit")]
 struct Cli {
-    /// State directory (images, containers, runtime state); else `VIRTKIT_ROOT`, else
-    /// `/var/lib/virtkit`.
+    /// State directory (images, containers, networks, volumes, runtime state); else
+    /// `VIRTKIT_ROOT`, else `/var/lib/virtkit`.
     #[arg(long, global = true)]
     root: Option<PathBuf>,
+    /// The OCI runtime binary (default: `container-runner` next to this program).
+    #[arg(long, global = true, value_name = "PATH")]
+    runtime: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -38,15 +49,8 @@ enum Cmd {
     Pull {
         /// `registry/repository[:tag|@digest]`.
         image: String,
-        /// Verify TLS (false: plain HTTP, as podman's --tls-verify=false).
-        #[arg(long)]
-        tls_verify: Option<bool>,
-        /// The CA that signed the registry's certificate (PEM).
-        #[arg(long, value_name = "PEM")]
-        cert_file: Option<PathBuf>,
-        /// `USER:PASSWORD`.
-        #[arg(long)]
-        creds: Option<String>,
+        #[command(flatten)]
+        reg: RegArgs,
     },
     /// Lists the images.
     Images,
@@ -69,12 +73,158 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
-    /// Runs a command in a new container of an image, in the foreground.
+    /// Runs a command in a new container of an image.
     Run(RunArgs),
+    /// Creates a container without starting it.
+    Create(RunArgs),
+    /// Starts stopped containers (detached).
+    Start {
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stops containers: their stop signal, then SIGKILL after the grace period.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stops and starts containers.
+    Restart {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Sends a signal to containers.
+    Kill {
+        /// The signal.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Removes containers.
+    Rm {
+        /// Kill running ones first.
+        #[arg(short, long)]
+        force: bool,
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Lists containers.
+    Ps {
+        /// Stopped ones too.
+        #[arg(short, long)]
+        all: bool,
+        /// Ids only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Prints a container's output.
+    Logs {
+        /// Go on until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Name or id.
+        name: String,
+    },
+    /// Runs a command in a running container.
+    Exec {
+        /// A terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Keep stdin open.
+        #[arg(short, long)]
+        interactive: bool,
+        /// `KEY=VALUE`; repeatable.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Name or id.
+        name: String,
+        /// The command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Prints containers' records as JSON.
+    Inspect {
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Networks (bridges with their own subnet).
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
     /// Named volumes (kept under the state directory, surviving containers).
     Volume {
         #[command(subcommand)]
         cmd: VolumeCmd,
+    },
+    /// A detached container's monitor (started by `run -d` and `start`).
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// The container id.
+        id: String,
+    },
+}
+
+/// Registry flags.
+#[derive(Debug, clap::Args)]
+struct RegArgs {
+    /// Verify TLS (false: plain HTTP, as podman's --tls-verify=false).
+    #[arg(long)]
+    tls_verify: Option<bool>,
+    /// The CA that signed the registry's certificate (PEM).
+    #[arg(long, value_name = "PEM")]
+    cert_file: Option<PathBuf>,
+    /// `USER:PASSWORD`.
+    #[arg(long)]
+    creds: Option<String>,
+}
+
+impl RegArgs {
+    fn options(self) -> anyhow::Result<RegistryOptions> {
+        let credentials = match self.creds {
+            Some(c) => match c.split_once(':') {
+                Some((u, p)) => Some((u.to_string(), p.to_string())),
+                None => bail!("--creds takes USER:PASSWORD"),
+            },
+            None => None,
+        };
+        Ok(RegistryOptions {
+            tls_verify: self.tls_verify,
+            ca_file: self.cert_file,
+            credentials,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// Creates a network.
+    Create {
+        /// Its subnet (default: the first free 10.89.N.0/24).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// The name.
+        name: String,
+    },
+    /// Lists the networks.
+    Ls,
+    /// Removes networks (and their bridges).
+    Rm {
+        /// The names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -101,55 +251,6 @@ enum ImageCmd {
     Prune,
 }
 
-#[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// Remove the container when it exits (always so for now: containers are not kept).
-    #[arg(long)]
-    rm: bool,
-    /// The container's name.
-    #[arg(long)]
-    name: Option<String>,
-    /// `KEY=VALUE`; repeatable.
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// Working directory.
-    #[arg(short, long)]
-    workdir: Option<String>,
-    /// `USER[:GROUP]`, names from the image.
-    #[arg(short, long)]
-    user: Option<String>,
-    /// A terminal.
-    #[arg(short, long)]
-    tty: bool,
-    /// Replaces the image's entrypoint (and drops its Cmd).
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// The container's hostname.
-    #[arg(long)]
-    hostname: Option<String>,
-    /// A read-only root file system.
-    #[arg(long)]
-    read_only: bool,
-    /// `HOST_PATH:CONTAINER_PATH[:ro]` or `VOLUME_NAME:CONTAINER_PATH[:ro]`; repeatable.
-    #[arg(short, long = "volume", value_name = "SPEC")]
-    volume: Vec<String>,
-    /// An empty tmpfs at this path; repeatable.
-    #[arg(long, value_name = "DIR")]
-    tmpfs: Vec<String>,
-    /// The OCI runtime binary.
-    #[arg(long, value_name = "PATH")]
-    runtime: Option<PathBuf>,
-    /// The image.
-    image: String,
-    /// The command and its arguments (replace the image's Cmd).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
-}
-
-fn store(root: &Path) -> anyhow::Result<Store> {
-    Ok(Store::open(root.join("images"))?)
-}
-
 /// The runtime binary: `--runtime`, else `container-runner` next to this binary, else
 /// on `PATH`.
 fn runtime(given: Option<&Path>) -> PathBuf {
@@ -163,151 +264,52 @@ fn runtime(given: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("container-runner"))
 }
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !n.starts_with('.')
-}
-
-/// The directory of the named volume `name`.
-fn volume_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    if !valid_name(name) {
-        bail!("invalid volume name {name:?}: letters, digits, '-', '_', '.'");
-    }
-    Ok(root.join("volumes").join(name))
-}
-
-/// `-v SPEC` as a bind: a host path, or a named volume (created when missing, as Docker).
-fn bind(root: &Path, spec: &str) -> anyhow::Result<virtkit_image::Bind> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (src, dst, ro) = match parts.as_slice() {
-        [s, d] => (*s, *d, false),
-        [s, d, "ro"] => (*s, *d, true),
-        [s, d, "rw"] => (*s, *d, false),
-        _ => bail!("-v {spec}: expected SOURCE:DESTINATION[:ro|rw]"),
-    };
-    let source = if src.starts_with('/') {
-        let p = PathBuf::from(src);
-        if !p.exists() {
-            bail!("-v {spec}: {src} does not exist");
+fn network(engine: &Engine, cmd: NetworkCmd) -> anyhow::Result<i32> {
+    let nets = engine.networks();
+    match cmd {
+        NetworkCmd::Create { subnet, name } => {
+            let subnet = subnet.map(|s| s.parse()).transpose()?;
+            let n = nets.create(&name, subnet)?;
+            println!("{}", n.name);
         }
-        p
-    } else {
-        let d = volume_dir(root, src)?.join("_data");
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create volume {src}"))?;
-        d
-    };
-    Ok(virtkit_image::Bind {
-        source,
-        destination: dst.to_string(),
-        read_only: ro,
-    })
+        NetworkCmd::Ls => {
+            println!("{:<14} {:<16} SUBNET", "NAME", "BRIDGE");
+            for n in nets.list()? {
+                println!("{:<14} {:<16} {}", n.name, n.bridge, n.subnet);
+            }
+        }
+        NetworkCmd::Rm { names } => {
+            for name in names {
+                let n = nets.remove(&name)?;
+                virtkit_net::container::remove_network(&n)
+                    .with_context(|| format!("network {name}"))?;
+                println!("{name}");
+            }
+        }
+    }
+    Ok(0)
 }
 
-fn volume(root: &Path, cmd: VolumeCmd) -> anyhow::Result<()> {
+fn volume(engine: &Engine, cmd: VolumeCmd) -> anyhow::Result<i32> {
     match cmd {
         VolumeCmd::Create { name } => {
-            let d = volume_dir(root, &name)?;
-            if d.exists() {
-                bail!("volume {name:?} already exists");
-            }
-            std::fs::create_dir_all(d.join("_data"))
-                .with_context(|| format!("cannot create volume {name}"))?;
+            engine.volume_create(&name)?;
             println!("{name}");
         }
         VolumeCmd::Ls => {
             println!("VOLUME NAME");
-            let mut names: Vec<String> = std::fs::read_dir(root.join("volumes"))
-                .map(|r| {
-                    r.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
-            for n in names {
+            for n in engine.volumes()? {
                 println!("{n}");
             }
         }
         VolumeCmd::Rm { names } => {
             for n in names {
-                let d = volume_dir(root, &n)?;
-                if !d.exists() {
-                    bail!("no volume named {n:?}");
-                }
-                std::fs::remove_dir_all(&d).with_context(|| format!("cannot remove volume {n}"))?;
+                engine.volume_remove(&n)?;
                 println!("{n}");
             }
         }
     }
-    Ok(())
-}
-
-fn run(root: &Path, a: RunArgs) -> anyhow::Result<i32> {
-    let store = store(root)?;
-    let id = match &a.name {
-        Some(n) if !valid_name(n) => {
-            bail!("invalid container name {n:?}: letters, digits, '-', '_', '.'")
-        }
-        Some(n) => n.clone(),
-        None => format!(
-            "vk-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        ),
-    };
-    let containers = root.join("containers");
-    std::fs::create_dir_all(&containers)
-        .with_context(|| format!("cannot create {}", containers.display()))?;
-    let dir = containers.join(&id);
-    if dir.exists() {
-        bail!("the container name {id:?} is already in use");
-    }
-    let binds = a
-        .volume
-        .iter()
-        .map(|v| bind(root, v))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let opts = RunOptions {
-        binds,
-        tmpfs: a.tmpfs,
-        entrypoint: a.entrypoint.map(|e| vec![e]),
-        args: a.args,
-        env: a.env,
-        workdir: a.workdir,
-        user: a.user,
-        tty: a.tty,
-        hostname: a.hostname,
-        read_only: a.read_only,
-    };
-    let base = virtkit_runtime::example_spec();
-    let bundle = store.create_bundle(&a.image, &dir, base, &opts)?;
-    let rt = runtime(a.runtime.as_deref());
-    let status = Command::new(&rt)
-        .arg("--root")
-        .arg(root.join("runtime"))
-        .args(["run", "--bundle"])
-        .arg(&dir)
-        .arg(&id)
-        .status();
-    // The runtime deletes its container when `run` returns; the bundle goes too.
-    let removed = bundle.remove();
-    let status = status.with_context(|| format!("cannot start the runtime {}", rt.display()))?;
-    removed?;
-    Ok(
-        match (
-            status.code(),
-            std::os::unix::process::ExitStatusExt::signal(&status),
-        ) {
-            (Some(c), _) => c,
-            (None, Some(s)) => 128 + s,
-            (None, None) => 125,
-        },
-    )
+    Ok(0)
 }
 
 fn main_result(cli: Cli) -> anyhow::Result<i32> {
@@ -315,63 +317,78 @@ fn main_result(cli: Cli) -> anyhow::Result<i32> {
         .root
         .or_else(|| std::env::var_os("VIRTKIT_ROOT").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/var/lib/virtkit"));
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let engine = Engine::open(&root, runtime(cli.runtime.as_deref()))?.with_monitor(vec![
+        exe.into(),
+        "--root".into(),
+        root.clone().into(),
+        "--runtime".into(),
+        runtime(cli.runtime.as_deref()).into(),
+        "__monitor".into(),
+    ]);
+    if !matches!(cli.cmd, Cmd::Monitor { .. }) {
+        engine.reap()?;
+    }
+    let store = engine.store();
     match cli.cmd {
-        Cmd::Pull {
-            image,
-            tls_verify,
-            cert_file,
-            creds,
-        } => {
-            let credentials = match creds {
-                Some(c) => match c.split_once(':') {
-                    Some((u, p)) => Some((u.to_string(), p.to_string())),
-                    None => bail!("--creds takes USER:PASSWORD"),
-                },
-                None => None,
-            };
-            let opts = RegistryOptions {
-                tls_verify,
-                ca_file: cert_file,
-                credentials,
-            };
-            let got = store(&root)?.pull(&image, &opts)?;
+        Cmd::Pull { image, reg } => {
+            let got = store.pull(&image, &reg.options()?)?;
             println!("{}", got.manifest);
         }
         Cmd::Images => {
-            let s = store(&root)?;
             println!("{:<50} {:<19} {:>12}", "IMAGE", "MANIFEST", "SIZE");
-            for (name, d) in s.images()? {
-                let m = s.manifest(&d)?;
+            for (name, d) in store.images()? {
+                let m = store.manifest(&d)?;
                 let size: u64 = m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size;
                 println!("{name:<50} {:<19} {size:>12}", &d.to_string()[..19]);
             }
         }
         Cmd::Rmi { images } => {
-            let s = store(&root)?;
             for i in images {
-                s.untag(&i)?;
+                store.untag(&i)?;
                 println!("Untagged: {i}");
             }
         }
         Cmd::Load { input, name } => {
-            let s = store(&root)?;
             let got = if input.is_dir() {
                 let name = name.context("loading an OCI layout needs a NAME")?;
-                s.import_oci_layout(&input, None, &name)?
+                store.import_oci_layout(&input, None, &name)?
             } else {
-                s.import_docker_archive(&input, name.as_deref())?
+                store.import_docker_archive(&input, name.as_deref())?
             };
             println!("Loaded image: {}", got.manifest);
         }
         Cmd::Image {
             cmd: ImageCmd::Prune,
         } => {
-            let s = store(&root)?;
-            let removed = s.prune(&s.referenced()?)?;
+            let removed = store.prune(&store.referenced()?)?;
             println!("Deleted {} blobs", removed.len());
         }
-        Cmd::Run(a) => return run(&root, a),
-        Cmd::Volume { cmd } => volume(&root, cmd)?,
+        Cmd::Run(a) => return containers::run(&engine, a),
+        Cmd::Create(a) => return containers::create(&engine, a),
+        Cmd::Start { names } => return each(&names, |n| engine.start(n)),
+        Cmd::Stop { time, names } => return each(&names, |n| engine.stop(n, grace(time))),
+        Cmd::Restart { time, names } => {
+            return each(&names, |n| {
+                engine.stop(n, grace(time))?;
+                engine.start(n)
+            })
+        }
+        Cmd::Kill { signal, names } => return each(&names, |n| engine.kill(n, &signal)),
+        Cmd::Rm { force, names } => return each(&names, |n| engine.remove(n, force)),
+        Cmd::Ps { all, quiet } => return containers::ps(&engine, all, quiet),
+        Cmd::Logs { follow, name } => engine.logs(&name, follow, &mut std::io::stdout())?,
+        Cmd::Exec {
+            tty,
+            interactive: _,
+            env,
+            name,
+            args,
+        } => return Ok(engine.exec(&name, &args, tty, &env)?),
+        Cmd::Inspect { names } => return containers::inspect(&engine, &names),
+        Cmd::Network { cmd } => return network(&engine, cmd),
+        Cmd::Volume { cmd } => return volume(&engine, cmd),
+        Cmd::Monitor { id } => return containers::monitor(&engine, &id),
     }
     Ok(0)
 }

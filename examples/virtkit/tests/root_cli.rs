@@ -19,6 +19,15 @@ fn virtkit(root: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The containers kept under the state directory `root`.
+fn containers(root: &Path) -> usize {
+    std::fs::read_dir(root.join("containers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("record.json").exists())
+        .count()
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -80,11 +89,7 @@ fn root_pull_images_run_rmi_and_prune() {
         assert_eq!(text(&o).0, "a-flag /\n", "{runtime}: {:?}", text(&o));
         assert_eq!(o.status.code(), Some(7));
     }
-    assert_eq!(
-        std::fs::read_dir(root.join("containers")).unwrap().count(),
-        0,
-        "a container is left"
-    );
+    assert_eq!(containers(&root), 0, "a container is left");
     assert_eq!(
         std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
         mounts,
@@ -107,17 +112,15 @@ fn root_pull_images_run_rmi_and_prune() {
         &["run", "--rm", "--name", "bad/name", &image],
         "invalid container name",
     );
-    std::fs::create_dir(root.join("containers/taken")).unwrap();
+    let o = virtkit(&root, &["create", "--name", "taken", &image]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     bad(
         &["run", "--rm", "--name", "taken", &image],
         "already in use",
     );
-    std::fs::remove_dir(root.join("containers/taken")).unwrap();
+    assert_eq!(virtkit(&root, &["rm", "taken"]).status.code(), Some(0));
     bad(&["run", "--no-such-flag", &image], "unexpected argument");
-    assert_eq!(
-        std::fs::read_dir(root.join("containers")).unwrap().count(),
-        0
-    );
+    assert_eq!(containers(&root), 0);
 
     let o = virtkit(&root, &["rmi", &image]);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
