@@ -6,7 +6,7 @@
 //! `containers/ID/` (each container's [`record::Record`], bundle, log and hosts file),
 //! `networks/`, `netns/`, `volumes/` and `runtime/` (the runtime's own state). Every
 //! command is a method, one verb per module ([`create`], [`start`], [`stop`],
-//! [`remove`], [`logs`], [`exec`], [`reap`]...). A detached container is held by a small
+//! [`remove`], [`logs`], [`exec`], [`reap`], [`build`]...). A detached container is held by a small
 //! monitor process (conmon's role, [`monitor`]): it sets up the network, runs the
 //! container with its output in the log, records the exit status and applies the
 //! restart policy; later commands find it through the record.
@@ -42,6 +42,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod build;
 pub mod create;
 pub mod error;
 pub mod exec;

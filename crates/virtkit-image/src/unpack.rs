@@ -206,16 +206,18 @@ impl Unpacker<'_> {
                     fsops::remove_at(p, &name)?;
                 }
                 let d = fsops::make_dir(p, &name)?;
-                self.xattrs(e, d.as_fd(), &rel)?;
                 fsops::set_meta(p, &name, owner, Some(mode), None)?;
+                // After the owner: chown clears security.capability.
+                self.xattrs(e, d.as_fd(), &rel)?;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 fsops::remove_at(p, &name)?;
                 let mut f = fsops::create_file(p, &name)?;
                 std::io::copy(e, &mut f).map_err(ImageError::Archive)?;
+                fsops::set_meta(p, &name, owner, Some(mode), mtime)?;
+                // After the owner: chown clears security.capability.
                 self.xattrs(e, f.as_fd(), &rel)?;
                 drop(f);
-                fsops::set_meta(p, &name, owner, Some(mode), mtime)?;
             }
             EntryType::Symlink => {
                 let target = e

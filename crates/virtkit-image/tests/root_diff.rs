@@ -93,9 +93,9 @@ fn describe(root: &Path) -> BTreeMap<String, String> {
             } else if ft.is_char_device() || ft.is_block_device() {
                 d += &format!(" rdev={}", m.rdev());
             }
-            // security.capability is checked in the archive: the unpacker sets xattrs
-            // before it chowns, and chown(2) clears file capabilities.
-            for k in ["user.note", "trusted.overlay.opaque"] {
+            // security.capability too: the unpacker must set it after the owner, as
+            // chown(2) clears file capabilities.
+            for k in ["user.note", "trusted.overlay.opaque", "security.capability"] {
                 if let Some(v) = getx(&p, k) {
                     d += &format!(" {k}={v:?}");
                 }

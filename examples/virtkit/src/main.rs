@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! virtkit [--root DIR] pull [--tls-verify=BOOL] [--cert-file PEM] [--creds USER:PASS] IMAGE
+//! virtkit push [--tls-verify=BOOL] [--cert-file PEM] [--creds USER:PASS] IMAGE [DEST]
 //! virtkit images | rmi IMAGE... | load -i ARCHIVE|LAYOUT [NAME] | image prune
+//! virtkit save -o OUT [--format docker-archive|oci-dir] IMAGE
+//! virtkit build -t NAME [-f DOCKERFILE] [--build-arg K=V]... CONTEXT
+//! virtkit commit [-c 'CMD ...']... [-m MSG] [-a AUTHOR] CONTAINER NAME
 //! virtkit run [-d] [--rm] [--name N] [-p [IP:]HOST:CTR[/udp]]... [--network NET|none|host]
 //!             [--restart no|on-failure|always] [-e K=V]... [-w DIR] [-u USER] [-t] [-i]
 //!             [--entrypoint CMD] [--hostname H] [--read-only] [-v SRC:DST[:ro]]...
@@ -19,6 +23,7 @@
 //! container's for `run` and `exec`, 125 for virtkit's own errors (as Docker).
 
 mod containers;
+mod images;
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +56,56 @@ enum Cmd {
         image: String,
         #[command(flatten)]
         reg: RegArgs,
+    },
+    /// Pushes a stored image to a registry.
+    Push {
+        /// The stored image.
+        image: String,
+        /// `registry/repository[:tag]` (the image's own name by default).
+        dest: Option<String>,
+        #[command(flatten)]
+        reg: RegArgs,
+    },
+    /// Writes an image as a docker-archive tarball or an OCI layout directory.
+    Save {
+        /// Where.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// `docker-archive` or `oci-dir`.
+        #[arg(long, default_value = "docker-archive")]
+        format: String,
+        /// The image.
+        image: String,
+    },
+    /// Makes an image from a container's changes.
+    Commit {
+        /// A Dockerfile line (CMD, ENTRYPOINT, ENV) to apply; repeatable.
+        #[arg(short, long)]
+        change: Vec<String>,
+        /// The commit message.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// The author.
+        #[arg(short, long)]
+        author: Option<String>,
+        /// The container.
+        container: String,
+        /// The new image's name.
+        name: String,
+    },
+    /// Builds an image from a Dockerfile, each RUN in a container.
+    Build {
+        /// The new image's name.
+        #[arg(short, long)]
+        tag: String,
+        /// The Dockerfile (`CONTEXT/Dockerfile` by default).
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// `NAME=VALUE`; repeatable.
+        #[arg(long)]
+        build_arg: Vec<String>,
+        /// The context directory.
+        context: PathBuf,
     },
     /// Lists the images.
     Images,
@@ -335,6 +390,27 @@ fn main_result(cli: Cli) -> anyhow::Result<i32> {
             let got = store.pull(&image, &reg.options()?)?;
             println!("{}", got.manifest);
         }
+        Cmd::Push { image, dest, reg } => {
+            return images::push(&engine, &image, dest.as_deref(), &reg.options()?)
+        }
+        Cmd::Save {
+            output,
+            format,
+            image,
+        } => return images::save(&engine, &image, &output, &format),
+        Cmd::Commit {
+            change,
+            message,
+            author,
+            container,
+            name,
+        } => return images::commit(&engine, &container, &name, &change, message, author),
+        Cmd::Build {
+            tag,
+            file,
+            build_arg,
+            context,
+        } => return images::build(&engine, context, file, &tag, &build_arg),
         Cmd::Images => {
             println!("{:<50} {:<19} {:>12}", "IMAGE", "MANIFEST", "SIZE");
             for (name, d) in store.images()? {
