@@ -29,6 +29,7 @@ use anyhow::{bail, Context, Result};
 use virtkit_lab::{BootResult, GuestBoot, Payload, Venue, Vmm};
 
 mod bench;
+mod demo_web;
 mod fuzz;
 mod soak;
 mod soak_containers;
@@ -68,7 +69,7 @@ const TEST_PACKAGES: &[&str] = &[
     "debootstrap",
 ];
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let start = Instant::now();
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -233,6 +234,10 @@ const DEMO_PARTS: &[DemoPart] = &[
     (
         "pull an image from a registry and run it (virtkit)",
         demo_image,
+    ),
+    (
+        "build a web image, run it with -d -p, fetch its page (virtkit)",
+        demo_web::demo_web,
     ),
 ];
 
