@@ -219,3 +219,40 @@ fn pull_over_tls_with_a_custom_ca_and_basic_auth() {
         assert!(s2.images().unwrap().is_empty(), "{what}");
     }
 }
+
+#[test]
+fn push_and_pull_with_token_auth() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens =
+        virtkit_lab::registry::token::TokenServer::start(&d.path().join("tok"), "vkuser", "t0ken")
+            .unwrap();
+    let reg = TestRegistry::start_token(d.path(), &tokens).unwrap();
+    let (l, manifest, _, _) = layout(d.path());
+    let src = Store::open(d.path().join("src")).unwrap();
+    src.import_oci_layout(&l, None, "local/img:1").unwrap();
+    let image = format!("{}/vk/tokened:1", reg.addr);
+    let ok = RegistryOptions {
+        credentials: Some(("vkuser".into(), "t0ken".into())),
+        ..plain()
+    };
+    // Without credentials the registry's Bearer challenge cannot be met.
+    let e = src.push("local/img:1", &image, &plain()).unwrap_err();
+    assert!(e.to_string().contains("registry"), "{e}");
+    let pushed = src.push("local/img:1", &image, &ok).unwrap();
+    assert_eq!(pushed.manifest, manifest);
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let store = Store::open(d.path().join("store")).unwrap();
+    assert_eq!(store.pull(&image, &ok).unwrap().manifest, manifest);
+    let s2 = Store::open(d.path().join("store2")).unwrap();
+    for bad in [
+        plain(),
+        RegistryOptions {
+            credentials: Some(("vkuser".into(), "wrong".into())),
+            ..plain()
+        },
+    ] {
+        let e = s2.pull(&image, &bad).unwrap_err();
+        assert!(e.to_string().contains("registry"), "{e}");
+        assert!(s2.images().unwrap().is_empty());
+    }
+}

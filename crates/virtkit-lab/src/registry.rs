@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 
+pub mod token;
+
 /// A running registry.
 #[derive(Debug)]
 pub struct TestRegistry {
@@ -105,6 +107,15 @@ impl TlsAuth {
 impl TestRegistry {
     /// Starts a registry with its storage and config under `dir`.
     pub fn start(dir: &Path, tls: Option<&TlsAuth>) -> Result<TestRegistry> {
+        Self::start_with(dir, tls, "")
+    }
+
+    /// A plain-HTTP registry that wants tokens from `tokens` (Docker's token auth).
+    pub fn start_token(dir: &Path, tokens: &token::TokenServer) -> Result<TestRegistry> {
+        Self::start_with(dir, None, &tokens.registry_config())
+    }
+
+    fn start_with(dir: &Path, tls: Option<&TlsAuth>, extra: &str) -> Result<TestRegistry> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let data = dir.join("registry-data");
         let mut cfg = format!(
@@ -117,6 +128,7 @@ impl TestRegistry {
                 t.dir.display()
             ));
         }
+        cfg.push_str(extra);
         let cfg_path = dir.join("registry.yml");
         std::fs::write(&cfg_path, cfg).map_err(LabError::io("writing", &cfg_path))?;
         let child = Command::new("docker-registry")
