@@ -367,7 +367,7 @@ fn mounts_in(mounts: &str, dir: &Path) -> Vec<PathBuf> {
 
 /// Unmounts what an interrupted debootstrap may have left mounted (proc, sys, a bound
 /// /dev) under `dir`; fails when something stays mounted.
-fn unmount_under(dir: &Path) -> Result<()> {
+pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
     for m in mounts_under(dir) {
         if util::run_captured(Command::new("umount").arg(&m)).is_err() {
             let _ = util::run_captured(Command::new("umount").arg("-l").arg(&m));
@@ -387,7 +387,7 @@ fn unmount_under(dir: &Path) -> Result<()> {
 
 /// Removes a build folder, never across a mount point (a bound /dev would lose the
 /// host's device nodes).
-fn remove_build_dir(dir: &Path) -> Result<()> {
+pub(crate) fn remove_build_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }

@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod apache;
 pub mod boot;
 pub mod cpio;
 mod debian;
