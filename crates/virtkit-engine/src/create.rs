@@ -65,7 +65,28 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Sets the namespaces and resources of `spec` (as JSON) for `mode` and the limits.
+/// Docker's default capabilities (moby's `oci/caps/defaults.go`): what services such as
+/// Apache need to drop privileges (SETUID, SETGID, CHOWN...), nothing that reaches the
+/// host (no SYS_ADMIN, NET_ADMIN, SYS_MODULE...).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Sets the namespaces and resources of `spec` (as JSON) for `mode` and the limits, and
+/// Docker's default capabilities.
 fn adjust_spec(
     spec: oci_spec::runtime::Spec,
     netns: Option<&std::path::Path>,
@@ -74,6 +95,13 @@ fn adjust_spec(
 ) -> Result<oci_spec::runtime::Spec, EngineError> {
     let bad = |e: serde_json::Error| EngineError::BadOption(format!("runtime spec: {e}"));
     let mut v = serde_json::to_value(&spec).map_err(bad)?;
+    if let Some(p) = v.get_mut("process").and_then(Value::as_object_mut) {
+        let caps = json!(DEFAULT_CAPABILITIES);
+        p.insert(
+            "capabilities".into(),
+            json!({"bounding": caps, "effective": caps, "permitted": caps}),
+        );
+    }
     let linux = v
         .as_object_mut()
         .map(|o| o.entry("linux").or_insert_with(|| json!({})));
@@ -271,6 +299,11 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 100);
+        let caps = v["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(caps.iter().any(|c| c == "CAP_SETUID"));
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
         let host = adjust_spec(
             virtkit_runtime::example_spec(),
             None,

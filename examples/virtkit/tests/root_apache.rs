@@ -174,7 +174,6 @@ impl Drop for Outside {
 }
 
 #[test]
-#[ignore = "blocked: virtkit-engine gives containers runc's example capabilities (AUDIT_WRITE, KILL, NET_BIND_SERVICE), not Docker's default set; apache2ctl needs CAP_CHOWN, CAP_SETUID, CAP_SETGID. Run with --ignored once the engine has them"]
 fn root_apache2_image_pulled_run_published_stopped_started_removed() {
     let layout = apache2_layout().unwrap();
     let d = tempfile::tempdir().unwrap();
