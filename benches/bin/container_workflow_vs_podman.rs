@@ -263,7 +263,7 @@ fn main() -> Result<()> {
     }
     rows.push(Row {
         name: "pull-unpack-vs-podman",
-        what: format!("pull + unpack of apache2 (82 MiB gzip), cold store: virtkit pull + create vs podman pull, median of {rounds} (s)"),
+        what: format!("pull + unpack of apache2 (82 MiB gzip), cold store: virtkit pull + create vs podman pull, median of {rounds}"),
         ours: Some(median(&vk_unpacked)),
         peer: "podman",
         theirs: median(&pm_pull),
@@ -272,7 +272,7 @@ fn main() -> Result<()> {
     rows.push(Row {
         name: "pull-only-vs-podman",
         what: format!(
-            "virtkit pull alone (download, no unpack) vs podman pull, median of {rounds} (s)"
+            "virtkit pull alone (download, no unpack) vs podman pull, median of {rounds}"
         ),
         ours: Some(median(&vk_pull)),
         peer: "podman",
@@ -360,7 +360,7 @@ fn main() -> Result<()> {
     }
     rows.push(Row {
         name: "run-to-http-vs-podman-crun",
-        what: format!("run -d -p PORT:80 apache2 to the first HTTP 200, virtkit + container-runner vs podman + crun, median of {rounds} (s)"),
+        what: format!("run -d -p PORT:80 apache2 to the first HTTP 200, virtkit + container-runner vs podman + crun, median of {rounds}"),
         ours: (vk_http.len() == rounds).then(|| median(&vk_http)),
         peer: "podman+crun",
         theirs: median(&pm_http),
@@ -395,7 +395,7 @@ fn main() -> Result<()> {
     println!("run --rm true, median of {runs}: virtkit {:.1} ms, podman + crun {:.1} ms, podman + container-runner {:.1} ms", v * 1e3, c * 1e3, r * 1e3);
     rows.push(Row {
         name: "run-rm-true-vs-podman-crun",
-        what: format!("run --rm apache2 true, warm store, virtkit + container-runner vs podman + crun, median of {runs} (s)"),
+        what: format!("run --rm apache2 true, warm store, virtkit + container-runner vs podman + crun, median of {runs}"),
         ours: Some(v),
         peer: "podman+crun",
         theirs: c,
@@ -403,7 +403,7 @@ fn main() -> Result<()> {
     });
     rows.push(Row {
         name: "run-rm-true-podman-runner-vs-crun",
-        what: format!("run --rm apache2 true, warm store, podman + container-runner vs podman + crun, median of {runs} (s)"),
+        what: format!("run --rm apache2 true, warm store, podman + container-runner vs podman + crun, median of {runs}"),
         ours: Some(r),
         peer: "podman+crun",
         theirs: c,

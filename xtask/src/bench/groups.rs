@@ -289,6 +289,46 @@ pub const GROUPS: &[Group] = &[
             ],
         }],
     },
+    Group {
+        name: "workflow",
+        title: "the virtkit CLI vs podman with a Debian apache2 image: pull + unpack, run -d -p to HTTP 200, run --rm true (host)",
+        script: "benches/scripts/container-workflow-vs-podman.sh",
+        full: Mode {
+            args: &["7", "30"],
+            env: &[],
+            measures: "median of 7 rounds (pull into a cold store, run -d -p to the first HTTP 200) and of 30 runs (run --rm true), alternating",
+            timeout_s: 1200,
+        },
+        quick: Mode {
+            args: &["3", "10"],
+            env: &[],
+            measures: "median of 3 rounds (pull into a cold store, run -d -p to the first HTTP 200) and of 10 runs (run --rm true), alternating",
+            timeout_s: 420,
+        },
+        needs: &[
+            Need::Root,
+            Need::Program("podman"),
+            Need::Program("crun"),
+            Need::Program("skopeo"),
+            Need::Program("docker-registry"),
+            Need::Program("debootstrap"),
+        ],
+        builds: &[
+            Build::Static("virtkit", "virtkit"),
+            Build::Static("container-runner", "container-runner"),
+            Build::Cargo {
+                args: &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "virtkit-benches",
+                    "--bin",
+                    "container-workflow-vs-podman",
+                ],
+                env: &[],
+            },
+        ],
+    },
 ];
 
 /// The groups named (all when none is); an unknown name is an error listing the known ones.

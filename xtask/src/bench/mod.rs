@@ -4,7 +4,7 @@
 //!
 //! - `--quick`: fewer runs and rounds, smaller sizes (the report says so).
 //! - `GROUP...`: only these groups (`boot`, `vmm-startup`, `vmm-memory`, `qcow2`, `blk`,
-//!   `net`, `containers`).
+//!   `net`, `containers`, `workflow`).
 //! - `--update-docs`: put the report's table into docs/benchmarks.md as a dated section
 //!   (between `<!-- bench:begin -->` and `<!-- bench:end -->`, newest first). Alone, it
 //!   uses the last report (target/bench/report.json) and runs nothing; with `--quick` or

@@ -340,3 +340,18 @@ fn a_failing_script_fails_its_group_with_its_output() {
     .expect("runs");
     assert_eq!(status, None, "timed out");
 }
+
+#[test]
+fn the_workflow_benchmark_result_lines_parse() {
+    // Printed by benches/bin/container_workflow_vs_podman.rs (2026-12-07).
+    let out = "RESULT name=pull-unpack-vs-podman value=1145.5 unit=ms peer=podman peer_value=2271.6 target_ratio=<=0.70 label=\"pull + unpack of apache2 (82 MiB gzip), cold store: virtkit pull + create vs podman pull, median of 7\"\n\
+RESULT name=run-rm-true-vs-podman-crun value=81.0 unit=ms peer=podman+crun peer_value=257.1 label=\"run --rm apache2 true, warm store, virtkit + container-runner vs podman + crun, median of 30\"\n\
+RESULT-MISSING run-to-http-vs-podman-crun: virtkit's container never answered HTTP 200\n";
+    let (f, e) = parse_output("workflow", out);
+    assert_eq!(f.len(), 2, "{e:?}");
+    assert_eq!(f[0].met, Some(true));
+    assert_eq!(f[1].peer.as_deref(), Some("podman+crun"));
+    assert_eq!(f[1].met, None);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].contains("run-to-http-vs-podman-crun"), "{e:?}");
+}
