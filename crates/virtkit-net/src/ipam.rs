@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 
 /// The name and bridge of the default network (Docker's `bridge`, podman's `podman`).
 pub const DEFAULT_NETWORK: &str = "virtkit";
-/// The default network's subnet.
-pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+/// The default network's subnet: not podman's 10.88.0.0/16 nor its user networks'
+/// 10.89.N.0/24, nor Docker's 172.17.0.0/16, so the tools can share a host.
+pub const DEFAULT_SUBNET: &str = "10.87.0.0/16";
+/// Where user networks get their `/24`s when no subnet is given.
+pub const USER_SUBNETS: (u8, u8) = (10, 86);
 
 /// Errors from network records and address allocation.
 #[derive(Debug, thiserror::Error)]
@@ -258,7 +261,7 @@ impl Networks {
         Ok(out)
     }
 
-    /// Creates network `name` with `subnet`, or the first free `10.89.N.0/24`.
+    /// Creates network `name` with `subnet`, or the first free `10.86.N.0/24`.
     pub fn create(&self, name: &str, subnet: Option<Subnet>) -> Result<Network, IpamError> {
         validate_name(name)?;
         self.locked(true, |st| {
@@ -284,11 +287,11 @@ impl Networks {
                 }
                 None => (0..=255u8)
                     .map(|n| Subnet {
-                        addr: Ipv4Addr::new(10, 89, n, 0),
+                        addr: Ipv4Addr::new(USER_SUBNETS.0, USER_SUBNETS.1, n, 0),
                         prefix: 24,
                     })
                     .find(|s| free(s, st).is_none())
-                    .ok_or_else(|| IpamError::Exhausted("10.89.0.0/16".into()))?,
+                    .ok_or_else(|| IpamError::Exhausted("10.86.0.0/16".into()))?,
             };
             let net = Network {
                 name: name.to_string(),

@@ -267,7 +267,7 @@ impl RegArgs {
 enum NetworkCmd {
     /// Creates a network.
     Create {
-        /// Its subnet (default: the first free 10.89.N.0/24).
+        /// Its subnet (default: the first free 10.86.N.0/24).
         #[arg(long)]
         subnet: Option<String>,
         /// The name.

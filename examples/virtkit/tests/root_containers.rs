@@ -161,7 +161,7 @@ fn root_detached_web_server_with_published_port() {
     assert_eq!(o.status.code(), Some(7));
     let insp: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "web"])).unwrap();
     assert_eq!(insp[0]["status"], "running");
-    assert!(insp[0]["ip"].as_str().unwrap().starts_with("10.88."));
+    assert!(insp[0]["ip"].as_str().unwrap().starts_with("10.87."));
     // A name already taken and a port already published: 125, nothing made.
     e.fails(
         &["run", "-d", "--name", "web", "bb:1", "true"],
