@@ -75,6 +75,29 @@ fn root_containers_reach_each_other_and_published_ports_answer() {
     reserve(&mut p).unwrap();
     publish(&idb, ip_b, &[p]).unwrap();
     assert_eq!(fetch((Ipv4Addr::LOCALHOST, p.host_port)).unwrap(), "from b");
+    // UDP: an echo server in b, published on a host port of its own.
+    let u = b
+        .run(move || std::net::UdpSocket::bind((ip_b, 53)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(&buf[..n], from);
+        }
+    });
+    let mut pu: PortMapping = "127.0.0.1::53/udp".parse().unwrap();
+    reserve(&mut pu).unwrap();
+    publish(&format!("u{idb}"), ip_b, &[pu]).unwrap();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.send_to(b"ping", ("127.0.0.1", pu.host_port)).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+    // The same host port and protocol cannot be published twice.
+    assert!(publish("other", ip_a, &[pu]).is_err());
+    firewall::remove_rules(&firewall::container_comment(&format!("u{idb}"))).unwrap();
     // "Another host": a namespace behind a veth with its own /30, routed here.
     let outside = NetNs::create(&d.path().join("ns-out")).unwrap();
     let (h_if, o_if) = (format!("vko{tag}"), format!("vki{tag}"));
