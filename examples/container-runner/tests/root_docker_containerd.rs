@@ -1,6 +1,7 @@
 //! container-runner as the runtime of Docker (dockerd `--add-runtime` through its
 //! daemon.json) and of containerd (`ctr run --runc-binary`), end to end: run, `-d`,
-//! exec, stop, rm, `--memory` enforced, `-v`, `--read-only --tmpfs`. Each daemon runs
+//! exec, stop, rm, `--memory` enforced, `-v`, `--read-only --tmpfs`; `docker save` read
+//! by virtkit-image and its docker-archive loaded and run by Docker. Each daemon runs
 //! with a private data root and socket, in a mount namespace of its own (dockerd makes
 //! mounts shared), without networking (`--network none`: no iptables here). Needs root,
 //! busybox and Debian's docker.io and containerd packages.
@@ -292,6 +293,32 @@ fn root_docker_runs_containers_with_container_runner() {
     assert!(out.contains("tmpfs-ok"), "{out}");
     assert!(out.contains("Read-only file system"), "{out}");
     assert!(!o.status.success());
+
+    // docker save -> virtkit-image, and virtkit-image's docker-archive -> docker load
+    // (the seed's `docker save` / `docker load`), the loaded image run by Docker.
+    let saved = d.join("saved.tar");
+    let o = docker(&["save", "-o", saved.to_str().unwrap(), "vk-busybox:1"]);
+    assert!(o.status.success(), "save: {}", text(&o));
+    let store = virtkit_image::Store::open(d.join("vk-store")).unwrap();
+    store
+        .import_docker_archive(&saved, Some("vk-roundtrip:1"))
+        .unwrap();
+    let ours = d.join("ours.tar");
+    store
+        .export_docker_archive("vk-roundtrip:1", &ours)
+        .unwrap();
+    let o = docker(&["load", "-i", ours.to_str().unwrap()]);
+    assert!(o.status.success(), "load: {}", text(&o));
+    let mut a = vec!["run", "--rm"];
+    a.extend_from_slice(&base);
+    a.extend_from_slice(&["vk-roundtrip:1", "echo", "loaded-by-docker"]);
+    let o = docker(&a);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "loaded-by-docker",
+        "{}",
+        text(&o)
+    );
     drop(daemon);
 }
 
