@@ -48,6 +48,19 @@ pub fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Whether an image's StopSignal is a signal name or number (it becomes an argument of
+/// the runtime's `kill`: anything else, such as `--all`, is ignored for SIGTERM).
+pub fn valid_signal(s: &str) -> bool {
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    let first_upper = name.bytes().next().is_some_and(|b| b.is_ascii_uppercase());
+    let numeric = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+    let named = first_upper
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'+' || b == b'-');
+    name.len() <= 12 && (numeric || named)
+}
+
 fn random_id() -> Result<String, EngineError> {
     let mut b = [0u8; 32];
     let p = std::path::Path::new("/dev/urandom");
@@ -238,6 +251,7 @@ impl Engine {
                     a.get(virtkit_image::config::annotations::STOP_SIGNAL)
                         .cloned()
                 })
+                .filter(|s| valid_signal(s))
                 .unwrap_or_else(|| "SIGTERM".into());
             let rec = Record {
                 id: id.to_string(),
@@ -278,6 +292,24 @@ mod tests {
         }
         for bad in ["", "-web", ".x", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stop_signals_from_images_are_checked() {
+        for ok in ["SIGTERM", "SIGRTMIN+3", "QUIT", "15", "SIGWINCH"] {
+            assert!(valid_signal(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "--all",
+            "-9",
+            "SIG",
+            "sigterm",
+            "TERM; rm",
+            &"A".repeat(20),
+        ] {
+            assert!(!valid_signal(bad), "{bad}");
         }
     }
 
