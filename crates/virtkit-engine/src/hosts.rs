@@ -68,3 +68,31 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_files_are_rewritten_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hosts");
+        write_hosts(&p, &[]).unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
+        let entries = vec![(
+            Ipv4Addr::new(10, 87, 0, 2),
+            vec!["web".to_string(), "0123456789ab".to_string()],
+        )];
+        write_hosts(&p, &entries).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("127.0.0.1\tlocalhost\n"), "{text}");
+        assert!(text.ends_with("10.87.0.2\tweb 0123456789ab\n"), "{text}");
+        // The same inode: a bind mount of the file sees the change.
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap()),
+            ino
+        );
+        write_hosts(&p, &[]).unwrap();
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("web"));
+    }
+}

@@ -134,7 +134,8 @@ impl Engine {
         self.root.join("netns").join(id)
     }
 
-    /// Every container's record, oldest first.
+    /// Every container's record, oldest first (corrupt records are skipped with a
+    /// warning).
     pub fn list(&self) -> Result<Vec<Record>, EngineError> {
         let dir = self.containers_dir();
         let mut out = Vec::new();
@@ -142,7 +143,13 @@ impl Engine {
             let e = e.map_err(EngineError::io("cannot list", &dir))?;
             let p = e.path();
             if p.join("record.json").exists() {
-                out.push(record::load(&p)?);
+                match record::load(&p) {
+                    Ok(r) => out.push(r),
+                    // One broken record must not block every command: it is skipped
+                    // (`rm -f ID` removes it).
+                    Err(e @ EngineError::Corrupt { .. }) => log::warn!("{e}"),
+                    Err(e) => return Err(e),
+                }
             }
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
@@ -166,5 +173,67 @@ impl Engine {
                 "{name:?} matches several containers: give more of the id"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use record::{NetworkMode, RestartPolicy, Status};
+
+    fn record(id: &str, name: &str, created: u64) -> Record {
+        Record {
+            id: id.into(),
+            name: name.into(),
+            image: "img:1".into(),
+            command: vec!["true".into()],
+            created,
+            status: Status::Created,
+            exit_code: None,
+            monitor: None,
+            network: NetworkMode::None,
+            ip: None,
+            ports: Vec::new(),
+            restart: RestartPolicy::No,
+            restarts: 0,
+            stopped_by_user: false,
+            auto_remove: false,
+            stop_signal: "SIGTERM".into(),
+        }
+    }
+
+    #[test]
+    fn containers_are_found_by_name_id_or_unique_prefix() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Engine::open(d.path(), "runc".into()).unwrap();
+        for (id, name, t) in [("abcdef01", "web", 2), ("abc99999", "db", 1)] {
+            let dir = e.dir(id);
+            std::fs::create_dir(&dir).unwrap();
+            record::save(&dir, &record(id, name, t)).unwrap();
+        }
+        // Oldest first.
+        let names: Vec<String> = e.list().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["db", "web"]);
+        assert_eq!(e.lookup("web").unwrap().id, "abcdef01");
+        assert_eq!(e.lookup("abc99999").unwrap().name, "db");
+        assert_eq!(e.lookup("abcd").unwrap().name, "web");
+        // Ambiguous, too short, unknown.
+        assert!(matches!(e.lookup("abc"), Err(EngineError::BadOption(_))));
+        assert!(matches!(
+            e.lookup("ab"),
+            Err(EngineError::NoSuchContainer(_))
+        ));
+        assert!(matches!(
+            e.lookup("zzz"),
+            Err(EngineError::NoSuchContainer(_))
+        ));
+        // A record changed under its lock; a corrupt one is an error, not a panic.
+        let r = record::update(&e.dir("abcdef01"), |r| r.restarts = 3).unwrap();
+        assert_eq!(r.restarts, 3);
+        std::fs::write(e.dir("abc99999").join("record.json"), b"{").unwrap();
+        assert_eq!(e.list().unwrap().len(), 1);
+        assert!(e.remove("abc99999", false).is_err());
+        e.remove("abc99999", true).unwrap();
+        assert!(!e.dir("abc99999").exists());
     }
 }

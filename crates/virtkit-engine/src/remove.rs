@@ -7,9 +7,21 @@ use crate::record::{self, Status};
 use crate::{Engine, EngineError};
 
 impl Engine {
-    /// Removes container `name`.
+    /// Removes container `name`; with `force`, also the directory of a container whose
+    /// record is corrupt, named by its full id.
     pub fn remove(&self, name: &str, force: bool) -> Result<(), EngineError> {
-        let r = self.lookup(name)?;
+        let r = match self.lookup(name) {
+            Ok(r) => r,
+            Err(EngineError::NoSuchContainer(_))
+                if force
+                    && !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_hexdigit())
+                    && self.dir(name).join("record.json").is_file() =>
+            {
+                return self.remove_broken(name);
+            }
+            Err(e) => return Err(e),
+        };
         let dir = self.dir(&r.id);
         let me = std::process::id() as i32;
         let is_me = r.monitor.is_some_and(|(p, _)| p == me);
@@ -24,6 +36,26 @@ impl Engine {
         }
         self.runtime_delete(&r.id);
         self.network_down(&r);
+        let bundle = virtkit_image::bundle::Bundle {
+            rootfs: dir.join("bundle").join("rootfs"),
+            dir: dir.join("bundle"),
+        };
+        bundle.remove()?;
+        std::fs::remove_dir_all(&dir).map_err(EngineError::io("cannot remove", &dir))
+    }
+
+    /// Removes what is left of a container whose record cannot be read: its runtime
+    /// state, network, root's mount and directory.
+    fn remove_broken(&self, id: &str) -> Result<(), EngineError> {
+        let dir = self.dir(id);
+        self.runtime_delete(id);
+        // Its network, if it had one: each part is a no-op when absent.
+        let host_if = virtkit_net::container::host_ifname(id);
+        if let Err(e) = virtkit_net::container::detach(id, &host_if) {
+            log::warn!("container {id}: {e}");
+        }
+        virtkit_net::netns::NetNs::remove(&self.netns_path(id))?;
+        self.networks.release(id)?;
         let bundle = virtkit_image::bundle::Bundle {
             rootfs: dir.join("bundle").join("rootfs"),
             dir: dir.join("bundle"),
