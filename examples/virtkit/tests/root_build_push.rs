@@ -197,4 +197,17 @@ fn root_build_push_pull_run_and_podman_runs_it() {
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
     assert!(!ok(&root, &["images"]).contains("broken"));
     let _ = podman(d.path(), &["rmi", "-a", "-f"]);
+    // podman unmounts its containers' roots from a cleanup process of its own: wait for
+    // that, so no mount of this test outlives it.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(d.path().to_str().unwrap())
+    {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "podman left mounts under the test directory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
