@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::record::{NetworkMode, Status};
+use crate::record::NetworkMode;
 use crate::{Engine, EngineError};
 
 /// Rewrites `path` in place with the localhost lines and `entries` (address, names).
@@ -47,7 +47,8 @@ pub(crate) fn write_resolv_conf(path: &Path) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    /// Rewrites the hosts file of every container on `network` from the running ones.
+    /// Rewrites the hosts file of every container on `network` from those holding an
+    /// address on it (recorded while their network is up, before their process starts).
     pub(crate) fn refresh_hosts(&self, network: &str) -> Result<(), EngineError> {
         let _l = crate::record::lock(&self.root.join("networks").join("hosts.lock"))?;
         let on: Vec<_> = self
@@ -57,7 +58,6 @@ impl Engine {
             .collect();
         let entries: Vec<(Ipv4Addr, Vec<String>)> = on
             .iter()
-            .filter(|r| r.status == Status::Running)
             .filter_map(|r| {
                 r.ip.map(|ip| (ip, vec![r.name.clone(), r.short_id().to_string()]))
             })

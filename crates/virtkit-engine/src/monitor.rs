@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::record::{self, NetworkMode, Record, RestartPolicy, Status};
+use crate::record::{self, Record, RestartPolicy, Status};
 use crate::{Engine, EngineError};
 
 /// The environment variable naming the descriptor on which a detached monitor reports
@@ -103,9 +103,6 @@ impl Engine {
                     return Err(e);
                 }
             };
-            if let NetworkMode::Bridge(n) = &rec.network {
-                let _ = self.refresh_hosts(n);
-            }
             if let Some(mut f) = ready.take() {
                 let _ = f.write_all(b"ok\n");
             }

@@ -15,8 +15,12 @@ impl Engine {
         let NetworkMode::Bridge(name) = &r.network else {
             return Ok(r.clone());
         };
-        // What a crash left goes first.
-        self.network_down(r);
+        // What a crash left goes first: a stale namespace file or veth. (A lease left
+        // behind is handed back by `allocate`; the hosts files are refreshed once the
+        // container runs.)
+        if let Err(e) = self.links_down(&r.id) {
+            log::warn!("container {}: {e}", r.id);
+        }
         let done = (|| {
             let ns = NetNs::create(&self.netns_path(&r.id))?;
             let (net, ip) = self.networks.allocate(name, &r.id)?;
@@ -34,6 +38,11 @@ impl Engine {
                 x.ip = Some(ip);
                 x.ports = ports;
             })?;
+            // Every container of the network (this one too) knows the others by name
+            // before this one's process starts.
+            if let Err(e) = self.refresh_hosts(name) {
+                log::warn!("network {name}: {e}");
+            }
             Ok(rec)
         })();
         if done.is_err() {
@@ -48,10 +57,7 @@ impl Engine {
         let NetworkMode::Bridge(name) = &r.network else {
             return;
         };
-        if let Err(e) = detach(&r.id, &host_ifname(&r.id)) {
-            log::warn!("container {}: {e}", r.id);
-        }
-        if let Err(e) = NetNs::remove(&self.netns_path(&r.id)) {
+        if let Err(e) = self.links_down(&r.id) {
             log::warn!("container {}: {e}", r.id);
         }
         if let Err(e) = self.networks.release(&r.id) {
@@ -61,5 +67,16 @@ impl Engine {
         if let Err(e) = self.refresh_hosts(name) {
             log::warn!("network {name}: {e}");
         }
+    }
+
+    /// Removes container `id`'s rules, veth and network namespace (each a no-op when
+    /// absent); a failed rule or veth removal is only logged, so the namespace still
+    /// goes.
+    pub(crate) fn links_down(&self, id: &str) -> Result<(), EngineError> {
+        if let Err(e) = detach(id, &host_ifname(id)) {
+            log::warn!("container {id}: {e}");
+        }
+        NetNs::remove(&self.netns_path(id))?;
+        Ok(())
     }
 }

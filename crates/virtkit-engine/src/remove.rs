@@ -22,7 +22,6 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let dir = self.dir(&r.id);
         let me = std::process::id() as i32;
         let is_me = r.monitor.is_some_and(|(p, _)| p == me);
         if r.status == Status::Running && record::monitor_alive(&r) && !is_me {
@@ -36,6 +35,12 @@ impl Engine {
         }
         self.runtime_delete(&r.id);
         self.network_down(&r);
+        self.remove_files(&r.id)
+    }
+
+    /// Unmounts container `id`'s root and deletes its directory (bundle, record, log).
+    fn remove_files(&self, id: &str) -> Result<(), EngineError> {
+        let dir = self.dir(id);
         let bundle = virtkit_image::bundle::Bundle {
             rootfs: dir.join("bundle").join("rootfs"),
             dir: dir.join("bundle"),
@@ -47,20 +52,10 @@ impl Engine {
     /// Removes what is left of a container whose record cannot be read: its runtime
     /// state, network, root's mount and directory.
     fn remove_broken(&self, id: &str) -> Result<(), EngineError> {
-        let dir = self.dir(id);
         self.runtime_delete(id);
-        // Its network, if it had one: each part is a no-op when absent.
-        let host_if = virtkit_net::container::host_ifname(id);
-        if let Err(e) = virtkit_net::container::detach(id, &host_if) {
-            log::warn!("container {id}: {e}");
-        }
-        virtkit_net::netns::NetNs::remove(&self.netns_path(id))?;
+        // Its network, if it had one.
+        self.links_down(id)?;
         self.networks.release(id)?;
-        let bundle = virtkit_image::bundle::Bundle {
-            rootfs: dir.join("bundle").join("rootfs"),
-            dir: dir.join("bundle"),
-        };
-        bundle.remove()?;
-        std::fs::remove_dir_all(&dir).map_err(EngineError::io("cannot remove", &dir))
+        self.remove_files(id)
     }
 }

@@ -22,17 +22,20 @@ impl Engine {
         }
     }
 
-    fn running(&self, name: &str) -> Result<Option<Record>, EngineError> {
+    /// Marks container `name` stopped by the user; its record, and whether it runs.
+    fn mark_stopped(&self, name: &str) -> Result<(Record, bool), EngineError> {
         let r = self.lookup(name)?;
         let r = record::update(&self.dir(&r.id), |x| x.stopped_by_user = true)?;
-        Ok((r.status == Status::Running && record::monitor_alive(&r)).then_some(r))
+        let running = r.status == Status::Running && record::monitor_alive(&r);
+        Ok((r, running))
     }
 
     /// Stops container `name`: its stop signal, then SIGKILL after `grace`.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<(), EngineError> {
-        let Some(r) = self.running(name)? else {
+        let (r, running) = self.mark_stopped(name)?;
+        if !running {
             return Ok(());
-        };
+        }
         let sig = r.stop_signal.trim_start_matches("SIG").to_string();
         // The container may be exiting already: a failed kill is checked by the wait.
         let _ = self.runtime_kill(&r.id, &sig);
@@ -52,13 +55,13 @@ impl Engine {
 
     /// Sends `signal` to container `name`'s init.
     pub fn kill(&self, name: &str, signal: &str) -> Result<(), EngineError> {
-        let r = self.lookup(name)?;
-        let Some(r) = self.running(&r.id)? else {
+        let (r, running) = self.mark_stopped(name)?;
+        if !running {
             return Err(EngineError::State {
                 name: r.name,
                 why: "is not running".into(),
             });
-        };
+        }
         self.runtime_kill(&r.id, signal.trim_start_matches("SIG"))
     }
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use virtkit_engine::create::CreateOptions;
 use virtkit_engine::monitor::{Stdio3, READY_FD_ENV};
 use virtkit_engine::record::{NetworkMode, Status};
@@ -77,19 +77,13 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
+/// `-m SIZE`: runc's and Docker's size syntax (`virtkit_runtime::parse_size`), more than 0.
 fn size(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mul) = match s.char_indices().last() {
-        Some((i, 'k')) => (&s[..i], 1i64 << 10),
-        Some((i, 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'g')) => (&s[..i], 1 << 30),
-        Some((i, 'b')) => (&s[..i], 1),
-        _ => (s.as_str(), 1),
-    };
-    let n: i64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
-    n.checked_mul(mul)
-        .filter(|v| *v > 0)
-        .with_context(|| format!("invalid size {s:?}"))
+    let n = virtkit_runtime::parse_size(s)?;
+    if n <= 0 {
+        bail!("invalid size {s:?}: must be more than 0");
+    }
+    Ok(n)
 }
 
 fn options(a: &RunArgs) -> anyhow::Result<CreateOptions> {

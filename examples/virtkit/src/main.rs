@@ -373,12 +373,13 @@ fn main_result(cli: Cli) -> anyhow::Result<i32> {
         .or_else(|| std::env::var_os("VIRTKIT_ROOT").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/var/lib/virtkit"));
     let exe = std::env::current_exe().context("cannot find this program")?;
-    let engine = Engine::open(&root, runtime(cli.runtime.as_deref()))?.with_monitor(vec![
+    let rt = runtime(cli.runtime.as_deref());
+    let engine = Engine::open(&root, rt.clone())?.with_monitor(vec![
         exe.into(),
         "--root".into(),
         root.clone().into(),
         "--runtime".into(),
-        runtime(cli.runtime.as_deref()).into(),
+        rt.into(),
         "__monitor".into(),
     ]);
     if !matches!(cli.cmd, Cmd::Monitor { .. }) {
