@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::debian::{remove_build_dir, unmount_under, DEBIAN_MIRROR, DEBIAN_SUITE};
+use crate::debian::{
+    debootstrap, installed_packages, remove_build_dir, DEBIAN_MIRROR, DEBIAN_SUITE,
+};
 use crate::error::{LabError, Result};
-use crate::registry::OciLayout;
+use crate::registry::{digest, OciLayout};
 use crate::util::{self, ensure_packages, FileLock, InputHash};
 
 /// The layout's one image reference (`oci:DIR:v1` for skopeo).
@@ -84,31 +86,7 @@ pub fn apache2_layout() -> Result<PathBuf> {
     }
     let start = Instant::now();
     let tmp = cache.join(format!("build-{}.tmp", cache_key()));
-    remove_build_dir(&tmp)?;
-    fs::create_dir_all(&tmp).map_err(LabError::io("creating", &tmp))?;
-    let root = tmp.join("root");
-    eprintln!(
-        "virtkit-lab: debootstrap {DEBIAN_SUITE} (minbase + {}) into {}; takes a few minutes",
-        APACHE2_PACKAGES.join(","),
-        root.display()
-    );
-    let bootstrap = util::run_captured(
-        Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--include={}", APACHE2_PACKAGES.join(",")))
-            .arg(DEBIAN_SUITE)
-            .arg(&root)
-            .arg(DEBIAN_MIRROR),
-    );
-    if let Err(e) = bootstrap {
-        let log = fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
-        unmount_under(&tmp)?;
-        return Err(LabError::BadInput(format!(
-            "debootstrap failed: {e}\n--- debootstrap.log (end) ---\n{}",
-            util::tail(&log, 3000)
-        )));
-    }
-    unmount_under(&tmp)?;
+    let root = debootstrap(&tmp, APACHE2_PACKAGES, "takes a few minutes")?;
     if !root.join("usr/sbin/apache2ctl").exists() {
         return Err(LabError::BadInput(format!(
             "debootstrap left no usr/sbin/apache2ctl in {}",
@@ -118,14 +96,7 @@ pub fn apache2_layout() -> Result<PathBuf> {
     for p in PRUNED {
         empty_dir(&root.join(p))?;
     }
-    let packages = util::run_captured(
-        Command::new("dpkg-query")
-            .arg(format!(
-                "--admindir={}",
-                root.join("var/lib/dpkg").display()
-            ))
-            .args(["-W", "-f=${Package} ${Version}\n"]),
-    )?;
+    let packages = installed_packages(&root)?;
     eprintln!(
         "virtkit-lab: debootstrap took {:.0?}; packing the layer",
         start.elapsed()
@@ -174,14 +145,6 @@ fn empty_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `sha256:<hex>` of `bytes`.
-fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    let sum = sha2::Sha256::digest(bytes);
-    let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// Packs `root` into `tmp/layout` (one gzip layer, the config, the manifest, the index);
 /// the layer's size as tar and as gzip.
 fn pack_layer(root: &Path, tmp: &Path) -> Result<(u64, u64)> {
@@ -221,23 +184,13 @@ fn pack_layer(root: &Path, tmp: &Path) -> Result<(u64, u64)> {
         });
     }
     fs::remove_file(&tar_path).map_err(LabError::io("removing", &tar_path))?;
-    let l = OciLayout::create(&tmp.join("layout"))?;
-    let ld = l.blob("application/vnd.oci.image.layer.v1.tar+gzip", &gz.stdout)?;
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": APACHE2_CMD, "Env": [PATH_ENV],
-            "ExposedPorts": {"80/tcp": {}}, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]}});
-    let cd = l.blob(
-        "application/vnd.oci.image.config.v1+json",
-        config.to_string().as_bytes(),
+    OciLayout::create(&tmp.join("layout"))?.finish_image(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &gz.stdout,
+        &diff_id,
+        serde_json::json!({"Cmd": APACHE2_CMD, "Env": [PATH_ENV],
+            "ExposedPorts": {"80/tcp": {}}, "WorkingDir": "/"}),
+        APACHE2_REFERENCE,
     )?;
-    let manifest = serde_json::json!({"schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": [ld]});
-    let mut md = l.blob(
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.to_string().as_bytes(),
-    )?;
-    md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": APACHE2_REFERENCE});
-    l.finish(vec![md])?;
     Ok((tar_len, gz.stdout.len() as u64))
 }

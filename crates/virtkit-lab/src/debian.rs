@@ -169,31 +169,7 @@ pub fn debian_guest() -> Result<DebianGuest> {
     }
     let start = Instant::now();
     let tmp = cache.join(format!("build-{}.tmp", cache_key()));
-    remove_build_dir(&tmp)?;
-    fs::create_dir_all(&tmp).map_err(LabError::io("creating", &tmp))?;
-    let root = tmp.join("root");
-    eprintln!(
-        "virtkit-lab: debootstrap {DEBIAN_SUITE} ({}) into {}; takes a minute or two",
-        DEBIAN_PACKAGES.join(","),
-        root.display()
-    );
-    let bootstrap = util::run_captured(
-        Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--include={}", DEBIAN_PACKAGES.join(",")))
-            .arg(DEBIAN_SUITE)
-            .arg(&root)
-            .arg(DEBIAN_MIRROR),
-    );
-    if let Err(e) = bootstrap {
-        let log = fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
-        unmount_under(&tmp)?;
-        return Err(LabError::BadInput(format!(
-            "debootstrap failed: {e}\n--- debootstrap.log (end) ---\n{}",
-            util::tail(&log, 3000)
-        )));
-    }
-    unmount_under(&tmp)?;
+    let root = debootstrap(&tmp, DEBIAN_PACKAGES, "takes a minute or two")?;
     eprintln!(
         "virtkit-lab: debootstrap took {:.0?}; packing the root",
         start.elapsed()
@@ -219,14 +195,7 @@ pub fn debian_guest() -> Result<DebianGuest> {
             .arg(tmp.join("root.qcow2")),
     )?;
     fs::remove_file(&raw).map_err(LabError::io("removing", &raw))?;
-    let packages = util::run_captured(
-        Command::new("dpkg-query")
-            .arg(format!(
-                "--admindir={}",
-                root.join("var/lib/dpkg").display()
-            ))
-            .args(["-W", "-f=${Package} ${Version}\n"]),
-    )?;
+    let packages = installed_packages(&root)?;
     fs::write(tmp.join("packages.txt"), &packages)
         .map_err(LabError::io("writing", tmp.join("packages.txt")))?;
     remove_build_dir(&root)?;
@@ -367,6 +336,50 @@ fn mounts_in(mounts: &str, dir: &Path) -> Vec<PathBuf> {
 
 /// Unmounts what an interrupted debootstrap may have left mounted (proc, sys, a bound
 /// /dev) under `dir`; fails when something stays mounted.
+/// Runs debootstrap (`--variant=minbase` plus `packages`, [`DEBIAN_SUITE`] from
+/// [`DEBIAN_MIRROR`]) into `tmp/root`, `tmp` made afresh; the root. The mounts debootstrap
+/// leaves are undone, and its log's end is in the error when it fails.
+pub(crate) fn debootstrap(tmp: &Path, packages: &[&str], how_long: &str) -> Result<PathBuf> {
+    remove_build_dir(tmp)?;
+    fs::create_dir_all(tmp).map_err(LabError::io("creating", tmp))?;
+    let root = tmp.join("root");
+    eprintln!(
+        "virtkit-lab: debootstrap {DEBIAN_SUITE} (minbase + {}) into {}; {how_long}",
+        packages.join(","),
+        root.display()
+    );
+    let bootstrap = util::run_captured(
+        Command::new("debootstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", packages.join(",")))
+            .arg(DEBIAN_SUITE)
+            .arg(&root)
+            .arg(DEBIAN_MIRROR),
+    );
+    if let Err(e) = bootstrap {
+        let log = fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
+        unmount_under(tmp)?;
+        return Err(LabError::BadInput(format!(
+            "debootstrap failed: {e}\n--- debootstrap.log (end) ---\n{}",
+            util::tail(&log, 3000)
+        )));
+    }
+    unmount_under(tmp)?;
+    Ok(root)
+}
+
+/// `PACKAGE VERSION` lines for what dpkg has installed in `root`.
+pub(crate) fn installed_packages(root: &Path) -> Result<String> {
+    util::run_captured(
+        Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f=${Package} ${Version}\n"]),
+    )
+}
+
 pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
     for m in mounts_under(dir) {
         if util::run_captured(Command::new("umount").arg(&m)).is_err() {

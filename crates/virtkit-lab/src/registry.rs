@@ -62,8 +62,9 @@ impl TlsAuth {
     /// Makes a self-signed certificate for 127.0.0.1 (`openssl`) and an htpasswd file
     /// with `user:password` (`htpasswd` from apache2-utils) in `dir`.
     pub fn make(dir: &Path, user: &str, password: &str) -> Result<TlsAuth> {
-        let out = Command::new("openssl")
-            .args([
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        openssl(
+            &[
                 "req",
                 "-x509",
                 "-newkey",
@@ -73,17 +74,15 @@ impl TlsAuth {
                 "1",
                 "-subj",
                 "/CN=127.0.0.1",
-            ])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .output()
-            .map_err(LabError::io("running", "openssl"))?;
-        if !out.status.success() {
-            return Err(failed("openssl req", &out));
-        }
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                &key.to_string_lossy(),
+                "-out",
+                &cert.to_string_lossy(),
+            ],
+            None,
+        )?;
         let h = Command::new("htpasswd")
             .args(["-Bbn", user, password])
             .output()
@@ -206,8 +205,32 @@ impl TestRegistry {
     }
 }
 
+/// Runs `openssl ARGS` with `input` on its stdin; its stdout, or an error with its stderr.
+pub(crate) fn openssl(args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LabError::io("running", "openssl (apt-get install openssl)"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.unwrap_or_default())
+            .map_err(LabError::io("writing to", "openssl"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(LabError::io("running", "openssl"))?;
+    if !out.status.success() {
+        return Err(failed(&format!("openssl {}", args.join(" ")), &out));
+    }
+    Ok(out.stdout)
+}
+
 /// `sha256:<hex>` of `bytes`.
-fn digest(bytes: &[u8]) -> String {
+pub(crate) fn digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     let sum = sha2::Sha256::digest(bytes);
     let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
@@ -248,6 +271,34 @@ impl OciLayout {
         std::fs::write(&p, index.to_string()).map_err(LabError::io("writing", &p))?;
         Ok(self.dir)
     }
+
+    /// Writes a one-layer linux/amd64 image: `layer` as a blob of `media_type`, `diff_id`
+    /// the digest of its uncompressed tar, `config` the image config's `config` object;
+    /// then `index.json` naming it `reference`. The layout's directory.
+    pub fn finish_image(
+        self,
+        media_type: &str,
+        layer: &[u8],
+        diff_id: &str,
+        config: serde_json::Value,
+        reference: &str,
+    ) -> Result<PathBuf> {
+        let ld = self.blob(media_type, layer)?;
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+            "config": config, "rootfs": {"type": "layers", "diff_ids": [diff_id]}});
+        let cd = self.blob(
+            "application/vnd.oci.image.config.v1+json",
+            config.to_string().as_bytes(),
+        )?;
+        let manifest = serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": [ld]});
+        let mut md = self.blob(
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().as_bytes(),
+        )?;
+        md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": reference});
+        self.finish(vec![md])
+    }
 }
 
 /// An OCI image layout at `dir/layout` holding one image, reference `v1`: one
@@ -275,20 +326,11 @@ pub fn busybox_layout(dir: &Path, cmd: &[&str], env: &[&str]) -> Result<PathBuf>
     let layer = b
         .into_inner()
         .map_err(LabError::io("finishing", "the layer"))?;
-    let ld = l.blob("application/vnd.oci.image.layer.v1.tar", &layer)?;
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd, "Env": env, "WorkingDir": "/bin"},
-        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}});
-    let cd = l.blob(
-        "application/vnd.oci.image.config.v1+json",
-        config.to_string().as_bytes(),
-    )?;
-    let manifest = serde_json::json!({"schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cd, "layers": [ld]});
-    let mut md = l.blob(
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.to_string().as_bytes(),
-    )?;
-    md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "v1"});
-    l.finish(vec![md])
+    l.finish_image(
+        "application/vnd.oci.image.layer.v1.tar",
+        &layer,
+        &digest(&layer),
+        serde_json::json!({"Cmd": cmd, "Env": env, "WorkingDir": "/bin"}),
+        "v1",
+    )
 }

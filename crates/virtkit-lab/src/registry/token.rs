@@ -8,13 +8,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 
+use super::openssl;
 use crate::error::{LabError, Result};
 
 /// The issuer and service names in the registry's config and the tokens.
@@ -32,31 +33,6 @@ pub struct TokenServer {
     /// Tokens issued (to check that a client used the token flow).
     pub issued: Arc<AtomicUsize>,
     addr: String,
-}
-
-fn openssl(args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>> {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(LabError::io("running", "openssl (apt-get install openssl)"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.unwrap_or_default())
-            .map_err(LabError::io("writing to", "openssl"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(LabError::io("running", "openssl"))?;
-    if !out.status.success() {
-        return Err(LabError::BadInput(format!(
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(out.stdout)
 }
 
 struct Signer {
