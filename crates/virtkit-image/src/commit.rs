@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::diff::{NewLayer, LAYER_GZIP};
-use crate::layout::{media, Descriptor, Imported, Manifest};
+use crate::layout::{media, Descriptor, Imported};
 use crate::{Digest, ImageError, Store};
 
 /// What `docker commit --change`/`-m`/`-a` set on the new image.
@@ -206,13 +206,8 @@ impl ImageDraft {
         ids.as_array_mut()
             .ok_or_else(|| bad("image config: rootfs.diff_ids is not a list".into()))?
             .push(json!(layer.diff_id.to_string()));
-        self.layers.push(Descriptor {
-            media_type: LAYER_GZIP.into(),
-            digest: layer.digest.to_string(),
-            size: layer.size,
-            platform: None,
-            annotations: None,
-        });
+        self.layers
+            .push(Descriptor::new(LAYER_GZIP, &layer.digest, layer.size));
         self.push_history(created_by, false, comment);
         Ok(())
     }
@@ -225,26 +220,11 @@ impl ImageDraft {
         let config = serde_json::to_vec(&self.config).map_err(|e| bad(e.to_string()))?;
         let cd = Digest::of(&config);
         store.put_blob(&config[..], &cd)?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(media::MANIFEST.into()),
-            config: Descriptor {
-                media_type: media::CONFIG.into(),
-                digest: cd.to_string(),
-                size: config.len() as u64,
-                platform: None,
-                annotations: None,
-            },
-            layers: self.layers,
-        };
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
-        let md = Digest::of(&bytes);
-        store.put_blob(&bytes[..], &md)?;
-        store.tag(name, &md)?;
-        Ok(Imported {
-            manifest: md,
-            parsed: manifest,
-        })
+        store.put_manifest(
+            Descriptor::new(media::CONFIG, &cd, config.len() as u64),
+            self.layers,
+            name,
+        )
     }
 }
 

@@ -45,6 +45,19 @@ pub struct Descriptor {
     pub annotations: Option<HashMap<String, String>>,
 }
 
+impl Descriptor {
+    /// A descriptor of `size` bytes at `digest`, no platform or annotations.
+    pub fn new(media_type: &str, digest: &Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+            annotations: None,
+        }
+    }
+}
+
 /// An index entry's platform.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Platform {
@@ -92,6 +105,30 @@ pub struct Imported {
 }
 
 impl Store {
+    /// Stores an OCI manifest of `config` and `layers` (already in the store) and names
+    /// it `name`.
+    pub(crate) fn put_manifest(
+        &self,
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+        name: &str,
+    ) -> Result<Imported, ImageError> {
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::MANIFEST.into()),
+            config,
+            layers,
+        };
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
+        let md = Digest::of(&bytes);
+        self.put_blob(&bytes[..], &md)?;
+        self.tag(name, &md)?;
+        Ok(Imported {
+            manifest: md,
+            parsed: manifest,
+        })
+    }
+
     /// The manifest `d`, parsed.
     pub fn manifest(&self, d: &Digest) -> Result<Manifest, ImageError> {
         serde_json::from_slice(&self.read_blob(d)?).map_err(|e| bad(format!("manifest {d}: {e}")))
@@ -256,37 +293,12 @@ impl Store {
         let mut layers = Vec::new();
         for l in &entry.layers {
             let (d, s) = get(l)?;
-            layers.push(Descriptor {
-                media_type: media::LAYER_TAR.into(),
-                digest: d.to_string(),
-                size: s,
-                platform: None,
-                annotations: None,
-            });
+            layers.push(Descriptor::new(media::LAYER_TAR, &d, s));
         }
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(media::MANIFEST.into()),
-            config: Descriptor {
-                media_type: media::CONFIG.into(),
-                digest: cd.to_string(),
-                size: cs,
-                platform: None,
-                annotations: None,
-            },
-            layers,
-        };
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
-        let md = Digest::of(&bytes);
-        self.put_blob(&bytes[..], &md)?;
         let tag = name
             .map(str::to_string)
             .or_else(|| entry.repo_tags.and_then(|t| t.into_iter().next()))
             .ok_or_else(|| bad("the archive's image has no RepoTags: give it a name".into()))?;
-        self.tag(&tag, &md)?;
-        Ok(Imported {
-            manifest: md,
-            parsed: manifest,
-        })
+        self.put_manifest(Descriptor::new(media::CONFIG, &cd, cs), layers, &tag)
     }
 }
