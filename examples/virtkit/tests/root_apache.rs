@@ -7,69 +7,17 @@
 //! no rule, no container veth, no mount under the state directory.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{http_get as get, nothing_left, text, Vk};
 use virtkit_lab::apache::{apache2_layout, APACHE2_REFERENCE};
 use virtkit_lab::registry::TestRegistry;
 use virtkit_net::bridge::RtNetlink;
 use virtkit_net::netns::NetNs;
-
-struct Vk {
-    root: PathBuf,
-    runtime: PathBuf,
-}
-
-impl Vk {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_virtkit"))
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--runtime")
-            .arg(&self.runtime)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-
-impl Drop for Vk {
-    fn drop(&mut self) {
-        // A failed test must not leave its server running.
-        let o = self.run(&["ps", "-a", "-q"]);
-        for id in String::from_utf8_lossy(&o.stdout).lines() {
-            let _ = self.run(&["rm", "-f", id]);
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn get(to: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
 
 /// Apache's default page, within 30 s.
 fn default_page(to: SocketAddr) -> Result<String, String> {
@@ -96,26 +44,7 @@ fn host_port() -> u16 {
     if std::net::TcpListener::bind("0.0.0.0:8080").is_ok() {
         return 8080;
     }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// What must be gone once no container runs: rules, container veths, mounts.
-fn nothing_left(root: &Path) {
-    let rules = Command::new("nft")
-        .args(["list", "table", "ip", "virtkit"])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(!rules.contains("comment \"ctr "), "{rules}");
-    let links = Command::new("ip").args(["-br", "link"]).output().unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.lines().any(|l| l.starts_with("vkv")), "{links}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
+    common::free_port()
 }
 
 /// "Another host": a namespace behind a veth with its own /30, its default route
@@ -181,10 +110,7 @@ fn root_apache2_image_pulled_run_published_stopped_started_removed() {
     reg.push(&layout, APACHE2_REFERENCE, "vk/apache2:12", None)
         .unwrap();
     let image = format!("{}/vk/apache2:12", reg.addr);
-    let vk = Vk {
-        root: d.path().join("state"),
-        runtime: virtkit_lab::static_binary("container-runner", "container-runner").unwrap(),
-    };
+    let vk = Vk::new(d.path().join("state"));
     vk.ok(&["pull", &image]);
     assert!(vk.ok(&["images"]).contains(&image));
 

@@ -5,100 +5,49 @@
 //! named volume outlives its containers; restart policies, crash clean-up and bad input.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{free_port, nothing_left, text, Vk};
 use virtkit_lab::registry::busybox_layout;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The CLI over a fresh state directory holding the busybox image `bb:1`; one test at a
+/// time, as each checks that the host has no container rule or veth left.
 struct Env {
+    vk: Vk,
     _d: tempfile::TempDir,
-    root: std::path::PathBuf,
-    runtime: std::path::PathBuf,
     _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Vk;
+    fn deref(&self) -> &Vk {
+        &self.vk
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        // One test at a time: each checks that the host has no container rule or veth.
         let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("state");
+        let vk = Vk::new(d.path().join("state"));
         let layout = busybox_layout(d.path(), &["/bin/sh", "-c", "echo hi"], &[]).unwrap();
-        let runtime = virtkit_lab::static_binary("container-runner", "container-runner").unwrap();
-        let e = Env {
+        vk.ok(&["load", "-i", layout.to_str().unwrap(), "bb:1"]);
+        Env {
+            vk,
             _d: d,
-            root,
-            runtime,
             _guard: guard,
-        };
-        let o = e.vk(&["load", "-i", layout.to_str().unwrap(), "bb:1"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        e
-    }
-
-    fn vk(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_virtkit"))
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--runtime")
-            .arg(&self.runtime)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.vk(args);
-        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], why: &str) {
-        self.fails_with(125, args, why)
-    }
-
-    /// Docker's codes: 125 for `run`'s own errors, 1 for the other verbs'.
-    fn fails_with(&self, code: i32, args: &[&str], why: &str) {
-        let o = self.vk(args);
-        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
-        assert!(text(&o).contains(why), "{args:?}: {}", text(&o));
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // A failed test must not leave containers running.
-        let o = self.vk(&["ps", "-a", "-q"]);
-        for id in String::from_utf8_lossy(&o.stdout).lines() {
-            let _ = self.vk(&["rm", "-f", id]);
         }
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn get(port: u16) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_secs(3),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    common::http_get(([127, 0, 0, 1], port).into())
 }
 
 fn get_soon(port: u16) -> String {
@@ -110,29 +59,6 @@ fn get_soon(port: u16) -> String {
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// What must be gone once no container runs: rules, veths, namespaces, mounts.
-fn nothing_left(root: &Path) {
-    let rules = Command::new("nft")
-        .args(["list", "table", "ip", "virtkit"])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(!rules.contains("comment \"ctr "), "{rules}");
-    let links = Command::new("ip").args(["-br", "link"]).output().unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.lines().any(|l| l.starts_with("vkv")), "{links}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
 }
 
 const HTTPD: &str = "mkdir -p /www && echo hello from httpd > /www/index.html && echo started && exec busybox httpd -f -p 80 -h /www";
@@ -157,7 +83,7 @@ fn root_detached_web_server_with_published_port() {
         e.ok(&["exec", "web", "cat", "/www/index.html"]),
         "hello from httpd\n"
     );
-    let o = e.vk(&["exec", "web", "sh", "-c", "exit 7"]);
+    let o = e.run(&["exec", "web", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7));
     let insp: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "web"])).unwrap();
     assert_eq!(insp[0]["status"], "running");
@@ -221,7 +147,7 @@ fn root_user_network_names_and_named_volumes() {
     ]);
     let t0 = Instant::now();
     let out = loop {
-        let o = e.vk(&[
+        let o = e.run(&[
             "run",
             "--rm",
             "--network",
@@ -295,7 +221,7 @@ fn root_restart_policy_crash_cleanup_and_bad_input() {
     e.ok(&["rm", "flaky"]);
     // The foreground status is the container's.
     assert_eq!(
-        e.vk(&["run", "--rm", "bb:1", "sh", "-c", "exit 5"])
+        e.run(&["run", "--rm", "bb:1", "sh", "-c", "exit 5"])
             .status
             .code(),
         Some(5)
@@ -350,7 +276,7 @@ fn root_restart_policy_crash_cleanup_and_bad_input() {
         ),
         (vec!["stop", "nobody"], "No such container"),
     ] {
-        let o = e.vk(&args);
+        let o = e.run(&args);
         assert_ne!(o.status.code(), Some(0), "{args:?}");
         assert!(text(&o).contains(why), "{args:?}: {}", text(&o));
     }
