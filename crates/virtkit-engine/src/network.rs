@@ -1,7 +1,7 @@
 //! A container's network while it runs: set up by its monitor before each start, torn
 //! down after each exit (and by [`crate::reap`] for a monitor that died).
 
-use virtkit_net::container::{attach, detach, host_ifname, publish};
+use virtkit_net::container::{attach, detach, host_ifname, publish, remove_network};
 use virtkit_net::netns::NetNs;
 use virtkit_net::ports::reserve;
 
@@ -77,6 +77,14 @@ impl Engine {
             log::warn!("container {id}: {e}");
         }
         NetNs::remove(&self.netns_path(id))?;
+        Ok(())
+    }
+
+    /// Removes network `name`: its record (refused while containers hold addresses on
+    /// it), then its bridge and NAT rules.
+    pub fn network_remove(&self, name: &str) -> Result<(), EngineError> {
+        let net = self.networks.remove(name)?;
+        remove_network(&net)?;
         Ok(())
     }
 }

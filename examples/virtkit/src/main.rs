@@ -335,8 +335,8 @@ fn network(engine: &Engine, cmd: NetworkCmd) -> anyhow::Result<i32> {
         }
         NetworkCmd::Rm { names } => {
             for name in names {
-                let n = nets.remove(&name)?;
-                virtkit_net::container::remove_network(&n)
+                engine
+                    .network_remove(&name)
                     .with_context(|| format!("network {name}"))?;
                 println!("{name}");
             }
