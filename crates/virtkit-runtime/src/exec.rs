@@ -56,6 +56,10 @@ pub struct ExecOpts {
     /// cgroup (a path relative to it; runc's per-controller `controller:path` form is
     /// refused).
     pub sub_cgroup: Option<String>,
+    /// `--ignore-paused`: exec into a paused container too. As with runc, the new
+    /// process joins the frozen cgroup and freezes there: `exec` returns (or, detached,
+    /// reports the process started) only once the container is resumed.
+    pub ignore_paused: bool,
 }
 
 /// The cgroup an exec'd process joins: the container's, or `sub` below it (`--cgroup`).
@@ -157,9 +161,11 @@ impl Runtime {
         let c = self.load(&o.id)?;
         match self.status(&c) {
             Status::Running | Status::Created => {}
-            // runc's `--ignore-paused` is not offered: the new process would join the frozen
-            // cgroup before telling the runtime it started.
-            Status::Paused => bail!("cannot exec in a paused container: resume it first"),
+            Status::Paused if o.ignore_paused => {}
+            // runc's words.
+            Status::Paused => {
+                bail!("cannot exec in a paused container (use --ignore-paused to override)")
+            }
             s => bail!("cannot exec in a {} container", s.as_str()),
         }
         let spec = load_spec(&c.saved.bundle)?;

@@ -109,6 +109,9 @@ pub(crate) enum Cmd {
         /// Set no_new_privs for the process.
         #[arg(long = "no-new-privs")]
         no_new_privs: bool,
+        /// Exec into a paused container too: the process starts once it is resumed.
+        #[arg(long = "ignore-paused")]
+        ignore_paused: bool,
         id: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -163,6 +163,7 @@ fn real_main(cli: Cli) -> Result<i32> {
             apparmor,
             process_label,
             cgroup,
+            ignore_paused,
             id,
             args,
         } => {
@@ -174,6 +175,7 @@ fn real_main(cli: Cli) -> Result<i32> {
                 apparmor,
                 process_label,
                 sub_cgroup: cgroup,
+                ignore_paused,
                 id,
                 process,
                 args,

@@ -1,9 +1,13 @@
 //! `exec` with runc's flags (issue #14 item 4): `--env` overriding the config, `--cap`,
-//! `--additional-gids`, `--no-new-privs`; a paused container refused. Needs root and busybox.
+//! `--additional-gids`, `--no-new-privs`; a paused container refused unless
+//! `--ignore-paused` (checked against runc). Needs root and busybox (and runc).
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 mod common;
-use common::{lock, require_root_and_busybox, Bundle};
+use common::{lock, require_root_and_busybox, Bundle, BIN};
 
 /// The hex value of a `/proc/self/status` field in `out` (`CapEff: 00000000a80425fb`).
 fn status_hex(out: &str, field: &str) -> u64 {
@@ -137,4 +141,103 @@ fn root_exec_into_a_sub_cgroup() {
     // delete removes the sub-cgroup with the container's.
     b.ok(&["delete", "--force", id]);
     assert!(!common::cgroup_dir("pids", id).exists());
+}
+
+/// The pids in container `id`'s cgroup, as runtime `bin` lists them.
+fn pids(b: &Bundle, bin: &str, state: &Path, id: &str) -> Vec<i64> {
+    let o = b.rt_with(bin, state, &["ps", "--format", "json", id]);
+    assert!(o.status.success(), "{bin} ps: {o:?}");
+    let mut v: Vec<i64> = serde_json::from_slice(&o.stdout).unwrap();
+    v.sort_unstable();
+    v
+}
+
+/// `exec` into a paused container, with container-runner and with runc on the same
+/// bundle: refused with runc's message and nothing left behind; with `--ignore-paused`
+/// accepted, the process frozen until `resume` (exec has not returned, the process has
+/// not run), then it runs and exec returns its status.
+#[test]
+fn root_exec_ignore_paused_as_runc() {
+    let _g = lock();
+    require_root_and_busybox();
+    // A writable root: the processes leave marks in the bundle's rootfs/tmp.
+    let b = Bundle::new(&["sleep", "1000"], |c| c["root"]["readonly"] = false.into());
+    let runc_state = b.path().join("runc-state");
+    for (bin, state, id) in [
+        (BIN, b.state_root.clone(), "vk-paused"),
+        ("runc", runc_state.clone(), "vk-paused-runc"),
+    ] {
+        let rt = |args: &[&str]| b.rt_with(bin, &state, args);
+        let ok = |args: &[&str]| {
+            let o = rt(args);
+            assert!(o.status.success(), "{bin} {args:?}: {o:?}");
+        };
+        let bundle = b.path().to_str().unwrap();
+        ok(&["create", "--bundle", bundle, id]);
+        ok(&["start", id]);
+        ok(&["pause", id]);
+        let before = pids(&b, bin, &state, id);
+        let o = rt(&["exec", id, "touch", "/tmp/refused"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && err.contains(
+                    "cannot exec in a paused container (use --ignore-paused to override)"
+                ),
+            "{bin}: {o:?}"
+        );
+        assert_eq!(
+            pids(&b, bin, &state, id),
+            before,
+            "{bin}: a process was left"
+        );
+        assert!(!b.path().join("rootfs/tmp/refused").exists(), "{bin}");
+
+        let mark = b.path().join("rootfs/tmp/ran");
+        let (out, errf) = (b.path().join(".exec.out"), b.path().join(".exec.err"));
+        let args = [
+            "exec",
+            "--ignore-paused",
+            id,
+            "sh",
+            "-c",
+            "touch /tmp/ran && echo ran; exit 3",
+        ];
+        let mut child = b.command(bin, &state, &args, &out, &errf).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{bin}: exec returned while paused"
+        );
+        assert!(
+            !mark.exists(),
+            "{bin}: the process ran while the container was paused"
+        );
+        assert_eq!(
+            b.rt_with(bin, &state, &["state", id]).status.code(),
+            Some(0)
+        );
+        ok(&["resume", id]);
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{bin}: exec still waits"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            status.code(),
+            Some(3),
+            "{bin}: {}",
+            std::fs::read_to_string(&errf).unwrap()
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n", "{bin}");
+        assert!(mark.exists(), "{bin}");
+        std::fs::remove_file(&mark).unwrap();
+        ok(&["delete", "--force", id]);
+    }
 }

@@ -93,18 +93,15 @@ impl Bundle {
     /// Runs container-runner with `--root <state>` and `args`. Output goes through files,
     /// not pipes: a created container's init keeps its stdio open, as with runc.
     pub fn rt(&self, args: &[&str]) -> Output {
-        let out_p = self.path().join(".rt.out");
-        let err_p = self.path().join(".rt.err");
-        // Fresh inodes each time: a created container keeps the previous ones open.
-        let _ = std::fs::remove_file(&out_p);
-        let _ = std::fs::remove_file(&err_p);
-        let status = Command::new(BIN)
-            .arg("--root")
-            .arg(&self.state_root)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&out_p).unwrap())
-            .stderr(std::fs::File::create(&err_p).unwrap())
+        self.rt_with(BIN, &self.state_root, args)
+    }
+
+    /// Runs the runtime `bin` (container-runner, or `runc` as a control) with
+    /// `--root state_root` and `args`, as [`Bundle::rt`] does.
+    pub fn rt_with(&self, bin: &str, state_root: &Path, args: &[&str]) -> Output {
+        let (out_p, err_p) = (self.path().join(".rt.out"), self.path().join(".rt.err"));
+        let status = self
+            .command(bin, state_root, args, &out_p, &err_p)
             .status()
             .unwrap();
         Output {
@@ -112,6 +109,28 @@ impl Bundle {
             stdout: std::fs::read(&out_p).unwrap(),
             stderr: std::fs::read(&err_p).unwrap(),
         }
+    }
+
+    /// The command line of [`Bundle::rt_with`], its stdout and stderr going to fresh
+    /// files `out` and `err` (a created container keeps the previous ones open).
+    pub fn command(
+        &self,
+        bin: &str,
+        state_root: &Path,
+        args: &[&str],
+        out: &Path,
+        err: &Path,
+    ) -> Command {
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_file(err);
+        let mut cmd = Command::new(bin);
+        cmd.arg("--root")
+            .arg(state_root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(std::fs::File::create(err).unwrap());
+        cmd
     }
 
     /// Like [`rt`] but asserts success and returns stdout.
