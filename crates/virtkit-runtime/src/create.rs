@@ -14,8 +14,8 @@ use crate::init::{self, GoAt, Init, Mode};
 use crate::lsm::Lsm;
 use crate::placement::Placement;
 use crate::spec::{
-    dmz_suffices, first_cgroup_mount, hook_state, id_maps, load_spec, ns_type, rootfs_config,
-    time_offsets,
+    check_without_mount_ns, dmz_suffices, first_cgroup_mount, hook_state, id_maps, load_spec,
+    ns_type, rootfs_config, time_offsets,
 };
 use crate::state::{check_id, Container, Saved};
 use crate::sys::{clone_fork, mkfifo, open_ns, open_path, setns_self, write_pid_file};
@@ -209,13 +209,13 @@ pub(crate) fn create_with(
     let mut new_user = false;
     let mut new_cgroupns = false;
     let mut have_mount = false;
+    let mut have_uts = false;
     let time_offsets = time_offsets(&spec)?;
     let mut time_offsets_set = false;
     for ns in linux.namespaces().iter().flatten() {
         let t = ns_type(ns.typ());
-        if t == NamespaceType::Mount {
-            have_mount = true;
-        }
+        have_mount |= t == NamespaceType::Mount;
+        have_uts |= t == NamespaceType::Uts;
         match ns.path() {
             Some(path) => {
                 let fd = open_ns(path)?;
@@ -253,9 +253,23 @@ pub(crate) fn create_with(
             }
         }
     }
-    if !have_mount {
-        bail!("config.json must ask for a mount namespace");
+    // runc's checks (sethostname without one would rename the host).
+    for (field, set) in [
+        ("hostname", spec.hostname()),
+        ("domainname", spec.domainname()),
+    ] {
+        if !have_uts && set.as_deref().is_some_and(|h| !h.is_empty()) {
+            bail!("unable to set {field} without a private UTS namespace");
+        }
     }
+    // Without a mount namespace: no mount at all, a chroot into the rootfs.
+    let chroot = if have_mount {
+        None
+    } else {
+        let userns = new_user || joins.iter().any(|(t, _)| *t == NamespaceType::User);
+        check_without_mount_ns(&spec, userns)?;
+        Some(open_path(&rootfs)?)
+    };
     if time_offsets.is_some() && !time_offsets_set {
         bail!("linux.timeOffsets needs a new time namespace (a \"time\" namespace without a path)");
     }
@@ -308,6 +322,7 @@ pub(crate) fn create_with(
         placement,
         session_keyring: o.new_keyring.then(|| format!("_ses.{}", o.id)),
         lsm,
+        chroot,
     };
 
     let init_joins_itself = init.join_cgroup.is_some();

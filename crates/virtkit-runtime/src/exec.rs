@@ -1,7 +1,7 @@
 //! `exec`: a new process in a running container.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Process;
 use virtkit_namespaces::namespace::NamespaceType;
@@ -12,7 +12,7 @@ use crate::lsm::Lsm;
 use crate::placement::Placement;
 use crate::spec::load_spec;
 use crate::state::Status;
-use crate::sys::{clone_fork, open_ns, setns_self, wait_child, write_pid_file};
+use crate::sys::{clone_fork, open_ns, open_path, setns_self, wait_child, write_pid_file};
 use crate::util::{self, recv_msg, recv_msg_fd, send_msg};
 use crate::{notify, process, Runtime};
 
@@ -228,6 +228,14 @@ impl Runtime {
                 _ => joins.push((t, fd)),
             }
         }
+        // A container without a mount namespace of its own shares ours: its processes
+        // live in a chroot, which the new one enters too (runc 1.1 leaves it on the
+        // host's root).
+        let chroot = if joins.iter().any(|(t, _)| *t == NamespaceType::Mount) {
+            None
+        } else {
+            Some(open_path(Path::new(&format!("/proc/{pid}/root")))?)
+        };
         if !self.host().alive(pid, c.saved.start_time) {
             bail!("container {} is not running", o.id);
         }
@@ -264,6 +272,7 @@ impl Runtime {
             // `exec` keeps the runtime's session keyring, as runc's does.
             session_keyring: None,
             lsm,
+            chroot,
         };
         let joins_itself = init.join_cgroup.is_some();
         let child = clone_fork(0)?;

@@ -32,7 +32,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context, Result};
 use oci_spec::runtime::Hook;
@@ -127,6 +127,23 @@ pub struct Init {
     /// The name of a new session keyring to join (`_ses.<id>`), unless runc's
     /// `--no-new-keyring` (then the runtime's is inherited).
     pub session_keyring: Option<String>,
+    /// Without a mount namespace of its own: the directory to `chroot` into (create: the
+    /// rootfs, in place of the whole mount set-up and pivot; exec: the container init's
+    /// root). No mount is made.
+    pub chroot: Option<OwnedFd>,
+}
+
+/// `chroot` into the directory `root` (an `O_PATH` descriptor) and `chdir("/")`.
+fn chroot_into(sys: &LinuxSyscalls, root: &OwnedFd) -> Result<()> {
+    use std::os::fd::AsFd;
+    let slash = std::path::Path::new("/");
+    sys.fchdir(root.as_fd())
+        .context("enter the container root")?;
+    sys.chroot(std::path::Path::new("."))
+        .context("chroot into the container root")?;
+    sys.chdir(slash)
+        .context("chdir to / in the container root")?;
+    Ok(())
 }
 
 /// Joins a new session keyring named `name` (as runc does for each container, so its
@@ -301,6 +318,9 @@ fn run(i: &Init) -> Result<Infallible> {
     }
     i.plan.apply_early()?;
     let mut state_for_start = Vec::new();
+    // In a chroot, our fd table in the caller's /proc (the rootfs may have no /proc), to
+    // reopen the exec fifo through.
+    let mut fd_dir = None;
     if let Mode::Create {
         rootfs,
         hostname,
@@ -317,7 +337,9 @@ fn run(i: &Init) -> Result<Infallible> {
         if let Some(d) = domainname {
             sys.setdomainname(d).context("set domainname")?;
         }
-        prepare_rootfs_start(&sys, rootfs)?;
+        if i.chroot.is_none() {
+            prepare_rootfs_start(&sys, rootfs)?;
+        }
         let mounts = &rootfs.mounts;
         for k in 0..=mounts.len() {
             if i.go_at == GoAt::BeforeMount(k) {
@@ -347,9 +369,22 @@ fn run(i: &Init) -> Result<Infallible> {
         } else {
             state_for_start = state_json.clone();
         }
-        pivot(&sys, rootfs)?;
-        write_sysctl(sysctl)?;
-        finalize_rootfs(&sys, rootfs)?;
+        match &i.chroot {
+            None => {
+                pivot(&sys, rootfs)?;
+                write_sysctl(sysctl)?;
+                finalize_rootfs(&sys, rootfs)?;
+            }
+            // Through the caller's /proc (its /proc/sys follows our namespaces): the
+            // rootfs may have no /proc.
+            Some(root) => {
+                write_sysctl(sysctl)?;
+                fd_dir = Some(sys.open_dir(Path::new("/proc/self/fd"))?);
+                chroot_into(&sys, root)?;
+            }
+        }
+    } else if let Some(root) = &i.chroot {
+        chroot_into(&sys, root)?;
     }
     if i.plan.terminal {
         let c = i
@@ -377,9 +412,19 @@ fn run(i: &Init) -> Result<Infallible> {
     {
         if let Some(fifo) = fifo {
             // Blocks until `start` opens the fifo for reading.
-            let p = CString::new(format!("/proc/self/fd/{fifo}"))?;
-            // SAFETY: valid path; the returned fd is ours.
-            let w = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            let flags = libc::O_WRONLY | libc::O_CLOEXEC;
+            let w = match &fd_dir {
+                Some(dir) => {
+                    let name = CString::new(fifo.to_string())?;
+                    // SAFETY: a valid directory fd and name; the returned fd is ours.
+                    unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) }
+                }
+                None => {
+                    let p = CString::new(format!("/proc/self/fd/{fifo}"))?;
+                    // SAFETY: valid path; the returned fd is ours.
+                    unsafe { libc::open(p.as_ptr(), flags) }
+                }
+            };
             if w < 0 {
                 bail!("open exec fifo: {}", std::io::Error::last_os_error());
             }

@@ -201,6 +201,44 @@ pub(crate) fn dmz_suffices(spec: &Spec) -> bool {
     new_pid_namespace(spec) && !inside_hooks && linux.seccomp().is_none()
 }
 
+/// Checks a config without a mount namespace (new or joined). Such a container makes no
+/// mount at all: its root is a `chroot` into the rootfs, its `/dev` the rootfs's own
+/// directory with the device nodes made there (as runc makes them). runc 1.1 makes the
+/// config's mounts, its bind of the rootfs and `rootfsPropagation` (rslave by default) in
+/// the caller's mount namespace, where they stay; nothing may reach the caller's mount
+/// table here, so what would need a mount is refused, as is what runc ignores in this
+/// mode (`root.readonly`). Masked and read-only paths get runc's own error.
+pub(crate) fn check_without_mount_ns(spec: &Spec, userns: bool) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let set = |v: Option<&Vec<String>>| v.is_some_and(|v| !v.is_empty());
+    if set(linux.and_then(|l| l.masked_paths().as_ref()))
+        || set(linux.and_then(|l| l.readonly_paths().as_ref()))
+    {
+        bail!("unable to restrict sys entries without a private MNT namespace");
+    }
+    const ADD: &str = "add a \"mount\" namespace to linux.namespaces";
+    if let Some(m) = spec.mounts().as_ref().and_then(|m| m.first()) {
+        bail!(
+            "mount {}: without a mount namespace of its own the container cannot mount \
+             anything (runc would mount in the caller's mount namespace and leave it there); \
+             {ADD} or remove the mounts",
+            m.destination().display()
+        );
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        bail!("root.readonly needs a mount namespace (runc ignores it without one); {ADD} or set it to false");
+    }
+    if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_ref()) {
+        if !p.is_empty() {
+            bail!("linux.rootfsPropagation {p:?} needs a mount namespace (runc would change the caller's /); {ADD}");
+        }
+    }
+    if userns {
+        bail!("a user namespace needs a mount namespace too (its device nodes are bind mounts; runc fails here); {ADD}");
+    }
+    Ok(())
+}
+
 /// Whether the container gets a PID namespace of its own (a new one, not a path).
 pub(crate) fn new_pid_namespace(spec: &Spec) -> bool {
     spec.linux().as_ref().is_some_and(|l| {

@@ -86,10 +86,6 @@ fn bad_configs_are_refused_before_anything_is_made() {
             Box::new(|c| c["process"]["cwd"] = "relative".into()),
         ),
         (
-            "must ask for a mount namespace",
-            Box::new(|c| c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}])),
-        ),
-        (
             "ioPriority.priority 9",
             Box::new(|c| {
                 c["process"]["ioPriority"] =
@@ -113,8 +109,67 @@ fn bad_configs_are_refused_before_anything_is_made() {
             Box::new(|c| c["process"]["selinuxLabel"] = "a:b:c:s0".into()),
         ),
         (
+            "unable to set hostname without a private UTS namespace",
+            Box::new(|c| c["hostname"] = "h".into()),
+        ),
+        (
+            "unable to set domainname without a private UTS namespace",
+            Box::new(|c| c["domainname"] = "d".into()),
+        ),
+        (
             "unknown mount propagation",
             Box::new(|c| c["linux"]["rootfsPropagation"] = "sideways".into()),
+        ),
+    ];
+    for (want, edit) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = bundle(tmp.path(), edit);
+        refused("c1", &b, want);
+    }
+}
+
+/// The valid config without its mount namespace, then `edit`.
+fn no_mount_ns(edit: impl FnOnce(&mut serde_json::Value) + 'static) -> Edit {
+    Box::new(move |c| {
+        c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}]);
+        edit(c)
+    })
+}
+
+/// Without a mount namespace nothing may be mounted (runc would mount in the caller's
+/// namespace): what needs a mount is refused before anything is made, masked and
+/// read-only paths with runc's own error.
+#[test]
+fn without_a_mount_namespace_what_needs_a_mount_is_refused() {
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "unable to restrict sys entries without a private MNT namespace",
+            no_mount_ns(|c| c["linux"]["maskedPaths"] = serde_json::json!(["/proc/kcore"])),
+        ),
+        (
+            "unable to restrict sys entries without a private MNT namespace",
+            no_mount_ns(|c| c["linux"]["readonlyPaths"] = serde_json::json!(["/proc/sys"])),
+        ),
+        (
+            "mount /proc: without a mount namespace of its own the container cannot mount",
+            no_mount_ns(|c| {
+                c["mounts"] =
+                    serde_json::json!([{"destination": "/proc", "type": "proc", "source": "proc"}])
+            }),
+        ),
+        (
+            "root.readonly needs a mount namespace",
+            no_mount_ns(|c| c["root"]["readonly"] = true.into()),
+        ),
+        (
+            "linux.rootfsPropagation \"rshared\" needs a mount namespace",
+            no_mount_ns(|c| c["linux"]["rootfsPropagation"] = "rshared".into()),
+        ),
+        (
+            "a user namespace needs a mount namespace too",
+            no_mount_ns(|c| {
+                c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "user"}])
+            }),
         ),
     ];
     for (want, edit) in cases {

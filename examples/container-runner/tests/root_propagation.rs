@@ -13,11 +13,10 @@
 //! propagate back. runc has the same limit.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 mod common;
-use common::{lock, require_root_and_busybox, Bundle, BIN};
+use common::{in_slave_mount_namespace, lock, require_root_and_busybox, Bundle, BIN};
 
 #[test]
 fn root_rshared_rootfs_and_volume_on_a_shared_host() {
@@ -61,31 +60,7 @@ fn root_rshared_rootfs_and_volume_on_a_shared_host() {
     );
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", &script]);
-    // SAFETY: only unshare and mount between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let slash = c"/";
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for flags in [
-                libc::MS_SLAVE | libc::MS_REC,
-                libc::MS_SHARED | libc::MS_REC,
-            ] {
-                let r = libc::mount(
-                    std::ptr::null(),
-                    slash.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                );
-                if r != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    in_slave_mount_namespace(&mut cmd, true);
     let o = cmd.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -1,6 +1,7 @@
 //! Shared helpers for container-runner's root tests: a busybox bundle and a runner.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -199,4 +200,37 @@ pub fn mounted_under(path: &Path) -> bool {
         .unwrap()
         .lines()
         .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&p)))
+}
+
+/// Makes `cmd` run in a mount namespace of its own whose `/` is a slave of the caller's
+/// (nothing it mounts reaches the caller), made shared again when `shared` (a host whose
+/// `/` is shared, as every systemd host, without touching the real one).
+pub fn in_slave_mount_namespace(cmd: &mut Command, shared: bool) -> &mut Command {
+    // SAFETY: only unshare and mount between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let slash = c"/";
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // No allocation after fork: a fixed list, cut to length.
+            let steps = [
+                libc::MS_SLAVE | libc::MS_REC,
+                libc::MS_SHARED | libc::MS_REC,
+            ];
+            for &flags in &steps[..1 + usize::from(shared)] {
+                let r = libc::mount(
+                    std::ptr::null(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                );
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
 }
