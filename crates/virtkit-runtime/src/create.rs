@@ -10,6 +10,7 @@ use virtkit_namespaces::namespace::NamespaceType;
 use virtkit_namespaces::LinuxSyscalls;
 
 use crate::error::{bail, Context, Error, Result};
+use crate::host::{Channel, Host};
 use crate::init::{self, GoAt, Init, Mode};
 use crate::lsm::Lsm;
 use crate::placement::Placement;
@@ -18,8 +19,8 @@ use crate::spec::{
     ns_type, rootfs_config, time_offsets,
 };
 use crate::state::{check_id, Container, Saved};
-use crate::sys::{clone_fork, mkfifo, open_ns, open_path, setns_self, write_pid_file};
-use crate::util::{self, recv_msg, recv_msg_fd, send_msg};
+use crate::sys::{mkfifo, open_ns, open_path, setns_self, write_pid_file};
+use crate::util;
 use crate::{cgroup, cloned, dmz, notify, process, Runtime};
 
 /// Options of `create` and `run`.
@@ -59,7 +60,8 @@ impl CreateOpts {
 }
 
 /// A container being created; cleaned up on drop unless committed.
-struct Undo {
+struct Undo<'a> {
+    host: &'a dyn Host,
     /// The state directory, once we made it.
     dir: Option<PathBuf>,
     pid: i32,
@@ -67,15 +69,14 @@ struct Undo {
     armed: bool,
 }
 
-impl Drop for Undo {
+impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         if self.pid > 0 {
-            let _ = util::kill(self.pid, libc::SIGKILL);
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+            let _ = self.host.kill(self.pid, libc::SIGKILL);
+            let _ = self.host.wait(self.pid);
         }
         if let Some(cg) = &self.cgroup {
             let _ = cg.kill_all();
@@ -104,7 +105,7 @@ pub(crate) fn create_with(
     o: &CreateOpts,
     foreground: bool,
     run_mode: bool,
-) -> Result<(Container, Spec, OwnedFd)> {
+) -> Result<(Container, Spec, Box<dyn Channel>)> {
     check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .with_context(|| format!("bundle {}", o.bundle.display()))?;
@@ -140,6 +141,7 @@ pub(crate) fn create_with(
 
     let dir = rt.root().join(&o.id);
     let mut undo = Undo {
+        host: rt.host(),
         dir: None,
         pid: 0,
         cgroup: None,
@@ -284,10 +286,10 @@ pub(crate) fn create_with(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let hooks = spec.hooks().clone().unwrap_or_default();
-    let (parent_sock, child_sock) = util::seqpacket_pair()?;
     let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
     let init = Init {
-        sync: child_sock.as_raw_fd(),
+        // Set in the child, to its end of the channel.
+        sync: -1,
         joins,
         plan,
         console: console.as_ref().map(|c| c.as_raw_fd()),
@@ -338,12 +340,10 @@ pub(crate) fn create_with(
             init.go_at = GoAt::BeforeMount(first_cgroup_mount(&rootfs.mounts, &cg.dirs()));
         }
     }
-    let pid = clone_fork(flags)?;
-    if pid == 0 {
-        drop(parent_sock);
-        init::child(&init);
-    }
-    drop(child_sock);
+    let (pid, chan) = rt.host().spawn(flags, &mut |sync| {
+        init.sync = sync;
+        init::child(&init)
+    })?;
     drop(init);
     undo.pid = pid;
     if run_mode {
@@ -351,7 +351,7 @@ pub(crate) fn create_with(
         undo.dir = Some(dir.clone());
     }
     c.saved.pid = pid;
-    c.saved.start_time = util::proc_stat(pid).map(|s| s.0).unwrap_or(0);
+    c.saved.start_time = rt.host().proc_stat(pid).map(|s| s.0).unwrap_or(0);
     // Saved before the cgroup exists, so `delete --force` after a crash finds init (by
     // this pid: it blocks on the exec fifo until `start`, even if we die after "ready")
     // and the cgroup. Until "ready" init dies with us (PR_SET_PDEATHSIG).
@@ -361,7 +361,6 @@ pub(crate) fn create_with(
     undo.cgroup = Some(rt.host().cgroup(&cg_path)?);
     cg.apply(&resources)
         .with_context(|| format!("apply resources to cgroup {cg_path}"))?;
-    let sock = parent_sock.as_raw_fd();
     if new_user {
         write_id_maps(
             &LinuxSyscalls,
@@ -376,9 +375,9 @@ pub(crate) fn create_with(
         cg.add_process(pid)
             .with_context(|| format!("add init {pid} to cgroup {cg_path}"))?;
     }
-    send_go(sock)?;
+    send_go(chan.as_ref())?;
     loop {
-        let (m, passed) = recv_msg_fd(sock)?;
+        let (m, passed) = chan.recv_fd()?;
         match m.as_slice() {
             b"seccomp" => {
                 let (Some(fd), Some(l)) = (passed, &listener) else {
@@ -397,14 +396,14 @@ pub(crate) fn create_with(
                 )?;
                 let mut reply = b"go".to_vec();
                 reply.extend_from_slice(&st);
-                send_msg(sock, &reply)?;
+                chan.send(&reply)?;
             }
             b"ready" => {
                 if through_dmz {
                     // Until init has exec'd the DMZ it is the runtime binary: the state
                     // reads "creating" (so `exec` cannot join it) until the EOF of that
                     // execve.
-                    match recv_msg(sock)?.as_slice() {
+                    match chan.recv()?.as_slice() {
                         [] => {}
                         [b'E', rest @ ..] => bail!("{}", String::from_utf8_lossy(rest)),
                         other => bail!(
@@ -429,7 +428,7 @@ pub(crate) fn create_with(
         write_pid_file(pf, pid)?;
     }
     undo.armed = false;
-    Ok((c, spec, parent_sock))
+    Ok((c, spec, chan))
 }
 
 /// Makes the state directory `root/id` (and `root` if missing); an existing one means
@@ -455,9 +454,9 @@ pub(crate) fn make_state_dir(root: &Path, id: &str) -> Result<()> {
 
 /// Sends init its "go". When init has failed already (its end closed), the error is
 /// init's own message, which it sent before exiting.
-pub(crate) fn send_go(sock: i32) -> Result<()> {
-    if let Err(e) = send_msg(sock, b"go") {
-        if let Ok(m) = recv_msg(sock) {
+pub(crate) fn send_go(chan: &dyn Channel) -> Result<()> {
+    if let Err(e) = chan.send(b"go") {
+        if let Ok(m) = chan.recv() {
             if let [b'E', rest @ ..] = m.as_slice() {
                 bail!("{}", String::from_utf8_lossy(rest));
             }

@@ -12,8 +12,8 @@ use crate::lsm::Lsm;
 use crate::placement::Placement;
 use crate::spec::load_spec;
 use crate::state::Status;
-use crate::sys::{clone_fork, open_ns, open_path, setns_self, wait_child, write_pid_file};
-use crate::util::{self, recv_msg, recv_msg_fd, send_msg};
+use crate::sys::{open_ns, open_path, setns_self, write_pid_file};
+use crate::util;
 use crate::{notify, process, Runtime};
 
 /// Options of `exec`.
@@ -250,10 +250,10 @@ impl Runtime {
                 Some(cg)
             }
         };
-        let (parent_sock, child_sock) = util::seqpacket_pair()?;
         let joins_user = joins.iter().any(|(t, _)| *t == NamespaceType::User);
-        let init = Init {
-            sync: child_sock.as_raw_fd(),
+        let mut init = Init {
+            // Set in the child, to its end of the channel.
+            sync: -1,
             joins,
             plan,
             console: console.as_ref().map(|c| c.as_raw_fd()),
@@ -275,18 +275,14 @@ impl Runtime {
             chroot,
         };
         let joins_itself = init.join_cgroup.is_some();
-        let child = clone_fork(0)?;
-        if child == 0 {
-            drop(parent_sock);
-            init::child(&init);
-        }
-        drop(child_sock);
+        let (child, chan) = self.host().spawn(0, &mut |sync| {
+            init.sync = sync;
+            init::child(&init)
+        })?;
         drop(init);
-        let sock = parent_sock.as_raw_fd();
         let fail = |e: Error| -> Error {
-            let _ = util::kill(child, libc::SIGKILL);
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            let _ = self.host().kill(child, libc::SIGKILL);
+            let _ = self.host().wait(child);
             e
         };
         if let Some(cg) = cg.as_deref() {
@@ -296,9 +292,9 @@ impl Runtime {
                     .map_err(fail)?;
             }
         }
-        send_msg(sock, b"go").map_err(|e| fail(e.into()))?;
+        chan.send(b"go").map_err(|e| fail(e.into()))?;
         loop {
-            let (m, passed) = recv_msg_fd(sock).map_err(|e| fail(e.into()))?;
+            let (m, passed) = chan.recv_fd().map_err(|e| fail(e.into()))?;
             match (m.as_slice(), passed, &listener) {
                 (b"ready", ..) => break,
                 (b"seccomp", Some(fd), Some(l)) => {
@@ -311,9 +307,9 @@ impl Runtime {
             }
         }
         // EOF: execve succeeded (the socket was close-on-exec).
-        let m = recv_msg(sock)?;
+        let m = chan.recv()?;
         if let [b'E', rest @ ..] = m.as_slice() {
-            let _ = wait_child(child);
+            let _ = self.host().wait(child);
             bail!("{}", String::from_utf8_lossy(rest));
         }
         if let Some(pf) = &o.pid_file {
@@ -322,7 +318,7 @@ impl Runtime {
         if o.detach {
             return Ok(0);
         }
-        wait_child(child)
+        self.host().wait(child)
     }
 }
 

@@ -10,10 +10,11 @@
 //! [`Runtime::start`], [`Runtime::run`], [`Runtime::exec`], [`Runtime::kill`],
 //! [`Runtime::delete`], [`Runtime::pause`] / [`Runtime::resume`], [`Runtime::update`],
 //! [`Runtime::pids`], [`Runtime::stats`], [`Runtime::list`], [`Runtime::state`]; and
-//! [`features()`]. Signals, process liveness, cgroups and hooks go through [`Host`]:
+//! [`features()`]. Signals, process liveness, cgroups, hooks and the runtime's own
+//! children (spawned, talked to over a [`host::Channel`], reaped) go through [`Host`]:
 //! [`LinuxHost`] is the kernel, `testing::RecordingHost` (feature `test-utils`) records
-//! every call and fakes processes and cgroups, so the verbs on existing containers have
-//! unit tests without root. Errors are [`Error`]s: a kind a caller can match
+//! every call, fakes processes and cgroups and scripts the children, so every verb,
+//! `create` and `exec` included, has unit tests without root. Errors are [`Error`]s: a kind a caller can match
 //! ([`Error::NotFound`], [`Error::Exists`], [`Error::Invalid`]) under context lines
 //! naming each step.
 //!

@@ -6,7 +6,6 @@ use crate::error::Result;
 use crate::spec::new_pid_namespace;
 use crate::start::start_run;
 use crate::state::Status;
-use crate::sys::wait_child;
 use crate::Runtime;
 
 impl Runtime {
@@ -14,13 +13,13 @@ impl Runtime {
     /// delete the container. Returns the process's exit code (128 + signal when killed; 0
     /// when detached).
     pub fn run(&self, o: &CreateOpts, detach: bool) -> Result<i32> {
-        let (c, spec, _sock) = create_with(self, o, !detach, true)?;
+        let (c, spec, _chan) = create_with(self, o, !detach, true)?;
         // Poststart hooks only: init started at "ready". Their failure is logged.
         start_run(self, &c, &spec);
         if detach {
             return Ok(0);
         }
-        let code = wait_child(c.saved.pid)?;
+        let code = self.host().wait(c.saved.pid)?;
         // Init is reaped: the state needs no reload and init no signal. A new PID namespace
         // ended with its init (the kernel kills and waits for every process in it), so the
         // cgroup has nothing left to kill unless someone moved a process in.

@@ -9,20 +9,8 @@ use std::sync::Arc;
 use virtkit_runtime::testing::{Call, CgroupOp, RecordingHost};
 use virtkit_runtime::{CreateOpts, Runtime};
 
-/// A bundle with a config from `config` (JSON, merged over a valid minimal one).
-fn bundle(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
-    let b = dir.join("bundle");
-    std::fs::create_dir_all(b.join("rootfs")).unwrap();
-    let mut cfg = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": "rootfs"},
-        "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-        "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]},
-    });
-    edit(&mut cfg);
-    std::fs::write(b.join("config.json"), cfg.to_string()).unwrap();
-    b
-}
+mod common;
+use common::bundle;
 
 /// Runs `create` of `id` on `bundle` and checks the error mentions `want` and that
 /// nothing was made.
