@@ -21,7 +21,7 @@ use crate::spec::{
 use crate::state::{check_id, Container, Saved};
 use crate::sys::{mkfifo, open_ns, open_path, setns_self, write_pid_file};
 use crate::util;
-use crate::{cgroup, cloned, dmz, notify, process, Runtime};
+use crate::{cgroup, cloned, dmz, notify, process, sysctl, Runtime};
 
 /// Options of `create` and `run`.
 #[derive(Debug, Clone)]
@@ -138,6 +138,23 @@ pub(crate) fn create_with(
         .linux()
         .as_ref()
         .context("config.json has no linux section")?;
+    // runc's checks of what would change the host rather than the container, before
+    // anything is made: sethostname without a UTS namespace would rename the host, a
+    // sysctl outside the container's namespaces would set the host's value.
+    let have_uts = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Uts);
+    for (field, set) in [
+        ("hostname", spec.hostname()),
+        ("domainname", spec.domainname()),
+    ] {
+        if !have_uts && set.as_deref().is_some_and(|h| !h.is_empty()) {
+            bail!("unable to set {field} without a private UTS namespace");
+        }
+    }
+    sysctl::check(linux)?;
 
     let dir = rt.root().join(&o.id);
     let mut undo = Undo {
@@ -211,13 +228,11 @@ pub(crate) fn create_with(
     let mut new_user = false;
     let mut new_cgroupns = false;
     let mut have_mount = false;
-    let mut have_uts = false;
     let time_offsets = time_offsets(&spec)?;
     let mut time_offsets_set = false;
     for ns in linux.namespaces().iter().flatten() {
         let t = ns_type(ns.typ());
         have_mount |= t == NamespaceType::Mount;
-        have_uts |= t == NamespaceType::Uts;
         match ns.path() {
             Some(path) => {
                 let fd = open_ns(path)?;
@@ -253,15 +268,6 @@ pub(crate) fn create_with(
                 }
                 flags |= t.clone_flag();
             }
-        }
-    }
-    // runc's checks (sethostname without one would rename the host).
-    for (field, set) in [
-        ("hostname", spec.hostname()),
-        ("domainname", spec.domainname()),
-    ] {
-        if !have_uts && set.as_deref().is_some_and(|h| !h.is_empty()) {
-            bail!("unable to set {field} without a private UTS namespace");
         }
     }
     // Without a mount namespace: no mount at all, a chroot into the rootfs.

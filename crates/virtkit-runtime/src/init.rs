@@ -245,7 +245,9 @@ fn setup_console(console: RawFd, size: Option<(u16, u16)>) -> Result<()> {
 
 fn write_sysctl(sysctl: &[(String, String)]) -> Result<()> {
     for (k, v) in sysctl {
-        if k.contains("..") || k.starts_with('/') || k.starts_with('.') {
+        // Checked by create already (crate::sysctl::check); again here, where the path
+        // is made.
+        if !crate::sysctl::plain_name(k) {
             bail!("invalid sysctl key {k:?}");
         }
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));

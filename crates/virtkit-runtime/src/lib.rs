@@ -69,6 +69,7 @@ mod spec;
 mod start;
 pub mod state;
 mod sys;
+mod sysctl;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 mod update;

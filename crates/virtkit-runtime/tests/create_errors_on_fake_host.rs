@@ -167,6 +167,130 @@ fn without_a_mount_namespace_what_needs_a_mount_is_refused() {
     }
 }
 
+/// The valid config (mount and PID namespaces) with `namespaces` added and `sysctl`.
+fn sysctl_in(namespaces: serde_json::Value, sysctl: serde_json::Value) -> Edit {
+    Box::new(move |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.extend(namespaces.as_array().unwrap().iter().cloned());
+        c["linux"]["sysctl"] = sysctl;
+    })
+}
+
+/// A sysctl outside the container's own namespaces would set the host's value: refused
+/// as runc's validator refuses it (its messages), before anything is made; so is a key
+/// that is not a plain dotted name.
+#[test]
+fn sysctls_outside_the_containers_namespaces_are_refused() {
+    use serde_json::json;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace",
+            sysctl_in(json!([{"type": "ipc"}, {"type": "uts"}]), json!({"net.ipv4.ip_forward": "1"})),
+        ),
+        (
+            "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace",
+            sysctl_in(
+                json!([{"type": "network", "path": "/proc/self/ns/net"}]),
+                json!({"net.ipv4.ip_forward": "1"}),
+            ),
+        ),
+        (
+            "invalid netns path: stat /nonexistent: no such file or directory",
+            sysctl_in(
+                json!([{"type": "network", "path": "/nonexistent"}]),
+                json!({"net.ipv4.ip_forward": "1"}),
+            ),
+        ),
+        (
+            "sysctl \"kernel.msgmax\" is not allowed in the hosts ipc namespace",
+            sysctl_in(json!([{"type": "network"}]), json!({"kernel.msgmax": "8192"})),
+        ),
+        (
+            "sysctl \"fs.mqueue.msg_max\" is not allowed in the hosts ipc namespace",
+            sysctl_in(json!([{"type": "uts"}]), json!({"fs.mqueue.msg_max": "10"})),
+        ),
+        (
+            // Stricter than runc: a path to our own IPC namespace is the host's.
+            "sysctl \"kernel.shmmax\" is not allowed in the hosts ipc namespace",
+            sysctl_in(
+                json!([{"type": "ipc", "path": "/proc/self/ns/ipc"}]),
+                json!({"kernel.shmmax": "1"}),
+            ),
+        ),
+        (
+            "sysctl \"kernel.hostname\" is not in a separate kernel namespace",
+            sysctl_in(json!([{"type": "ipc"}]), json!({"kernel.hostname": "h"})),
+        ),
+        (
+            "sysctl \"kernel.domainname\" is not in a separate kernel namespace",
+            sysctl_in(json!([]), json!({"kernel.domainname": "d"})),
+        ),
+        (
+            "sysctl \"kernel.hostname\" is not allowed as it conflicts with the OCI \"hostname\" field",
+            sysctl_in(json!([{"type": "uts"}]), json!({"kernel.hostname": "h"})),
+        ),
+        (
+            "sysctl \"vm.swappiness\" is not in a separate kernel namespace",
+            sysctl_in(
+                json!([{"type": "network"}, {"type": "ipc"}, {"type": "uts"}]),
+                json!({"vm.swappiness": "10"}),
+            ),
+        ),
+        (
+            "sysctl \"kernel.pid_max\" is not in a separate kernel namespace",
+            sysctl_in(json!([{"type": "ipc"}]), json!({"kernel.pid_max": "10000"})),
+        ),
+        // Keys that are not plain dotted names, even in the right namespace.
+        (
+            "sysctl \"net.ipv4/../../kernel/hostname\" is not a plain dotted name",
+            sysctl_in(json!([{"type": "network"}]), json!({"net.ipv4/../../kernel/hostname": "x"})),
+        ),
+        (
+            "sysctl \"net/ipv4/ip_forward\" is not a plain dotted name",
+            sysctl_in(json!([{"type": "network"}]), json!({"net/ipv4/ip_forward": "1"})),
+        ),
+        (
+            "sysctl \"net..ipv4.ip_forward\" is not a plain dotted name",
+            sysctl_in(json!([{"type": "network"}]), json!({"net..ipv4.ip_forward": "1"})),
+        ),
+        (
+            "sysctl \"\" is not a plain dotted name",
+            sysctl_in(json!([{"type": "network"}]), json!({"": "1"})),
+        ),
+        // With several bad ones the first in sorted order is named.
+        (
+            "sysctl \"kernel.msgmax\" is not allowed in the hosts ipc namespace",
+            sysctl_in(
+                json!([]),
+                json!({"vm.swappiness": "1", "net.ipv4.ip_forward": "1", "kernel.msgmax": "1"}),
+            ),
+        ),
+    ];
+    for (want, edit) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = bundle(tmp.path(), edit);
+        refused("c1", &b, want);
+    }
+}
+
+/// Sysctls in the container's own namespaces pass the check and create goes on.
+#[test]
+fn sysctls_in_the_containers_own_namespaces_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle(
+        tmp.path(),
+        sysctl_in(
+            serde_json::json!([{"type": "network"}, {"type": "ipc"}, {"type": "uts"}]),
+            serde_json::json!({"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
+                "kernel.msgmax": "8192", "fs.mqueue.msg_max": "10", "kernel.domainname": "d"}),
+        ),
+    );
+    let host = RecordingHost::new();
+    let rt = Runtime::with_host(tmp.path().join("state"), Arc::new(host.clone()));
+    rt.create(&CreateOpts::new("c1", &b)).unwrap();
+    assert!(host.calls().iter().any(|c| matches!(c, Call::Spawn { .. })));
+}
+
 #[test]
 fn an_id_already_taken_is_refused_and_the_other_container_kept() {
     let tmp = tempfile::tempdir().unwrap();
