@@ -3,8 +3,9 @@
 //! exec, stop, rm, `--memory` enforced, `-v`, `--read-only --tmpfs`; `docker save` read
 //! by virtkit-image and its docker-archive loaded and run by Docker. Each daemon runs
 //! with a private data root and socket, in a mount namespace of its own (dockerd makes
-//! mounts shared), without networking (`--network none`: no iptables here). Needs root,
-//! busybox and Debian's docker.io and containerd packages.
+//! mounts shared), without networking (`--network none`: no iptables, no ip_forward),
+//! and leaves the host's sysctls and paths as they were. Needs root, busybox and
+//! Debian's docker.io and containerd packages.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -46,6 +47,23 @@ impl Drop for Daemon {
     }
 }
 
+/// Host sysctls a daemon could set (dockerd: `ip_forward` unless `ip-forward` is false;
+/// the root key quotas, raised to the kernel's defaults when lower), with their values.
+fn host_sysctls() -> Vec<(&'static str, String)> {
+    [
+        "net/ipv4/ip_forward",
+        "net/ipv6/conf/all/forwarding",
+        "kernel/keys/root_maxkeys",
+        "kernel/keys/root_maxbytes",
+    ]
+    .into_iter()
+    .map(|k| {
+        let v = std::fs::read_to_string(Path::new("/proc/sys").join(k)).unwrap_or_default();
+        (k, v)
+    })
+    .collect()
+}
+
 /// Host paths a daemon makes whatever its private roots (dockerd: `/etc/docker/key.json`,
 /// `/run/docker/plugins`; containerd's shim and ctr: `/run/containerd/{fifo,s,runc}`):
 /// those that did not exist before are removed when dropped.
@@ -66,7 +84,11 @@ impl Leftovers {
 impl Drop for Leftovers {
     fn drop(&mut self) {
         for p in &self.0 {
-            let _ = std::fs::remove_dir_all(p);
+            if Path::new(p).is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
@@ -167,7 +189,13 @@ fn root_docker_runs_containers_with_container_runner() {
     let _g = lock();
     require_root_and_busybox();
     require(&["/usr/sbin/dockerd", DOCKER, "/usr/bin/containerd"]);
-    let _leftovers = Leftovers::watch(&["/etc/docker", "/run/docker", "/run/containerd"]);
+    let _leftovers = Leftovers::watch(&[
+        "/etc/docker",
+        "/etc/docker/key.json",
+        "/run/docker",
+        "/run/containerd",
+    ]);
+    let sysctls = host_sysctls();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sock = d.join("docker.sock");
@@ -178,6 +206,8 @@ fn root_docker_runs_containers_with_container_runner() {
             "runtimes": {"virtkit": {"path": BIN}},
             "exec-opts": ["native.cgroupdriver=cgroupfs"],
             "iptables": false,
+            // Else dockerd sets the host's net.ipv4.ip_forward to 1 as it starts.
+            "ip-forward": false,
             "bridge": "none",
         })
         .to_string(),
@@ -320,6 +350,11 @@ fn root_docker_runs_containers_with_container_runner() {
         text(&o)
     );
     drop(daemon);
+    assert_eq!(
+        host_sysctls(),
+        sysctls,
+        "dockerd changed the host's sysctls"
+    );
 }
 
 #[test]
@@ -332,6 +367,7 @@ fn root_containerd_runs_containers_with_container_runner() {
         "/usr/bin/containerd-shim-runc-v2",
     ]);
     let _leftovers = Leftovers::watch(&["/run/containerd"]);
+    let sysctls = host_sysctls();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sock = d.join("containerd.sock");
@@ -443,4 +479,9 @@ fn root_containerd_runs_containers_with_container_runner() {
         "the cgroup was left behind"
     );
     drop(daemon);
+    assert_eq!(
+        host_sysctls(),
+        sysctls,
+        "containerd changed the host's sysctls"
+    );
 }
