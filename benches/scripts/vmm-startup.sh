@@ -39,7 +39,8 @@ fi
 args=(--kernel "$KERNEL" --cpus 1 --memory 128 --serial none)
 [ -n "${INITRD:-}" ] && args+=(--initrd "$INITRD")
 for _ in $(seq "$n"); do
-  VM_RUNNER_STARTUP_STATS=1 timeout 5 "$VM_RUNNER" "${args[@]}" </dev/null 2>&1 >/dev/null \
+  # The guest need not run: the figure is printed before its first instruction.
+  VM_RUNNER_STARTUP_STATS=1 timeout -s KILL 0.5 "$VM_RUNNER" "${args[@]}" </dev/null 2>&1 >/dev/null \
     | sed -n 's/.*startup cpu_ms=\([0-9.]*\).*/\1/p' || true
 done | sort -n >"$tmp/t"
 count=$(wc -l <"$tmp/t")
@@ -47,8 +48,12 @@ count=$(wc -l <"$tmp/t")
 q() { sed -n "$(( ($1 * (count - 1)) / 100 + 1 ))p" "$2"; }
 kname=$(basename "$KERNEL")
 iname=$( [ -n "${INITRD:-}" ] && basename "$INITRD" || echo none)
+# Issue #12's target: at most 4 ms for a bzImage; 8 ms for the others (an ELF vmlinux is
+# 18 MB of segments to copy).
+target=8
+case "$kname" in bzImage*) target=4 ;; esac
 echo "vmm-startup: kernel=$kname initrd=$iname runs=$count"
-echo "vmm-startup: cpu_ms min=$(q 0 "$tmp/t") p50=$(q 50 "$tmp/t") p90=$(q 90 "$tmp/t") max=$(q 100 "$tmp/t") (target <= 8)"
+echo "vmm-startup: cpu_ms min=$(q 0 "$tmp/t") p50=$(q 50 "$tmp/t") p90=$(q 90 "$tmp/t") max=$(q 100 "$tmp/t") (target <= $target)"
 
 peer=
 if [ -n "$tiny" ]; then
@@ -81,5 +86,5 @@ PY
   fi
 fi
 guest=$( [ -n "${INITRD:-}" ] && echo "$kname + initramfs" || echo "$kname, no initrd")
-printf 'RESULT name=startup-cpu-%s value=%s unit=ms%s target_value=<=8 label="start-up CPU time, p50 of %s: %s, 1 vCPU, 128 MiB"\n' \
-  "$kname" "$(q 50 "$tmp/t")" "${peer:+ peer=qemu-microvm peer_value=$peer}" "$count" "$guest"
+printf 'RESULT name=startup-cpu-%s value=%s unit=ms%s target_value=<=%s label="start-up CPU time, p50 of %s: %s, 1 vCPU, 128 MiB"\n' \
+  "$kname" "$(q 50 "$tmp/t")" "${peer:+ peer=qemu-microvm peer_value=$peer}" "$target" "$count" "$guest"

@@ -4,7 +4,7 @@
 //!
 //! By hand:
 //! ```text
-//! RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
+//! RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" CARGO_TARGET_DIR=target/static \
 //!   cargo test --target x86_64-unknown-linux-gnu -p virtkit-cgroups --test root_cgroups --no-run
 //! cargo xtask lab --file target/static/x86_64-unknown-linux-gnu/debug/deps/root_cgroups-<hash>:root_cgroups \
 //!   -- ./root_cgroups
@@ -31,7 +31,7 @@ fn static_root_tests() -> PathBuf {
         .args(["--target", STATIC_TARGET, "-p", "virtkit-cgroups"])
         .args(["--test", "root_cgroups"])
         .env("CARGO_TARGET_DIR", root.join("target/static"))
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("RUSTFLAGS", virtkit_lab::STATIC_RUSTFLAGS)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .output()

@@ -60,7 +60,9 @@ pub use lab::{
 };
 pub use payload::{Payload, LAB_DISK_MOUNT};
 pub use soak::{soak_payload, SoakBoot, SoakReport, STUCK_MESSAGE};
-pub use static_bin::{has_interpreter, static_binary, static_test, STATIC_TARGET};
+pub use static_bin::{
+    has_interpreter, static_binary, static_test, STATIC_RUSTFLAGS, STATIC_TARGET,
+};
 pub use util::{ensure_packages, workspace_root};
 pub use venue::{detect_venue, probe_speed, Venue};
 

@@ -266,14 +266,17 @@ fn madvise_hugepage(ptr: *mut u8, len: usize) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// The host's total RAM (`MemTotal` in /proc/meminfo), in bytes.
+/// The host's total RAM, in bytes: `MemTotal` of /proc/meminfo, read with `sysinfo(2)`,
+/// which gives the same figure without the kernel formatting the whole of /proc/meminfo
+/// (a tenth of a millisecond of the VMM's start-up, issue #12).
 pub fn host_ram_bytes() -> io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no MemTotal line"))
+    // SAFETY: an all-zero `struct sysinfo` is a valid value of that plain C struct.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo(2) writes one `struct sysinfo` into the exclusively borrowed `si`.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(si.totalram.saturating_mul(u64::from(si.mem_unit.max(1))))
 }
 
 #[cfg(test)]
@@ -357,6 +360,14 @@ mod tests {
             Err(MemoryError::Layout(LayoutError::Unaligned { .. }))
         ));
         let host = host_ram_bytes().unwrap();
+        // The same figure as /proc/meminfo's MemTotal.
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert_eq!(host, kib * 1024);
         let too_big = (host / MIB + 1) * MIB;
         assert!(matches!(
             GuestMemoryBuilder::new(too_big).build(),

@@ -64,6 +64,17 @@ pub enum BridgeError {
         #[source]
         source: io::Error,
     },
+    /// A bridge ioctl failed ([`attach`] uses `SIOCBRADDIF`).
+    #[error("{op} on {name:?}: {source}")]
+    Ioctl {
+        /// The operation.
+        op: &'static str,
+        /// The interface.
+        name: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
     /// The kernel's reply could not be parsed.
     #[error("netlink {op}: malformed reply: {detail}")]
     Protocol {
@@ -387,9 +398,10 @@ pub fn delete(name: &str) -> Result<(), BridgeError> {
     RtNetlink::new()?.delete_bridge(name)
 }
 
-/// Attach `iface` (e.g. a tap) to the existing bridge `bridge`.
+/// Attach `iface` (e.g. a tap) to the existing bridge `bridge`, with the
+/// bridge ioctl: see [`bridge_port`](crate::bridge_port) for why.
 pub fn attach(bridge: &str, iface: &str) -> Result<(), BridgeError> {
-    RtNetlink::new()?.attach(bridge, iface)
+    crate::bridge_port::add_port(bridge, iface)
 }
 
 /// Detach `iface` from its bridge.

@@ -38,6 +38,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bridge;
+pub mod bridge_port;
 pub mod container;
 pub mod features;
 pub mod firewall;

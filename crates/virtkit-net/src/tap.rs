@@ -160,13 +160,13 @@ pub fn validate_ifname(name: &str) -> Result<(), TapError> {
 /// The `struct ifreq` of the ioctls used here (name plus a 24-byte union).
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
-struct IfReq {
+pub(crate) struct IfReq {
     name: [u8; 16],
     data: [u8; 24],
 }
 
 impl IfReq {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut r = IfReq {
             name: [0; 16],
             data: [0; 24],
@@ -184,11 +184,11 @@ impl IfReq {
         self.data[..2].copy_from_slice(&v.to_ne_bytes());
     }
 
-    fn int(&self) -> i32 {
+    pub(crate) fn int(&self) -> i32 {
         i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
     }
 
-    fn set_int(&mut self, v: i32) {
+    pub(crate) fn set_int(&mut self, v: i32) {
         self.data[..4].copy_from_slice(&v.to_ne_bytes());
     }
 
@@ -200,7 +200,11 @@ impl IfReq {
 }
 
 /// `ioctl(fd, req, &mut ifreq)`, the one wrapper of the ifreq ioctls.
-fn ioctl_ifreq(fd: BorrowedFd<'_>, req: libc::c_ulong, ifr: &mut IfReq) -> io::Result<()> {
+pub(crate) fn ioctl_ifreq(
+    fd: BorrowedFd<'_>,
+    req: libc::c_ulong,
+    ifr: &mut IfReq,
+) -> io::Result<()> {
     // SAFETY: every request passed here reads and/or writes at most a
     // `struct ifreq` (40 bytes), which `ifr` provides, exclusively borrowed.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, ifr as *mut IfReq) };
@@ -239,7 +243,7 @@ fn ioctl_int_ptr(fd: BorrowedFd<'_>, req: libc::c_ulong, value: &libc::c_int) ->
 
 /// A datagram socket for the `SIOC*IF*` ioctls, in the caller's network
 /// namespace.
-fn control_socket() -> io::Result<OwnedFd> {
+pub(crate) fn control_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) has no memory arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -113,6 +113,12 @@ fn root_bad_input_gives_clear_errors() {
         bridge::create("vkbr").unwrap();
         let e = bridge::attach("vkbr", "nosuchtap").unwrap_err();
         assert!(matches!(e, BridgeError::InterfaceNotFound(_)), "{e}");
+        // A port of one bridge cannot join a second one.
+        bridge::create("vkbr2").unwrap();
+        bridge::attach("vkbr", "vkt").unwrap();
+        let e = bridge::attach("vkbr2", "vkt").unwrap_err();
+        assert!(matches!(e, BridgeError::AlreadyExists(_)), "{e}");
+        assert!(e.to_string().contains("detach it first"), "{e}");
         // Existing bridge.
         assert!(matches!(
             bridge::create("vkbr").unwrap_err(),
@@ -129,6 +135,7 @@ fn root_bad_input_gives_clear_errors() {
 fn root_no_permission_gives_clear_errors() {
     in_netns(|| {
         bridge::create("vkbr").unwrap();
+        let tap = Tap::open("vkt0", &TapOptions::default()).unwrap();
         // Capabilities are per thread: drop CAP_NET_ADMIN from this one.
         caps::drop(
             None,
@@ -142,6 +149,10 @@ fn root_no_permission_gives_clear_errors() {
         let e = bridge::create("vkbr2").unwrap_err();
         assert!(matches!(e, BridgeError::PermissionDenied { .. }), "{e}");
         let e = bridge::delete("vkbr").unwrap_err();
+        assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
+        // The bridge ioctl path says the same.
+        let e = bridge::attach("vkbr", tap.name()).unwrap_err();
+        assert!(matches!(e, BridgeError::PermissionDenied { .. }), "{e}");
         assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
     });
 }

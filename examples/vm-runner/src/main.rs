@@ -2,6 +2,11 @@
 //! `VmConfig`, builds the VM on KVM and runs it, or serves the control API
 //! (`--api-socket`). See `vm-runner --help`.
 
+// Our own C `main` (below): std's start-up reads /proc/self/maps to find the main thread's
+// stack guard and sets up an alternate signal stack for the stack-overflow message, work that
+// is a measurable part of the VMM's start-up (issue #12, docs/benchmarks.md).
+#![cfg_attr(not(test), no_main)]
+
 mod args;
 mod jail;
 
@@ -25,7 +30,10 @@ fn startup_stats_hook() -> Option<Box<dyn FnOnce() + Send>> {
         };
         let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
         let cpu_ms = (us(ru.ru_utime) + us(ru.ru_stime)) / 1000.0;
-        eprintln!("vm-runner: startup cpu_ms={cpu_ms:.3} before first KVM_RUN");
+        let faults = ru.ru_minflt + ru.ru_majflt;
+        eprintln!(
+            "vm-runner: startup cpu_ms={cpu_ms:.3} before first KVM_RUN (page_faults={faults})"
+        );
     }))
 }
 
@@ -99,7 +107,18 @@ fn report(result: anyhow::Result<String>) -> i32 {
     }
 }
 
-fn main() {
+/// The process's entry point, called by the C runtime in place of std's.
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions; std's start-up
+    // does the same, so a closed pipe is an error from write, not a fatal signal.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    start()
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn start() -> ! {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_micros()
         .init();

@@ -42,7 +42,7 @@ const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 
 // ioctls that are not the hypervisor's: the terminal's (libc), the tap's (virtkit-net),
-// and three more a tap's set-up may issue (SIOCGIFINDEX from libc).
+// and what a tap's set-up may issue (SIOCGIFINDEX, and SIOCBRADDIF to put it on a bridge).
 const TCGETS: u64 = libc::TCGETS;
 const TCSETS: u64 = libc::TCSETS;
 const TCSETSW: u64 = libc::TCSETSW;
@@ -59,6 +59,7 @@ const SIOCSIFHWADDR: u64 = tap::SIOCSIFHWADDR;
 const TUNGETFEATURES: u64 = 0x8004_54cf;
 const TUNGETVNETHDRSZ: u64 = 0x8004_54d7;
 const SIOCGIFINDEX: u64 = libc::SIOCGIFINDEX;
+const SIOCBRADDIF: u64 = virtkit_net::bridge_port::SIOCBRADDIF;
 
 /// What every thread does: memory, locks, signals (the vCPU kick, the SIGSYS handler's
 /// own write and exit), time, and the ends of a thread.
@@ -150,7 +151,7 @@ const VCPU: &[&str] = &[
 ];
 
 /// The API: it builds, restores and receives VMs, so it may do what building does
-/// (open images and devices, map memory, create taps and talk to rtnetlink), start
+/// (open images and devices, map memory, create taps and put them on bridges), start
 /// threads (never processes) and serve its socket.
 const API: &[&str] = &[
     "accept4",
@@ -206,6 +207,7 @@ fn ioctls(kind: ThreadKind, hv: &HypervisorIoctls) -> Vec<u64> {
             SIOCSIFMTU,
             SIOCSIFHWADDR,
             SIOCGIFINDEX,
+            SIOCBRADDIF,
         ][..],
     });
     // Keep the order (the first requests are the hottest), drop repeats.

@@ -29,7 +29,12 @@ thread_local! {
 pub(crate) fn set_label(kind: ThreadKind) {
     let mut name = [0u8; 16];
     let current = std::thread::current();
-    let src = current.name().unwrap_or("unnamed").as_bytes();
+    // std names the main thread only when its own `main` ran: a program with its own C
+    // entry point (vm-runner) has an unnamed main thread, which is still "main".
+    // SAFETY: getpid and gettid have no preconditions.
+    let is_main = unsafe { libc::getpid() == libc::gettid() };
+    let fallback = if is_main { "main" } else { "unnamed" };
+    let src = current.name().unwrap_or(fallback).as_bytes();
     let len = src.len().min(name.len());
     name[..len].copy_from_slice(&src[..len]);
     LABEL.with(|l| {
