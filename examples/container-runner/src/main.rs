@@ -277,6 +277,17 @@ fn peek_command(args: &[std::ffi::OsString]) -> Option<&str> {
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Also as std's start-up does: descriptors 0, 1 and 2 are open (on /dev/null when the
+    // caller closed them), so that no file opened later lands on one and gets what is
+    // meant for standard output.
+    for fd in 0..3 {
+        // SAFETY: F_GETFD reads a descriptor's flags; no memory is passed.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: a NUL-terminated path; open returns the lowest free descriptor,
+            // which is `fd`.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
     start()
 }
 

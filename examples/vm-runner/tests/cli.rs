@@ -131,6 +131,41 @@ fn kvm_i8042_reset_exits_zero_and_serial_output() {
 }
 
 #[test]
+fn kvm_closed_standard_descriptors_stay_closed_to_the_vmm_files() {
+    // Started with stdin and stdout closed (as a careless supervisor may), the VMM must not
+    // open /dev/kvm or a VM on descriptor 0 or 1 and then write the guest's serial output
+    // into it: it opens /dev/null there first, as std's start-up does.
+    use std::os::unix::process::CommandExt;
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xf8, 0x03,       // mov dx, 0x3f8
+        0xb0, b'o', 0xee,             // mov al, 'o'; out dx, al
+        0xb0, b'\n', 0xee,
+        0xb0, 0xfe, 0xe6, 0x64,       // mov al, 0xfe; out 0x64, al (reset)
+        0xf4,
+    ];
+    let k = tiny_kernel(&code);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vm-runner"));
+    c.args(["--kernel", k.path().to_str().unwrap(), "--memory", "16"])
+        .args(["--serial", "stdio"])
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure only calls close(2), which is
+    // async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close(0);
+            libc::close(1);
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("vm-runner: guest rebooted"), "{err}");
+    assert!(!err.contains("serial output failed"), "{err}");
+}
+
+#[test]
 fn kvm_startup_stats_line() {
     let k = tiny_kernel(&[0x66, 0xba, 0xb0, 0x03, 0xb0, 0x34, 0xee, 0xf4]);
     let o = Command::new(env!("CARGO_BIN_EXE_vm-runner"))
