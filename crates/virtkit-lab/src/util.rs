@@ -196,6 +196,47 @@ pub fn package_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Debian's hook that `invoke-rc.d` asks before a package's maintainer script starts a
+/// service: exit status 101 means "not now".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// While alive, `invoke-rc.d` refuses to start services: a `policy-rc.d` that exits 101,
+/// made only when there is none and removed on drop (one already there is left alone).
+#[derive(Debug)]
+struct NoServiceStarts {
+    made: Option<PathBuf>,
+}
+
+impl NoServiceStarts {
+    fn install(path: &Path) -> Result<NoServiceStarts> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let made = match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(b"#!/bin/sh\n# virtkit-lab: no service starts while it installs packages\nexit 101\n")
+                    .map_err(LabError::io("writing", path))?;
+                Some(path.to_path_buf())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+            Err(e) => return Err(LabError::io("creating", path)(e)),
+        };
+        Ok(NoServiceStarts { made })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(p) = &self.made {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
 /// Makes sure the Debian packages are installed: installs them with apt-get when
 /// root, else fails with the list of what is missing.
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
@@ -212,6 +253,9 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     }
     eprintln!("virtkit-lab: installing {}", missing.join(" "));
     let _lock = FileLock::acquire(&std::env::temp_dir().join("virtkit-apt.lock"))?;
+    // No package may start a service: docker.io's would start a global dockerd (iptables
+    // rules, net.ipv4.ip_forward set to 1, a shared `/`); the tests start their own daemons.
+    let _no_services = NoServiceStarts::install(Path::new(POLICY_RC_D))?;
     let apt = |args: &[&str]| -> Result<String> {
         let mut last = None;
         // Another process may hold the dpkg lock: retry for a while.
@@ -287,4 +331,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     fs::write(&tmp, bytes).map_err(LabError::io("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(LabError::io("renaming into", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn no_service_starts_while_installing_and_an_existing_policy_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy-rc.d");
+        {
+            let _g = NoServiceStarts::install(&path).unwrap();
+            let st = Command::new(&path).status().unwrap();
+            assert_eq!(st.code(), Some(101), "invoke-rc.d's 'not now'");
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o755
+            );
+        }
+        assert!(!path.exists(), "removed once the install is over");
+        fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(NoServiceStarts::install(&path).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexit 0\n");
+    }
 }
