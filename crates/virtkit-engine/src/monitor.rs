@@ -123,7 +123,16 @@ impl Engine {
                     RestartPolicy::Always => true,
                 };
             if !again {
-                record::update(&dir, |r| r.monitor = None)?;
+                // Only if the record still names this monitor: once the container is
+                // marked exited, `start` may already have handed it to a new monitor,
+                // whose entry a late write here would wipe (a later `reap` would then
+                // take the running container for an orphan).
+                let me = std::process::id() as i32;
+                record::update(&dir, |r| {
+                    if r.monitor.is_some_and(|(pid, _)| pid == me) {
+                        r.monitor = None;
+                    }
+                })?;
                 if rec.auto_remove {
                     self.remove(id, true)?;
                 }
