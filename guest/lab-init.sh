@@ -5,7 +5,7 @@
 # works inside the lab (container runtimes need it). Stage 2 mounts the usual file
 # systems with real cgroup v2, loads the modules listed in /lab/modules (kvm-amd, tun,
 # bridge, veth, ...), runs /payload/run.sh and prints its exit status with the nonce
-# from the kernel command line.
+# from the kernel command line. A heartbeat goes to the second serial port meanwhile.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 if [ ! -e /.lab-stage2 ]; then
   /bin/busybox mkdir -p /newroot /proc
@@ -34,6 +34,11 @@ hostname lab
 nonce=$(sed -n 's/.*virtkit.nonce=\([^ ]*\).*/\1/p' /proc/cmdline)
 kvm=no; [ -c /dev/kvm ] && kvm=yes
 echo "VIRTKIT-LAB-UP uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$kvm"
+# The heartbeat (crates/virtkit-lab/src/heartbeat.rs): the uptime on the second serial
+# port every 5 s, so that the host can tell a wedged lab kernel from a slow payload.
+if [ -c /dev/ttyS1 ]; then
+  ( while :; do cut -d' ' -f1 /proc/uptime; sleep 5; done ) </dev/null >/dev/ttyS1 2>/dev/null &
+fi
 if [ "$kvm" = yes ]; then
   cd /payload && sh ./run.sh </dev/null 2>&1
   code=$?

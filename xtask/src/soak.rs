@@ -2,7 +2,9 @@
 //! Not part of `cargo xtask test`.
 //!
 //! - `vm-boots [--boots N] [--cpus N] [--memory MiB] [--kernel vmlinux|bzImage]
-//!   [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold]`: boot the test guest with vm-runner N times in
+//!   [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold] [--vmm vm-runner|qemu] [--cmdline LINE]
+//!   [--lab-cpus N]`:
+//!   boot the test guest with vm-runner (or the QEMU peer) N times in
 //!   a row in one lab run (default 300 boots, 1 vCPU, 128 MiB, vmlinux, THP), with a
 //!   watchdog that never waits on a vm-runner stuck in the kernel, and count boots
 //!   that locked up a CPU (`virtkit_lab::soak`).
@@ -17,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use virtkit_lab::{GuestBoot, SoakReport, Vmm};
 
 const USAGE: &str = "usage: cargo xtask soak containers [--cycles N] | soak vm-cycles [--cycles N] [--net] | soak vm-boots [--boots N] [--cpus N] [--memory MiB] \
-                     [--kernel vmlinux|bzImage] [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold]";
+                     [--kernel vmlinux|bzImage] [--huge-pages none|thp|hugetlbfs] [--no-kvm-hold] [--vmm vm-runner|qemu] [--cmdline LINE] [--lab-cpus N]";
 
 pub fn soak(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
@@ -34,6 +36,9 @@ fn vm_boots(args: &[String]) -> Result<()> {
     let mut kernel_kind = "vmlinux".to_string();
     let mut huge_pages = "thp".to_string();
     let mut hold = true;
+    let mut vmm = Vmm::VmRunner;
+    let mut cmdline = None;
+    let mut lab_cpus = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().context(USAGE);
@@ -44,6 +49,15 @@ fn vm_boots(args: &[String]) -> Result<()> {
             "--kernel" => kernel_kind = val()?.clone(),
             "--huge-pages" => huge_pages = val()?.clone(),
             "--no-kvm-hold" => hold = false,
+            "--vmm" => {
+                vmm = match val()?.as_str() {
+                    "vm-runner" => Vmm::VmRunner,
+                    "qemu" => Vmm::QemuMicrovm,
+                    other => bail!("soak vm-boots: --vmm {other}: expected vm-runner or qemu"),
+                }
+            }
+            "--cmdline" => cmdline = Some(val()?.clone()),
+            "--lab-cpus" => lab_cpus = Some(val()?.parse().context("--lab-cpus")?),
             other => bail!("soak vm-boots: unknown option {other}; {USAGE}"),
         }
     }
@@ -61,15 +75,24 @@ fn vm_boots(args: &[String]) -> Result<()> {
     })?;
     let mut boot = GuestBoot::new(
         "soak",
-        Vmm::VmRunner,
+        vmm,
         cpus,
         memory,
         &format!("./{kernel_kind}"),
         "./initrd",
     );
-    boot.extra_args = vec!["--huge-pages".into(), huge_pages.clone()];
+    if let Some(c) = cmdline {
+        boot.cmdline = c;
+    }
+    if vmm == Vmm::VmRunner {
+        boot.extra_args = vec!["--huge-pages".into(), huge_pages.clone()];
+    }
     boot.timeout_s = 60;
-    let payload = virtkit_lab::soak_payload(&boot, boots, hold)?
+    let mut payload = virtkit_lab::soak_payload(&boot, boots, hold)?;
+    if let Some(n) = lab_cpus {
+        payload = payload.lab_cpus(n);
+    }
+    let payload = payload
         .file(vm_runner, "vm-runner")
         .file(kernel_file, &kernel_kind)
         .file(initrd, "initrd");
@@ -93,7 +116,7 @@ fn vm_boots(args: &[String]) -> Result<()> {
         .count();
     println!(
         "soak vm-boots: {} of {boots} boots ran ({cpus} vCPU, {memory} MiB, {kernel_kind}, \
-         --huge-pages {huge_pages}, kvm hold {hold}; venue {}, {:.0?}): {} ok, {} failed, {} locked up a CPU; \
+         --huge-pages {huge_pages}, kvm hold {hold}, {vmm:?}; venue {}, {:.0?}): {} ok, {} failed, {} locked up a CPU; \
          lockup lines on the lab console: {console_lockups}",
         report.boots.len(),
         out.venue,

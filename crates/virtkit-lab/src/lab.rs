@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::cpio::CpioWriter;
 use crate::error::{LabError, Result};
+use crate::heartbeat::{heartbeat_silence, kill_group, wait_lab, LabWait};
 use crate::payload::{qemu_disk_args, Payload};
 use crate::util;
 use crate::venue::{detect_venue, Venue};
@@ -29,8 +30,44 @@ pub const LAB_MODULES: &[&str] = &["kvm-amd", "tun", "bridge", "veth", "overlay"
 /// Names a Unix socket path for the lab QEMU's human monitor (for inspecting a
 /// wedged lab: `info registers -a`); the lab kernel then boots with `nokaslr`.
 pub const LAB_MONITOR_ENV: &str = "VIRTKIT_LAB_MONITOR";
-/// Default vCPUs of the lab VM.
-pub const LAB_CPUS: u32 = 2;
+/// Environment variable: how QEMU's TCG runs the lab's CPUs, `multi` (a host thread per
+/// lab CPU, the default) or `single` (one host thread for all of them; with 2 lab CPUs,
+/// 2-vCPU guests then often hang before their init, under QEMU as under vm-runner).
+pub const LAB_TCG_THREAD_ENV: &str = "VIRTKIT_LAB_TCG_THREAD";
+
+/// The TCG threading the lab QEMU gets (`LAB_TCG_THREAD_ENV`).
+fn lab_tcg_thread() -> Result<String> {
+    match std::env::var(LAB_TCG_THREAD_ENV) {
+        Err(_) => Ok("multi".into()),
+        Ok(v) if v == "single" || v == "multi" => Ok(v),
+        Ok(v) => Err(LabError::BadInput(format!(
+            "{LAB_TCG_THREAD_ENV}={v}: expected single or multi"
+        ))),
+    }
+}
+
+/// Environment variable: the lab VM's CPU count for every payload (it overrides
+/// [`Payload::lab_cpus`](crate::Payload::lab_cpus)), to compare lab set-ups.
+pub const LAB_CPUS_ENV: &str = "VIRTKIT_LAB_CPUS";
+
+/// The lab's CPU count: [`LAB_CPUS_ENV`] when set, else the payload's.
+fn lab_cpu_count(payload_cpus: u32) -> Result<u32> {
+    match std::env::var(LAB_CPUS_ENV) {
+        Err(_) => Ok(payload_cpus),
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=16).contains(&n) => Ok(n),
+            _ => Err(LabError::BadInput(format!(
+                "{LAB_CPUS_ENV}={v}: expected a CPU count from 1 to 16"
+            ))),
+        },
+    }
+}
+
+/// Default vCPUs of the lab VM: one. With two (QEMU's TCG running a host thread per
+/// lab CPU), 2-vCPU guests sometimes crashed the lab kernel or stalled (issue #20;
+/// docs/testing.md, "Lockups in the lab"); with one, the same soak ran clean and
+/// each boot took half the time.
+pub const LAB_CPUS: u32 = 1;
 /// Default memory of the lab VM in MiB.
 pub const LAB_MEMORY_MIB: u32 = 3072;
 
@@ -222,11 +259,7 @@ fn wait_until(child: &mut Child, timeout: Duration) -> Result<Option<std::proces
             return Ok(Some(status));
         }
         if Instant::now() >= deadline {
-            let pid = child.id() as i32;
-            // SAFETY: kill on the process group we created for the child (setpgid below).
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(child);
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -366,13 +399,18 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
         // ... and a lockup's backtraces reach the console (quiet would hide them).
         append.push_str(" nokaslr loglevel=5 softlockup_all_cpu_backtrace=1");
     }
+    let silence = heartbeat_silence()?;
+    let heartbeat = tmp.path().join("heartbeat");
+    let mut heartbeat_spec = std::ffi::OsString::from("file:");
+    heartbeat_spec.push(&heartbeat);
     let mut cmd = Command::new(&qemu);
-    cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "EPYC,+svm"])
+    let accel = format!("tcg,thread={}", lab_tcg_thread()?);
+    cmd.args(["-M", "q35", "-accel", &accel, "-cpu", "EPYC,+svm"])
         .args([
             "-m",
             &payload.lab_memory_mib.to_string(),
             "-smp",
-            &payload.lab_cpus.to_string(),
+            &lab_cpu_count(payload.lab_cpus)?.to_string(),
         ])
         .args([
             "-nodefaults",
@@ -383,6 +421,9 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
             "stdio",
             "-no-reboot",
         ])
+        // The lab's heartbeat (crate::heartbeat) arrives on its second serial port.
+        .arg("-serial")
+        .arg(heartbeat_spec)
         .arg("-kernel")
         .arg(&vmlinuz)
         .arg("-initrd")
@@ -421,18 +462,30 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
             .take()
             .map(|p| console.spawn_reader(p, payload.echo, |l| !l.contains("TCG doesn't support"))),
     ];
-    let status = wait_until(&mut child, payload.timeout)?;
+    let waited = wait_lab(&mut child, payload.timeout, &heartbeat, silence)?;
     for r in readers.into_iter().flatten() {
         let _ = r.join();
     }
     let text = console.text();
-    let Some(status) = status else {
-        let output = payload_output(&text).unwrap_or(&text).to_string();
-        return Err(LabError::Timeout {
-            after: payload.timeout,
-            venue: Venue::Lab,
-            output,
-        });
+    let status = match waited {
+        LabWait::Exited(status) => status,
+        LabWait::TimedOut => {
+            let output = payload_output(&text).unwrap_or(&text).to_string();
+            return Err(LabError::Timeout {
+                after: payload.timeout,
+                venue: Venue::Lab,
+                output,
+            });
+        }
+        LabWait::Wedged { silence, last_beat } => {
+            return Err(LabError::LabFailed {
+                reason: format!(
+                    "the lab kernel stopped answering: no heartbeat for {silence:.0?} (the \
+                     last at lab uptime {last_beat} s); the lab VM was killed (issue #20)"
+                ),
+                console: text,
+            });
+        }
     };
     if !text.contains(UP_MARKER) {
         return Err(LabError::LabFailed {

@@ -35,6 +35,7 @@ mod debian;
 mod error;
 pub mod fuzz_corpus;
 mod guest;
+mod heartbeat;
 mod lab;
 mod lab_kernel;
 mod payload;
@@ -54,9 +55,10 @@ pub use guest::{
     busybox, guest_kernel, initramfs, GuestKernel, CHECK_EXIT_MARKER, GUEST_CMDLINE, INIT_MARKER,
     KERNEL_BUILD_PACKAGES,
 };
+pub use heartbeat::HEARTBEAT_SILENCE_ENV;
 pub use lab::{
     lab_kernel, program_with_libraries, run, run_in, shared_libraries, with_kvm_hold, LabOutput,
-    LAB_CPUS, LAB_MEMORY_MIB, LAB_MODULES, LAB_MONITOR_ENV,
+    LAB_CPUS, LAB_CPUS_ENV, LAB_MEMORY_MIB, LAB_MODULES, LAB_MONITOR_ENV, LAB_TCG_THREAD_ENV,
 };
 pub use payload::{Payload, LAB_DISK_MOUNT};
 pub use soak::{soak_payload, SoakBoot, SoakReport, STUCK_MESSAGE};

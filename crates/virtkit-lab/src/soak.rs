@@ -63,8 +63,8 @@ while [ $i -le {boots} ]; do
   if [ $stuck = 1 ] || [ $now != $base ] || [ $init = no ] || [ $check = no ] || [ $rc != 0 ]; then
     failed=$((failed+1))
     echo "SOAK-DETAIL-BEGIN $i"
-    tail -n 20 soak.out
-    for pid in $(pidof vm-runner); do
+    tail -n 60 soak.out
+    for pid in $(pidof vm-runner qemu-system-x86_64); do
       for task in /proc/$pid/task/*; do
         [ -d "$task" ] || continue
         echo "thread $(basename $task) $(cat $task/comm) state=$(cut -d' ' -f3 $task/stat) wchan=$(cat $task/wchan)"
@@ -91,6 +91,9 @@ echo "SOAK-SUMMARY boots={boots} ok=$ok failed=$failed"
     let mut payload = Payload::new(script).file(stamp, "lab-stamp");
     if hold {
         payload = crate::with_kvm_hold(payload)?;
+    }
+    if boot.vmm == crate::Vmm::QemuMicrovm {
+        payload = crate::with_qemu_peer(payload)?;
     }
     Ok(payload
         .echo(true)

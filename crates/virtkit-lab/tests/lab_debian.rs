@@ -48,14 +48,15 @@ fn lab_vm_runner_boots_debian_to_multi_user() {
     boot.cmdline =
         std::env::var("VIRTKIT_DEBIAN_CMDLINE").unwrap_or_else(|_| DEBIAN_CMDLINE.into());
     boot.extra_args = vec!["--disk".into(), "path=./root.qcow2,format=qcow2".into()];
-    boot.timeout_s = 480;
+    // About 60 s in a 1-CPU lab; a wedged lab is caught by its heartbeat long before.
+    boot.timeout_s = 300;
     let payload = boot_payload(std::slice::from_ref(&boot))
         .expect("building the boot payload")
         .file(vm_runner, "vm-runner")
         .disk_file(&guest.kernel, "vmlinuz")
         .disk_file(&guest.initrd, "initrd.img")
         .disk_file(&guest.disk, "root.qcow2")
-        .timeout(Duration::from_secs(600));
+        .timeout(Duration::from_secs(400));
     let out = match run(&payload) {
         Ok(out) => out,
         Err(e) if e.is_lab_failure() => panic!("LAB FAILURE (not a guest failure): {e}"),
