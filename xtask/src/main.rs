@@ -146,7 +146,8 @@ fn test(extra: &[String]) -> Result<()> {
     } else {
         guest_all()?;
     }
-    let mut args = vec!["test", "--workspace", "--all-features"];
+    // Every test binary runs even after one failed, so that a run shows all its failures.
+    let mut args = vec!["test", "--workspace", "--all-features", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
     eprintln!("xtask: test passed in {:.0?}", start.elapsed());

@@ -219,6 +219,13 @@ impl VmController {
         *lock(&self.inner.state) = s;
     }
 
+    /// Holds the state while the VM starts: a `pause` (or anything else that reads the
+    /// state under its lock) waits until the vCPUs started and the state says so, instead
+    /// of finding `Created` while the guest already runs.
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, VmState> {
+        lock(&self.inner.state)
+    }
+
     pub(crate) fn set_vcpus(&self, v: Vec<VcpuHandle>) {
         *lock(&self.inner.vcpus) = v;
     }

@@ -382,6 +382,12 @@ impl Vmm {
         // Start the APs first so the boot vCPU's first run is the last step of start-up.
         let ioctls = self.hypervisor.ioctls();
         let mode = self.seccomp;
+        // The guest runs as soon as its vCPUs start: the state stays locked until it
+        // says Running (or Paused), so no request sees `Created` meanwhile. The vCPU
+        // threads never take this lock. Lock order as in `VmController::pause`: state,
+        // then vCPUs.
+        let controller = self.controller.clone();
+        let mut state = controller.lock_state();
         let started = (|| {
             // Compiled once; each vCPU thread installs it first thing.
             let vcpu_filter = Filter::new(ThreadKind::Vcpu, mode, &ioctls)?;
@@ -408,11 +414,12 @@ impl Vmm {
             Ok::<(), VmmError>(())
         })();
         self.controller.set_vcpus(handles);
-        self.controller.set_state(if self.start_paused {
+        *state = if self.start_paused {
             VmState::Paused
         } else {
             VmState::Running
-        });
+        };
+        drop(state);
         let mut looped = Ok(());
         if started.is_ok() {
             // Interrupts the guest never acknowledged are sent again (see
