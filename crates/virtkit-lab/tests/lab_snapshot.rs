@@ -9,7 +9,10 @@
 //!    goes on, same boot id, uptime not reset;
 //! 3. `vm.receive-migration` on a third vm-runner and `vm.send-migration` from the
 //!    second: the count goes on there, the source exits 0;
-//! 4. the disk holds every line up to the last count and `qemu-img check` finds it clean.
+//! 4. the disk holds every line up to the last count and `qemu-img check` finds it clean;
+//! 5. the guest's virtio-net, on a tap on a bridge of the lab, answers pings in all three
+//!    VMMs: the restored one makes the tap again, the migration's destination joins the tap
+//!    its source still holds (`virtkit_net::tap_share`).
 //!
 //! Opt out with `VIRTKIT_SKIP_LAB=1` at build time (the test is then `ignored`).
 #![allow(clippy::unwrap_used)]
@@ -23,9 +26,14 @@ use virtkit_lab::{
 
 /// The guest's counter. With `vk_dirty=N` on the kernel command line (the kernel hands it
 /// to init as an environment variable) it also rewrites an N MiB buffer in RAM each round
-/// and has no disk.
+/// and has no disk. With `vk_net=1` it pings the lab's bridge (10.9.0.1) from 10.9.0.2
+/// each round and ends its line with `net=ok` or `net=no`.
 const COUNTER: &str = r#"
 boot=$(cat /proc/sys/kernel/random/boot_id)
+net=
+if [ -n "$vk_net" ]; then
+  ip link set lo up; ip addr add 10.9.0.2/24 dev eth0; ip link set eth0 up
+fi
 i=0
 while true; do
   i=$((i+1))
@@ -34,7 +42,10 @@ while true; do
   else
     echo "LINE $i" | dd of=/dev/vda bs=512 seek=$i count=1 conv=notrunc,fsync 2>/dev/null
   fi
-  echo "COUNT $i $boot $(cut -d' ' -f1 /proc/uptime)"
+  if [ -n "$vk_net" ]; then
+    if ping -c 1 -W 1 10.9.0.1 >/dev/null 2>&1; then net=" net=ok"; else net=" net=no"; fi
+  fi
+  echo "COUNT $i $boot $(cut -d' ' -f1 /proc/uptime)$net"
   usleep 50000
 done
 "#;
@@ -63,8 +74,16 @@ CMD="console=ttyS0 panic=-1 quiet"
 /// The lab's side: three vm-runners, the API over curl.
 const SCRIPT: &str = r#"
 /usr/bin/qemu-img create -q -f qcow2 /tmp/disk.qcow2 16M
-./vm-runner --api-socket /tmp/a.sock --kernel ./bzImage --initrd ./initrd --cmdline "$CMD" \
-  --serial file:/tmp/ser --disk path=/tmp/disk.qcow2,format=qcow2 2>/tmp/a.err &
+# The guest's network: a tap on a bridge of the lab, which answers its pings. The tap
+# goes with A's SIGKILL; B makes it again; C joins it while B still holds it. The bridge
+# has a MAC of its own: without one it takes its ports', and the guest's ARP entry for
+# 10.9.0.1 would go stale when B's new tap comes.
+/usr/sbin/ip link add br0 address 02:00:00:00:09:01 type bridge \
+  && /usr/sbin/ip addr add 10.9.0.1/24 dev br0 \
+  && /usr/sbin/ip link set br0 up || echo "SNAP-NET-SETUP failed"
+NET="tap=vt0,bridge=br0,mac=52:54:00:00:09:02"
+./vm-runner --api-socket /tmp/a.sock --kernel ./bzImage --initrd ./initrd --cmdline "$CMD vk_net=1" \
+  --serial file:/tmp/ser --disk path=/tmp/disk.qcow2,format=qcow2 --net "$NET" 2>/tmp/a.err &
 A=$!
 wait_for /tmp/ser "COUNT 20 " || exit 1
 echo "SNAP-PAUSE $(api /tmp/a.sock vm.pause)"
@@ -88,6 +107,9 @@ R=$!
 wait_sock /tmp/m.sock
 echo "SNAP-SEND $(api /tmp/b.sock vm.send-migration '{"destination_url":"unix:/tmp/m.sock"}') $(cat /tmp/body)"
 wait $R; cat /tmp/recv.out
+if ! grep -q "SNAP-RECEIVE 204" /tmp/recv.out; then
+  sed 's/^/SNAP-C-ERR /' /tmp/c.err; kill -9 $B $C; exit 1
+fi
 wait $B; echo "SNAP-B-EXIT $?"
 grep -o 'migrated to .*' /tmp/b.err
 wait_for /tmp/ser "COUNT 60 " || { cat /tmp/c.err; exit 1; }
@@ -168,7 +190,8 @@ fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
         .file(&initrd, "initrd")
         .host_program("/usr/bin/curl")
         .and_then(|p| p.host_program("/usr/bin/qemu-img"))
-        .expect("carrying curl and qemu-img")
+        .and_then(|p| p.host_program("/usr/sbin/ip"))
+        .expect("carrying curl, qemu-img and ip")
         .timeout(Duration::from_secs(600));
     let payload = with_kvm_hold(payload).expect("the KVM hold");
     let out = match run(&payload) {
@@ -208,6 +231,20 @@ fn lab_guest_survives_snapshot_sigkill_restore_and_live_migration() {
         );
     }
     assert!(all.len() >= 60, "{o}");
+    // The network works in each of the three VMMs: the last complete ping report of each
+    // console is `net=ok` (the first pings of the boot may fail while ARP settles).
+    assert!(!o.contains("SNAP-NET-SETUP failed"), "{o}");
+    for s in ["SER-1", "SER-2", "SER-3"] {
+        let last = section(o, s)
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("COUNT ") && (l.ends_with(" net=ok") || l.ends_with(" net=no")))
+            .unwrap_or_else(|| panic!("{s} has no ping report:\n{o}"));
+        assert!(
+            last.ends_with(" net=ok"),
+            "{s}: the guest's network does not work there ({last}):\n{o}"
+        );
+    }
     let boot = &all[0].1;
     for w in all.windows(2) {
         let ((a, ba, ua), (b, bb, ub)) = (&w[0], &w[1]);

@@ -40,21 +40,37 @@ pub fn add_port(bridge: &str, iface: &str) -> Result<(), BridgeError> {
     })?;
     let mut ifr = IfReq::new(bridge);
     ifr.set_int(index);
-    ioctl_ifreq(sock.as_fd(), SIOCBRADDIF, &mut ifr).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENODEV) => BridgeError::BridgeNotFound(bridge.to_string()),
-        // The kernel answers EOPNOTSUPP for a device that is no bridge master.
-        Some(libc::EOPNOTSUPP) => BridgeError::NotABridge(bridge.to_string()),
-        // The port vanished between the two calls.
-        Some(libc::EINVAL) => BridgeError::InterfaceNotFound(iface.to_string()),
-        Some(libc::EPERM) => BridgeError::PermissionDenied {
-            op: "attach to bridge",
-            name: iface.to_string(),
-        },
-        Some(libc::EBUSY) => BridgeError::AlreadyExists(format!(
-            "a bridge or bond holding {iface:?} (detach it first)"
-        )),
-        _ => ioctl_err("SIOCBRADDIF", iface, e),
-    })
+    ioctl_ifreq(sock.as_fd(), SIOCBRADDIF, &mut ifr)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODEV) => BridgeError::BridgeNotFound(bridge.to_string()),
+            // The kernel answers EOPNOTSUPP for a device that is no bridge master.
+            Some(libc::EOPNOTSUPP) => BridgeError::NotABridge(bridge.to_string()),
+            // The port vanished between the two calls.
+            Some(libc::EINVAL) => BridgeError::InterfaceNotFound(iface.to_string()),
+            Some(libc::EPERM) => BridgeError::PermissionDenied {
+                op: "attach to bridge",
+                name: iface.to_string(),
+            },
+            Some(libc::EBUSY) => BridgeError::AlreadyExists(format!(
+                "a bridge or bond holding {iface:?} (detach it first)"
+            )),
+            _ => ioctl_err("SIOCBRADDIF", iface, e),
+        })
+        .or_else(|e| {
+            // Already a port of this very bridge (a shared tap: see crate::tap_share):
+            // nothing to do.
+            match (&e, master_of(iface)) {
+                (BridgeError::AlreadyExists(_), Some(m)) if m == bridge => Ok(()),
+                _ => Err(e),
+            }
+        })
+}
+
+/// The bridge (or bond) holding `iface`, from sysfs; `None` when it has none or sysfs
+/// does not show it.
+fn master_of(iface: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/class/net/{iface}/master")).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
 }
 
 fn ioctl_err(op: &'static str, name: &str, source: io::Error) -> BridgeError {

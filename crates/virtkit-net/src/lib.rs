@@ -50,6 +50,7 @@ pub mod netns;
 pub mod ports;
 pub mod spec;
 pub mod tap;
+pub mod tap_share;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod veth;

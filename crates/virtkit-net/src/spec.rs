@@ -103,10 +103,17 @@ impl NetSpec {
     /// Create the tap (transient, up, with the MTU), attach it to the
     /// bridge, and build the virtio-net device. Needs CAP_NET_ADMIN.
     pub fn build(&self) -> Result<Net<Tap>, SpecError> {
+        self.build_sharing(false)
+    }
+
+    /// [`NetSpec::build`], joining the tap when another process holds it with
+    /// `shared` (a live migration's destination: see [`crate::tap_share`]).
+    pub fn build_sharing(&self, shared: bool) -> Result<Net<Tap>, SpecError> {
         let tap = Tap::open(
             &self.tap,
             &TapOptions {
                 mtu: self.mtu.map(u32::from),
+                shared,
                 ..TapOptions::default()
             },
         )?;

@@ -25,7 +25,8 @@ const IFF_VNET_HDR: i16 = 0x4000;
 // check the ioctls a tap issues.
 /// `TUNSETIFF`.
 pub const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+/// `TUNSETPERSIST`.
+pub const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// `TUNSETOFFLOAD` (issued when the guest's driver negotiates its features).
 pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `TUNSETVNETHDRSZ`.
@@ -118,6 +119,10 @@ pub struct TapOptions {
     pub mtu: Option<u32>,
     /// Bring the interface up.
     pub up: bool,
+    /// Join a tap another process holds, as one more queue of it (a live migration's
+    /// destination on the same host: see [`crate::tap_share`]). Without it, a tap in use
+    /// is refused with [`TapError::Busy`].
+    pub shared: bool,
 }
 
 impl Default for TapOptions {
@@ -127,6 +132,7 @@ impl Default for TapOptions {
             persistent: false,
             mtu: None,
             up: true,
+            shared: false,
         }
     }
 }
@@ -180,7 +186,7 @@ impl IfReq {
         i16::from_ne_bytes([self.data[0], self.data[1]])
     }
 
-    fn set_short(&mut self, v: i16) {
+    pub(crate) fn set_short(&mut self, v: i16) {
         self.data[..2].copy_from_slice(&v.to_ne_bytes());
     }
 
@@ -342,26 +348,34 @@ impl Tap {
                     source: e,
                 },
             })?;
-        let mut ifr = IfReq::new(name);
-        ifr.set_short(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
-        ioctl_ifreq(file.as_fd(), TUNSETIFF, &mut ifr).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => TapError::PermissionDenied {
-                name: name.to_string(),
-            },
-            Some(libc::EBUSY) | Some(libc::EINVAL) => TapError::Busy {
-                name: name.to_string(),
-                source: e,
-            },
-            _ => TapError::Io {
-                op: "TUNSETIFF",
-                name: name.to_string(),
-                source: e,
-            },
+        let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        let ifr = crate::tap_share::attach(file.as_fd(), name, flags).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => TapError::PermissionDenied {
+                    name: name.to_string(),
+                },
+                Some(libc::EBUSY) | Some(libc::EINVAL) => TapError::Busy {
+                    name: name.to_string(),
+                    source: e,
+                },
+                _ => TapError::Io {
+                    op: "TUNSETIFF",
+                    name: name.to_string(),
+                    source: e,
+                },
+            }
         })?;
         let tap = Tap {
             file,
             name: ifr.name(),
         };
+        if !opts.shared && crate::tap_share::held_by_another(&tap.name) {
+            // Someone else holds a queue of it: refused, and ours goes with `tap`.
+            return Err(TapError::Busy {
+                name: tap.name.clone(),
+                source: io::Error::from_raw_os_error(libc::EBUSY),
+            });
+        }
         let hdr_len = VNET_HDR_LEN as libc::c_int;
         ioctl_int_ptr(tap.file.as_fd(), TUNSETVNETHDRSZ, &hdr_len)
             .map_err(|e| tap.err("TUNSETVNETHDRSZ", e))?;

@@ -34,6 +34,39 @@ fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
             "unshare(CLONE_NEWNET) failed: root tests need root: {}",
             io::Error::last_os_error()
         );
+        // A private mount namespace with a sysfs of this network namespace: sysfs shows
+        // the namespace it was mounted in (virtkit_net::tap_share reads it).
+        // SAFETY: unshare and mount take no memory but the C strings built here, which
+        // live across the calls; they only change this thread's mount namespace.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
+            let root = std::ffi::CString::new("/").unwrap();
+            let sys = std::ffi::CString::new("/sys").unwrap();
+            let sysfs = std::ffi::CString::new("sysfs").unwrap();
+            let flags = libc::MS_REC | libc::MS_PRIVATE;
+            assert_eq!(
+                libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null()
+                ),
+                0
+            );
+            assert_eq!(
+                libc::mount(
+                    sysfs.as_ptr(),
+                    sys.as_ptr(),
+                    sysfs.as_ptr(),
+                    0,
+                    std::ptr::null()
+                ),
+                0,
+                "mounting a sysfs: {}",
+                io::Error::last_os_error()
+            );
+        }
         let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
         let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
         f()
@@ -87,6 +120,49 @@ fn root_tap_lifecycle_mtu_up_persist() {
         tap.set_persistent(false).unwrap();
         drop(tap);
         assert!(nl.link("vkp").unwrap().is_none());
+    });
+}
+
+/// Issue #13: a migration's destination on the same host joins the tap its source holds
+/// (`TapOptions::shared`), and the tap goes on to the bridge it is already on; any other
+/// second open of a tap in use is still refused.
+#[test]
+fn root_tap_is_shared_only_when_asked() {
+    in_netns(|| {
+        let mut nl = RtNetlink::new().unwrap();
+        nl.create_bridge("vkbr").unwrap();
+        let a = Tap::open("vkmq", &TapOptions::default()).unwrap();
+        bridge::attach("vkbr", "vkmq").unwrap();
+        let e = Tap::open("vkmq", &TapOptions::default()).unwrap_err();
+        assert!(matches!(e, TapError::Busy { .. }), "{e}");
+        let shared = TapOptions {
+            shared: true,
+            ..TapOptions::default()
+        };
+        let b = Tap::open("vkmq", &shared).unwrap();
+        // Already a port of that bridge: fine. Of another one: refused.
+        bridge::attach("vkbr", "vkmq").unwrap();
+        nl.create_bridge("vkbr2").unwrap();
+        assert!(bridge::attach("vkbr2", "vkmq").is_err());
+        // The source goes; the destination's queue keeps the tap, on its bridge.
+        drop(a);
+        let l = nl
+            .link("vkmq")
+            .unwrap()
+            .expect("the tap outlives its first holder");
+        assert!(l.up);
+        drop(b);
+        assert!(nl.link("vkmq").unwrap().is_none(), "transient tap removed");
+        // A single-queue tap made by someone else is opened as it is, and not shared.
+        let sq = std::process::Command::new("ip")
+            .args(["tuntap", "add", "vksq", "mode", "tap"])
+            .status()
+            .unwrap();
+        assert!(sq.success());
+        let c = Tap::open("vksq", &TapOptions::default()).unwrap();
+        let e = Tap::open("vksq", &shared).unwrap_err();
+        assert!(matches!(e, TapError::Busy { .. }), "{e}");
+        drop(c);
     });
 }
 

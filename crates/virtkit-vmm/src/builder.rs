@@ -30,6 +30,9 @@ pub(crate) struct Restore {
     pub(crate) memory: RestoreMemory,
     /// The VM (memory registered) and vCPUs, made before the state arrived.
     pub(crate) prebuilt: Option<Prebuilt>,
+    /// Join taps another process holds (a migration's source on the same host:
+    /// `virtkit_net::tap_share`).
+    pub(crate) shared_taps: bool,
 }
 
 /// A VM with its guest memory registered and its vCPUs created, made ahead of a migration's
@@ -153,6 +156,7 @@ impl VmmBuilder {
             state,
             memory: RestoreMemory::File(memory),
             prebuilt: None,
+            shared_taps: false,
         });
         Ok(b)
     }
@@ -170,6 +174,7 @@ impl VmmBuilder {
             state,
             memory: RestoreMemory::Ram(ram),
             prebuilt,
+            shared_taps: true,
         });
         b.resume_after_restore = true;
         b

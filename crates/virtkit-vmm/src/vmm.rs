@@ -232,12 +232,16 @@ impl Vmm {
             devices.add_virtio(blk)?;
             disks.push((d.path.clone().unwrap_or_default(), backend));
         }
+        // A migration's destination joins the taps its source still holds.
+        let shared_taps = restore.as_ref().is_some_and(|r| r.shared_taps);
         for (i, n) in config.nets().iter().enumerate() {
             let spec = n.spec(i)?;
-            let net = spec.build().map_err(|e| DeviceError::Net {
-                tap: spec.tap.clone(),
-                why: e.to_string(),
-            })?;
+            let net = spec
+                .build_sharing(shared_taps)
+                .map_err(|e| DeviceError::Net {
+                    tap: spec.tap.clone(),
+                    why: e.to_string(),
+                })?;
             log::info!("net tap={} mac={}", spec.tap, net.mac());
             devices.add_virtio(Arc::new(Mutex::new(net)))?;
         }

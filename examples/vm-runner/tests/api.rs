@@ -204,6 +204,29 @@ fn kvm_vm_create_and_boot_through_the_api() {
     assert!(!r.sock.exists());
 }
 
+/// A VM with a network device created and booted through the API: the API thread's
+/// seccomp filter lets a tap's whole set-up through (it once lacked `TUNSETPERSIST`, and
+/// such a boot, or a migration's destination with a network, killed vm-runner).
+#[test]
+fn root_kvm_vm_with_a_tap_created_and_booted_through_the_api() {
+    let k = kernel(&POWER_OFF);
+    let mut r = Runner::start(&[]);
+    let config = format!(
+        r#"{{"memory": {{"size": {}}}, "payload": {{"kernel": "{}"}},
+            "serial": {{"mode": "Null"}}, "console": {{"mode": "Off"}},
+            "net": [{{"tap": "vkapi{}", "mac": "52:54:00:00:0a:01"}}]}}"#,
+        64 << 20,
+        k.path().display(),
+        std::process::id() % 10000
+    );
+    assert_eq!(r.call("PUT", "vm.create", Some(&config)).0, 204);
+    let (code, body) = r.call("PUT", "vm.boot", None);
+    assert_eq!(code, 204, "{body}");
+    let (code, err) = r.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("vm-runner: guest powered off"), "{err}");
+}
+
 #[test]
 fn kvm_vm_boot_errors_keep_the_server() {
     let mut r = Runner::start(&[]);

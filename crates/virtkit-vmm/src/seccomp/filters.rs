@@ -49,6 +49,7 @@ const TCSETSW: u64 = libc::TCSETSW;
 const FIONBIO: u64 = libc::FIONBIO;
 const FIOCLEX: u64 = libc::FIOCLEX;
 const TUNSETIFF: u64 = tap::TUNSETIFF;
+const TUNSETPERSIST: u64 = tap::TUNSETPERSIST;
 const TUNSETOFFLOAD: u64 = tap::TUNSETOFFLOAD;
 const TUNSETVNETHDRSZ: u64 = tap::TUNSETVNETHDRSZ;
 const SIOCGIFFLAGS: u64 = tap::SIOCGIFFLAGS;
@@ -197,6 +198,7 @@ fn ioctls(kind: ThreadKind, hv: &HypervisorIoctls) -> Vec<u64> {
             FIONBIO,
             FIOCLEX,
             TUNSETIFF,
+            TUNSETPERSIST,
             TUNGETFEATURES,
             TUNSETOFFLOAD,
             TUNGETVNETHDRSZ,
