@@ -17,10 +17,9 @@
 //! restores the state and runs the VM.
 //!
 //! Device I/O waits while the memory is copied (the event loop is busy sending); the
-//! guest's vCPUs do not. A virtio-net tap is opened again by name at the destination,
-//! which on the same host works only once the source has closed it: a VM with a tap
-//! cannot yet move between two VMMs of one host (the destination refuses it, and the
-//! source runs on).
+//! guest's vCPUs do not. A virtio-net tap is opened again by name at the destination; on
+//! the same host the destination joins the tap while the source still holds it (taps are
+//! multi-queue: `virtkit_net::tap_share`), and the source's queue goes when it ends.
 
 mod receive;
 mod send;
