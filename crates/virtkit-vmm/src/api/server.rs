@@ -142,6 +142,8 @@ fn accept_one(stream: UnixStream, shared: &Arc<Shared>) {
     let spawned = std::thread::Builder::new()
         .name("vmm-api".into())
         .spawn(move || {
+            // It runs under the API thread's filter, inherited.
+            crate::seccomp::label_inherited(crate::seccomp::ThreadKind::Api);
             serve_connection(stream, &s);
             s.conns().remove(&id);
         });

@@ -245,6 +245,12 @@ pub fn program(
         })
 }
 
+/// Names the calling thread in the `SIGSYS` message when it runs under `kind`'s filter
+/// inherited from the thread that started it (no filter of its own installed).
+pub(crate) fn label_inherited(kind: ThreadKind) {
+    sigsys::set_label(kind);
+}
+
 /// A compiled filter for one thread kind and mode, ready to install on as many threads
 /// of that kind as need it (compiled once, not per thread).
 #[derive(Clone, Debug)]
