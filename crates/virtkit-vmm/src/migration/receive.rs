@@ -13,6 +13,9 @@ use super::{listen, MigrationError, Stream};
 use crate::builder::{prebuild, Prebuilt, VmmBuilder};
 use crate::config::VmConfig;
 use crate::snapshot::MachineState;
+
+/// Bytes read from the source at a time.
+const READ_BUFFER: usize = 2 << 20;
 use crate::vmm::{Vmm, VmmError};
 
 /// A migration received in full, not yet running: [`Incoming::finish`] builds the VM and
@@ -115,9 +118,14 @@ impl Incoming {
 type Received = (VmConfig, GuestRam, MachineState, Option<Prebuilt>);
 
 fn read_all(
-    s: &mut dyn Stream,
+    conn: &mut dyn Stream,
     hv: Option<&Arc<dyn Hypervisor>>,
 ) -> Result<Received, MigrationError> {
+    // Frames come in large reads (a frame's head alone was a read of its own). Nothing
+    // follows the Complete frame until this side answers, so the buffer holds nothing
+    // when it goes.
+    let mut r = std::io::BufReader::with_capacity(READ_BUFFER, &mut *conn);
+    let s: &mut dyn std::io::Read = &mut r;
     wire::read_magic(s)?;
     let started = std::time::Instant::now();
     let config: VmConfig = match wire::read_frame(s)? {
