@@ -13,8 +13,6 @@ use std::os::fd::AsFd;
 use crate::bridge::BridgeError;
 use crate::tap::{control_socket, ioctl_ifreq, validate_ifname, IfReq};
 
-/// `SIOCGIFINDEX`: an interface's index by name.
-const SIOCGIFINDEX: libc::c_ulong = libc::SIOCGIFINDEX;
 /// `SIOCBRADDIF`: add the interface whose index is in the request to the
 /// bridge named in it.
 pub const SIOCBRADDIF: libc::c_ulong = 0x89a2;
@@ -25,11 +23,7 @@ pub fn add_port(bridge: &str, iface: &str) -> Result<(), BridgeError> {
     validate_ifname(bridge)?;
     validate_ifname(iface)?;
     let sock = control_socket().map_err(|e| ioctl_err("socket", bridge, e))?;
-    let index_of = |name: &str| -> io::Result<i32> {
-        let mut ifr = IfReq::new(name);
-        ioctl_ifreq(sock.as_fd(), SIOCGIFINDEX, &mut ifr)?;
-        Ok(ifr.int())
-    };
+    let index_of = |name: &str| crate::iface::index(sock.as_fd(), name);
     index_of(bridge).map_err(|e| match e.raw_os_error() {
         Some(libc::ENODEV) => BridgeError::BridgeNotFound(bridge.to_string()),
         _ => ioctl_err("SIOCGIFINDEX", bridge, e),
@@ -67,9 +61,9 @@ pub fn add_port(bridge: &str, iface: &str) -> Result<(), BridgeError> {
 }
 
 /// The bridge (or bond) holding `iface`, from sysfs; `None` when it has none or sysfs
-/// does not show it.
+/// does not show the caller's `iface`.
 fn master_of(iface: &str) -> Option<String> {
-    let link = std::fs::read_link(format!("/sys/class/net/{iface}/master")).ok()?;
+    let link = std::fs::read_link(crate::iface::sysfs_dir(iface)?.join("master")).ok()?;
     Some(link.file_name()?.to_string_lossy().into_owned())
 }
 

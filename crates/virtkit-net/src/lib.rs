@@ -42,6 +42,7 @@ pub mod bridge_port;
 pub mod container;
 pub mod features;
 pub mod firewall;
+mod iface;
 pub mod iovec;
 pub mod ipam;
 pub mod mac;

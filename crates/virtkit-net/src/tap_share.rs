@@ -21,9 +21,9 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
-use crate::tap::{control_socket, ioctl_ifreq, IfReq, TUNSETIFF};
+use crate::tap::{ioctl_ifreq, IfReq, TUNSETIFF};
 
 /// One queue (file) of a tap that several may hold.
 const IFF_MULTI_QUEUE: i16 = 0x0100;
@@ -47,34 +47,14 @@ pub(crate) fn attach(tun: BorrowedFd<'_>, name: &str, flags: i16) -> io::Result<
 /// Whether another file than the caller's one holds a queue of the tap `name` (which
 /// the caller has just attached to), as far as sysfs shows it.
 pub fn held_by_another(name: &str) -> bool {
-    ifindex(name)
-        .and_then(|i| attached_queues(name, i))
-        .is_some_and(|n| n > 1)
+    attached_queues(name).is_some_and(|n| n > 1)
 }
 
-/// The index of interface `name` in the caller's network namespace.
-fn ifindex(name: &str) -> Option<i32> {
-    let sock = control_socket().ok()?;
-    let mut ifr = IfReq::new(name);
-    ioctl_ifreq(sock.as_fd(), libc::SIOCGIFINDEX, &mut ifr).ok()?;
-    Some(ifr.int())
-}
-
-/// How many queues (files) the tap `name`, whose index in the caller's network
-/// namespace is `ifindex`, has attached now: one `tx-N` per attached queue in
-/// `/sys/class/net/NAME/queues`. `None` when sysfs does not show that interface
-/// (no `/sys`, or a sysfs of another network namespace).
-pub fn attached_queues(name: &str, ifindex: i32) -> Option<usize> {
-    let base = format!("/sys/class/net/{name}");
-    let shown: i32 = fs::read_to_string(format!("{base}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    if shown != ifindex {
-        return None;
-    }
-    let dir = fs::read_dir(format!("{base}/queues")).ok()?;
+/// How many queues (files) the caller's tap `name` has attached now: one `tx-N` per
+/// attached queue in `/sys/class/net/NAME/queues`. `None` when sysfs does not show that
+/// interface (no `/sys`, or a sysfs of another network namespace).
+pub fn attached_queues(name: &str) -> Option<usize> {
+    let dir = fs::read_dir(crate::iface::sysfs_dir(name)?.join("queues")).ok()?;
     Some(
         dir.filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
@@ -87,14 +67,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_has_one_queue_other_indexes_and_names_none() {
-        let lo: i32 = fs::read_to_string("/sys/class/net/lo/ifindex")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert_eq!(attached_queues("lo", lo), Some(1));
-        assert_eq!(attached_queues("lo", lo + 1000), None);
-        assert_eq!(attached_queues("vk-no-such-if", 1), None);
+    fn loopback_has_one_queue_and_a_missing_interface_none() {
+        assert_eq!(attached_queues("lo"), Some(1));
+        assert_eq!(attached_queues("vk-no-such-if"), None);
     }
 }
