@@ -1,4 +1,4 @@
-//! Telling a wedged lab from a slow payload.
+//! Waiting for a payload, and telling a wedged lab from a slow payload.
 //!
 //! Once the lab is up, its `/init` writes its uptime to the lab VM's second serial port
 //! every few seconds; QEMU appends those lines to a file on the host. A lab kernel that
@@ -70,45 +70,48 @@ impl Beats {
     }
 }
 
-/// Waits for the lab QEMU `child` until `timeout`, watching `heartbeat` (the file its
-/// second serial port writes); kills its process group on a timeout or a silence of
-/// `silence`.
+/// Waits for `child` (the lab QEMU, or a payload run on the host) until `timeout`; with
+/// `heartbeat` (the file the lab's second serial port writes, and the silence that counts
+/// as a wedge), watches it too. Kills the child's process group on a timeout or a wedge.
 pub(crate) fn wait_lab(
     child: &mut Child,
     timeout: Duration,
-    heartbeat: &Path,
-    silence: Duration,
+    heartbeat: Option<(&Path, Duration)>,
 ) -> Result<LabWait> {
     let deadline = Instant::now() + timeout;
     let mut beats = Beats::default();
     loop {
         if let Some(status) = child
             .try_wait()
-            .map_err(LabError::io("waiting for", "the lab QEMU"))?
+            .map_err(LabError::io("waiting for", "child"))?
         {
             return Ok(LabWait::Exited(status));
         }
         let now = Instant::now();
-        let len = fs::metadata(heartbeat).map(|m| m.len()).unwrap_or(0);
-        let quiet = beats.observe(len, now);
         let outcome = if now >= deadline {
             Some(LabWait::TimedOut)
+        } else if let Some((file, silence)) = heartbeat {
+            let len = fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            beats
+                .observe(len, now)
+                .filter(|q| *q >= silence)
+                .map(|q| LabWait::Wedged {
+                    silence: q,
+                    last_beat: last_line(file),
+                })
         } else {
-            quiet.filter(|q| *q >= silence).map(|q| LabWait::Wedged {
-                silence: q,
-                last_beat: last_line(heartbeat),
-            })
+            None
         };
         if let Some(outcome) = outcome {
             kill_group(child);
             return Ok(outcome);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Kills `child`'s process group (it was started with `process_group(0)`) and reaps it.
-pub(crate) fn kill_group(child: &mut Child) {
+fn kill_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) on the process group the child leads (created with
         // `process_group(0)` when it was spawned); no memory is involved.
@@ -172,8 +175,7 @@ mod tests {
         let w = wait_lab(
             &mut child,
             Duration::from_secs(20),
-            &hb,
-            Duration::from_millis(500),
+            Some((&hb, Duration::from_millis(500))),
         )
         .unwrap();
         match w {
@@ -198,8 +200,7 @@ mod tests {
         let w = wait_lab(
             &mut child,
             Duration::from_secs(20),
-            &hb,
-            Duration::from_millis(700),
+            Some((&hb, Duration::from_millis(700))),
         )
         .unwrap();
         assert!(matches!(w, LabWait::Exited(s) if s.success()), "{w:?}");
@@ -213,8 +214,7 @@ mod tests {
         let w = wait_lab(
             &mut child,
             Duration::from_millis(600),
-            &hb,
-            Duration::from_millis(100),
+            Some((&hb, Duration::from_millis(100))),
         )
         .unwrap();
         assert!(matches!(w, LabWait::TimedOut), "{w:?}");

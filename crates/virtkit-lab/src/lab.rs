@@ -11,13 +11,13 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cpio::CpioWriter;
 use crate::error::{LabError, Result};
-use crate::heartbeat::{heartbeat_silence, kill_group, wait_lab, LabWait};
+use crate::heartbeat::{heartbeat_silence, wait_lab, LabWait};
 use crate::payload::{qemu_disk_args, Payload};
 use crate::util;
 use crate::venue::{detect_venue, Venue};
@@ -248,24 +248,6 @@ impl Collected {
     }
 }
 
-/// Waits for `child` until `deadline`; kills its process group on timeout.
-fn wait_until(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(LabError::io("waiting for", "child"))?
-        {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            kill_group(child);
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn run_on_host(payload: &Payload) -> Result<LabOutput> {
     let start = Instant::now();
     let dir = tempfile::Builder::new()
@@ -300,12 +282,12 @@ fn run_on_host(payload: &Payload) -> Result<LabOutput> {
             .take()
             .map(|p| out.spawn_reader(p, payload.echo, |_| true)),
     ];
-    let status = wait_until(&mut child, payload.timeout)?;
+    let waited = wait_lab(&mut child, payload.timeout, None)?;
     for r in readers.into_iter().flatten() {
         let _ = r.join();
     }
     let text = out.text();
-    let Some(status) = status else {
+    let LabWait::Exited(status) = waited else {
         return Err(LabError::Timeout {
             after: payload.timeout,
             venue: Venue::Host,
@@ -462,7 +444,7 @@ fn run_in_lab(payload: &Payload) -> Result<LabOutput> {
             .take()
             .map(|p| console.spawn_reader(p, payload.echo, |l| !l.contains("TCG doesn't support"))),
     ];
-    let waited = wait_lab(&mut child, payload.timeout, &heartbeat, silence)?;
+    let waited = wait_lab(&mut child, payload.timeout, Some((&heartbeat, silence)))?;
     for r in readers.into_iter().flatten() {
         let _ = r.join();
     }
